@@ -1,0 +1,5 @@
+"""Allow ``python -m reschat``."""
+
+from reschat.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,7 @@
+"""Ledger backends behind one get/set interface."""
+
+from reschat.ledger.base import MAX_VALUE_BYTES, Ledger
+from reschat.ledger.local import LocalLedger
+from reschat.ledger.memory import MemoryLedger
+
+__all__ = ["MAX_VALUE_BYTES", "Ledger", "LocalLedger", "MemoryLedger"]
