@@ -225,6 +225,14 @@ def fingerprint_bytes(key: RSA.RsaKey) -> bytes:
     return hashlib.sha256(public_key_der(key)).digest()
 
 
+def conversation_id(key_a: RSA.RsaKey, key_b: RSA.RsaKey) -> str:
+    """The seed's page name: both public keys in sorted order, hashed so it is short ASCII."""
+    digest = hashlib.sha256()
+    for der in sorted([public_key_der(key_a), public_key_der(key_b)]):
+        digest.update(len(der).to_bytes(4, "big") + der)
+    return digest.hexdigest()
+
+
 def fingerprint(key: RSA.RsaKey) -> str:
     """The fingerprint for people: 64 hex digits in groups of four."""
     digest = fingerprint_bytes(key).hex().upper()

@@ -1,0 +1,765 @@
+"""The service layer: send_message and get_update over the crypto, Page, friend store and ledger.
+
+How a conversation lives on the ledger
+--------------------------------------
+The seed's page name is the conversation id (both public keys, sorted, hashed). Each friend writes
+only to their own *lane*: the keys ``reschat1-<conversation>-<sender>-<page>``. ResilientDB's ``set``
+is a blind overwrite without acknowledgement, so a page that two people appended to by
+read-modify-write would lose messages; with a lane each, a page has one writer and readers merge both
+lanes by time. A sender keeps its own current page locally (ciphertext only) and appends to that copy,
+never to a possibly stale read, so a send is one ledger write and no read.
+
+Each record in a lane carries its sequence number and the hash of the previous record and is signed
+(RSA-PSS) by its sender over everything that identifies it, so a lane is a signed hash chain: the
+reader can tell forged, replayed, reordered, missing and rolled-back records from genuine ones.
+
+Keys: the seed encrypted each message once for the sender and once for the receiver. Here the two
+copies are sealed with AES-256-GCM under two symmetric keys the sender derives from its private key
+for this conversation: the *self key* (only the sender can ever compute it) and the *lane key*, which
+each page also carries wrapped with RSA-OAEP for the receiver. A reader therefore does one RSA
+private-key operation per friend lane and session instead of one per message (see the README's
+security model for what this changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from Crypto.PublicKey import RSA
+
+from reschat import crypto
+from reschat.errors import LedgerError, MessageError, PageFormatError
+from reschat.friends import Friend, FriendStore
+from reschat.ledger.base import Ledger
+from reschat.page import GENESIS_HASH, Page, Record, format_timestamp, parse_timestamp
+from reschat.storage import atomic_write_json, file_lock, read_json
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+MAX_TEXT_BYTES = 16 * 1024
+ME = "me"
+_KEY_PREFIX = "reschat1"
+#: How far past the newest known page a read looks in one concurrent round.
+_GALLOP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def page_key(conversation: str, sender_fingerprint: str, number: int) -> str:
+    """The ledger key of page ``number`` of ``sender``'s lane in ``conversation``."""
+    return f"{_KEY_PREFIX}-{conversation}-{sender_fingerprint[:32]}-{number}"
+
+
+# --- what the service returns ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One verified, decrypted message, ready to show."""
+
+    sender: str  # "me" or the friend's nickname
+    receiver: str  # the friend's nickname or "me"
+    time: datetime
+    type: str
+    type_ext: str
+    body: bytes  # the decrypted payload (UTF-8 text for "text")
+    seq: int
+    #: For our own messages: "delivered" once a ledger read returned them, else "pending".
+    status: str | None = None
+    verified: bool = True
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    @property
+    def outgoing(self) -> bool:
+        return self.sender == ME
+
+
+@dataclass(frozen=True)
+class IntegrityProblem:
+    """Something in a lane that is not a genuine message: shown to the user, never as a message."""
+
+    lane: str  # "me" or the friend's nickname: whose lane it was found in
+    kind: str  # forged | replay | gap | rollback | fork | damaged | undecryptable
+    detail: str
+    time: datetime | None = None  # where it belongs in the conversation, when known
+
+
+@dataclass
+class ConversationView:
+    """The loaded window of one conversation."""
+
+    friend: str
+    messages: list[ChatMessage]
+    problems: list[IntegrityProblem]
+    #: Messages from the friend that this session had not returned before.
+    new_messages: list[ChatMessage] = field(default_factory=list)
+    #: True when older pages exist beyond the loaded window in either lane.
+    has_older: bool = False
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message: ChatMessage
+    #: Set when the ledger write failed: the message stays in the outbox and is re-sent on update.
+    error: LedgerError | None = None
+
+
+# --- the sender's own lane state (ciphertext only) ------------------------------------------------
+
+
+@dataclass
+class LaneState:
+    """What a sender keeps of its own lane: the current page and pages not yet confirmed."""
+
+    page: int = 0
+    seq: int = 0
+    head: str = GENESIS_HASH.hex()
+    last_time: str = ""
+    confirmed_seq: int = 0
+    pages: dict[str, str] = field(default_factory=dict)  # page number -> the page's ledger value
+    written_at: dict[str, str] = field(default_factory=dict)  # page number -> time of last write
+
+    @classmethod
+    def from_json(cls, data: Any) -> LaneState:
+        if not isinstance(data, dict):
+            raise PageFormatError("the outbox state file is damaged")
+        try:
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except TypeError as exc:
+            raise PageFormatError("the outbox state file is damaged") from exc
+
+
+# --- per-session memory ---------------------------------------------------------------------------
+
+
+@dataclass
+class _LaneView:
+    low: int = 0  # lowest page of the window (0: not opened yet)
+    top: int = 0
+    pages: dict[int, str | None] = field(default_factory=dict)  # ledger values read this session
+
+
+@dataclass
+class _Session:
+    friend_lane: _LaneView = field(default_factory=_LaneView)
+    my_lane: _LaneView = field(default_factory=_LaneView)
+    returned: set[bytes] = field(default_factory=set)  # digests of friend messages already returned
+
+
+@dataclass
+class _Lane:
+    """One side of a conversation, as needed to read it."""
+
+    owner: str  # "me" or nickname
+    owner_fingerprint: str
+    owner_key: RSA.RsaKey
+    receiver_fingerprint: str
+
+
+@dataclass
+class _Verified:
+    record: Record
+    digest: bytes
+    page: Page
+
+
+class ChatService:
+    """send_message / get_update for one unlocked identity."""
+
+    def __init__(
+        self,
+        identity: crypto.Identity,
+        friends: FriendStore,
+        ledger: Ledger,
+        state_dir: Path,
+        *,
+        clock: Clock = utc_now,
+        randfunc: crypto.RandFunc | None = None,
+        resend_after: timedelta = timedelta(seconds=10),
+    ) -> None:
+        self.identity = identity
+        self.friends = friends
+        self.ledger = ledger
+        self.state_dir = Path(state_dir)
+        self.clock = clock
+        self.randfunc = randfunc
+        self.resend_after = resend_after
+        self.my_fingerprint = crypto.fingerprint_bytes(identity.public_key).hex()
+        self._sessions: dict[str, _Session] = {}
+        self._derived: dict[tuple[str, str], bytes] = {}
+        self._unwrapped: dict[bytes, bytes | None] = {}
+        self._verified: set[bytes] = set()
+        self._plaintext: dict[bytes, bytes] = {}
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def _conversation(self, friend: Friend) -> str:
+        return crypto.conversation_id(self.identity.public_key, friend.key)
+
+    def _derived_key(self, purpose: str, conversation: str) -> bytes:
+        cached = self._derived.get((purpose, conversation))
+        if cached is None:
+            cached = crypto.derive_key(self.identity.private_key, purpose, bytes.fromhex(conversation))
+            self._derived[(purpose, conversation)] = cached
+        return cached
+
+    def _lane_key(self, conversation: str) -> bytes:
+        return self._derived_key("reschat lane key v1", conversation)
+
+    def _self_key(self, conversation: str) -> bytes:
+        return self._derived_key("reschat self key v1", conversation)
+
+    def _unwrap(self, wrapped: bytes) -> bytes | None:
+        if wrapped not in self._unwrapped:
+            try:
+                self._unwrapped[wrapped] = crypto.unwrap_key(self.identity.private_key, wrapped)
+            except (ValueError, TypeError):
+                self._unwrapped[wrapped] = None
+        return self._unwrapped[wrapped]
+
+    @staticmethod
+    def _aad(conversation: str, sender: str, seq: int, copy: str) -> bytes:
+        return f"reschat-aad/1|{conversation}|{sender}|{seq}|{copy}".encode("ascii")
+
+    # -- own lane state ------------------------------------------------------------------------
+
+    def _state_path(self, conversation: str) -> Path:
+        return self.state_dir / f"{conversation}.json"
+
+    def _load_state(self, conversation: str) -> LaneState | None:
+        data = read_json(self._state_path(conversation))
+        return None if data is None else LaneState.from_json(data)
+
+    def _save_state(self, conversation: str, state: LaneState) -> None:
+        atomic_write_json(self._state_path(conversation), state.__dict__)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send_message(
+        self, message: str | bytes, nickname: str, *, msg_type: str = "text", type_ext: str = ""
+    ) -> SendResult:
+        """Seal, sign and append ``message`` to our lane with ``nickname``: one ledger write, no read."""
+        body = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+        if msg_type == "text":
+            if not body.decode("utf-8", errors="replace").strip():
+                raise MessageError("the message is empty")
+            if len(body) > MAX_TEXT_BYTES:
+                raise MessageError(
+                    f"the message is {len(body)} bytes; the limit is {MAX_TEXT_BYTES} (16 KiB): send it as a file"
+                )
+        friend = self.friends.get_friend(nickname)
+        conversation = self._conversation(friend)
+        with file_lock(self.state_dir / f"{conversation}.lock"):
+            state = self._load_state(conversation) or self._recover_state(friend, conversation)
+            page = self._current_page(state, conversation, friend)
+            now = self.clock()
+            if state.last_time:
+                # A lane's timestamps never go backwards, even if the clock does.
+                now = max(now, parse_timestamp(state.last_time) + timedelta(microseconds=1))
+            seq = state.seq + 1
+            record = Record(
+                receiver=friend.fingerprint,
+                type=msg_type,
+                timestamp=now,
+                type_ext=type_ext,
+                for_sender=crypto.encrypt_message(
+                    self._self_key(conversation), body, self._aad(conversation, self.my_fingerprint, seq, "s"),
+                    self.randfunc,
+                ),
+                for_receiver=crypto.encrypt_message(
+                    self._lane_key(conversation), body, self._aad(conversation, self.my_fingerprint, seq, "r"),
+                    self.randfunc,
+                ),
+                seq=seq,
+                prev=bytes.fromhex(state.head),
+            )
+            # Measure with a signature-sized placeholder: the signature is made for the final page.
+            placeholder = replace(record, signature=bytes(self.identity.private_key.size_in_bytes()))
+            if page.is_full(placeholder):
+                page = Page(conversation, self.my_fingerprint, page.number + 1, page.wrapped_key)
+            signed = record.signed_bytes(conversation, self.my_fingerprint, page.wrap_digest)
+            record = replace(record, signature=crypto.sign(self.identity.private_key, signed, self.randfunc))
+            page.add_message(record)
+            value = page.to_string()
+            digest = hashlib.sha256(signed).digest()
+            state.page, state.seq, state.head = page.number, seq, digest.hex()
+            state.last_time = format_timestamp(now)
+            state.pages[str(page.number)] = value
+            state.written_at[str(page.number)] = format_timestamp(self.clock())
+            self._prune_state(state)
+            # The outbox is saved before the write: if we die in between, the next send or update
+            # carries the message to the ledger; it is never lost and never given a second seq.
+            self._save_state(conversation, state)
+            self._verified.add(digest)
+            self._plaintext[digest] = body
+            error: LedgerError | None = None
+            try:
+                self.ledger.set(page_key(conversation, self.my_fingerprint, page.number), value)
+            except LedgerError as exc:
+                log.warning("send deferred: %s", exc)
+                error = exc
+        sent = ChatMessage(
+            sender=ME, receiver=friend.nickname, time=now, type=msg_type, type_ext=type_ext,
+            body=body, seq=seq, status="pending",
+        )
+        return SendResult(message=sent, error=error)
+
+    def _current_page(self, state: LaneState, conversation: str, friend: Friend) -> Page:
+        value = state.pages.get(str(state.page))
+        if value is not None:
+            return Page.from_string(value)
+        wrapped = crypto.wrap_key(friend.key, self._lane_key(conversation), self.randfunc)
+        if state.page == 0:
+            return Page(conversation, self.my_fingerprint, 1, wrapped)
+        # The current page is unknown (recovered from a damaged ledger copy): start a fresh one.
+        return Page(conversation, self.my_fingerprint, state.page + 1, wrapped)
+
+    @staticmethod
+    def _prune_state(state: LaneState) -> None:
+        """Keep the current page and pages holding records not yet confirmed by a ledger read."""
+        for number in list(state.pages):
+            if int(number) == state.page:
+                continue
+            last_seq = max((r.seq for r in Page.from_string(state.pages[number]).all_messages()), default=0)
+            if last_seq <= state.confirmed_seq:
+                del state.pages[number]
+                state.written_at.pop(number, None)
+
+    def _recover_state(self, friend: Friend, conversation: str) -> LaneState:
+        """No local state for our lane (new profile directory, same key): rebuild it from the ledger."""
+        lane = self._my_lane(friend)
+        view = _LaneView()
+        top = self._discover_top(conversation, lane, 1, view)
+        state = LaneState()
+        if top == 0:
+            return state
+        verified, _problems = self._read_lane(conversation, lane, {top: view.pages.get(top)})
+        if verified:
+            last = max(verified, key=lambda v: v.record.seq)
+            state.seq, state.head = last.record.seq, last.digest.hex()
+            state.last_time = format_timestamp(last.record.timestamp)
+            state.confirmed_seq = last.record.seq
+        value = view.pages.get(top)
+        if value is not None and verified:
+            state.page = top
+            state.pages[str(top)] = value
+        else:
+            state.page = top  # _current_page starts page top + 1
+        return state
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _my_lane(self, friend: Friend) -> _Lane:
+        return _Lane(ME, self.my_fingerprint, self.identity.public_key, friend.fingerprint)
+
+    def _friend_lane(self, friend: Friend) -> _Lane:
+        return _Lane(friend.nickname, friend.fingerprint, friend.key, self.my_fingerprint)
+
+    def _discover_top(
+        self, conversation: str, lane: _Lane, hint: int, view: _LaneView, prefetched: bool = False
+    ) -> int:
+        """The newest page of ``lane``: the hint is trusted only as a starting point."""
+        base = max(hint, 1)
+        if not prefetched:
+            numbers = sorted({max(base - 1, 1), base, base + 1, base + 2})
+            self._fetch(conversation, lane, numbers, view)
+        top = max((n for n, v in view.pages.items() if v is not None), default=0)
+        while True:
+            probes = [top + step for step in _GALLOP]
+            self._fetch(conversation, lane, probes, view)
+            found = max((n for n in probes if view.pages.get(n) is not None), default=0)
+            if found == 0:
+                return top
+            top = found
+
+    def _fetch(self, conversation: str, lane: _Lane, numbers: Sequence[int], view: _LaneView) -> None:
+        wanted = [n for n in numbers if n >= 1 and n not in view.pages]
+        if not wanted:
+            return
+        keys = {n: page_key(conversation, lane.owner_fingerprint, n) for n in wanted}
+        values = self.ledger.get_many(list(keys.values()))
+        for number, key in keys.items():
+            view.pages[number] = values.get(key)
+
+    def _fetch_both(
+        self, conversation: str, lanes: list[tuple[_Lane, _LaneView, Sequence[int]]], refresh: bool
+    ) -> None:
+        """One concurrent round of reads over both lanes."""
+        keys: dict[str, tuple[_LaneView, int]] = {}
+        for lane, view, numbers in lanes:
+            for number in numbers:
+                if number >= 1 and (refresh or number not in view.pages):
+                    keys[page_key(conversation, lane.owner_fingerprint, number)] = (view, number)
+        if not keys:
+            return
+        values = self.ledger.get_many(list(keys))
+        for key, (view, number) in keys.items():
+            view.pages[number] = values.get(key)
+
+    def _read_lane(
+        self, conversation: str, lane: _Lane, pages: dict[int, str | None]
+    ) -> tuple[list[_Verified], list[IntegrityProblem]]:
+        """Parse, authenticate and order the records of some pages of one lane."""
+        problems: list[IntegrityProblem] = []
+        candidates: list[_Verified] = []
+        present = sorted(n for n, v in pages.items() if v is not None)
+        for number in present:
+            value = pages[number]
+            assert value is not None
+            try:
+                page = Page.from_string(value)
+            except PageFormatError as exc:
+                problems.append(IntegrityProblem(lane.owner, "damaged", f"page {number} is unreadable: {exc}"))
+                continue
+            if (page.conversation, page.sender, page.number) != (conversation, lane.owner_fingerprint, number):
+                problems.append(
+                    IntegrityProblem(lane.owner, "forged", f"page {number} belongs to another lane or place")
+                )
+                continue
+            for record in page.all_messages():
+                digest = record.digest(conversation, lane.owner_fingerprint, page.wrap_digest)
+                candidates.append(_Verified(record, digest, page))
+        if present:
+            holes = [n for n in range(present[0], present[-1]) if n not in present]
+            for number in holes:
+                problems.append(IntegrityProblem(lane.owner, "gap", f"page {number} is missing from the ledger"))
+        return self._authenticate(conversation, lane, candidates, problems)
+
+    def _authenticate(
+        self, conversation: str, lane: _Lane, candidates: list[_Verified], problems: list[IntegrityProblem]
+    ) -> tuple[list[_Verified], list[IntegrityProblem]]:
+        # Newest first: a record whose successor is authentic and names it as ``prev`` is
+        # authenticated by the successor's signature through the hash chain, so a whole genuine lane
+        # costs one signature check, and a forged record costs one failed check.
+        by_seq: dict[int, list[_Verified]] = {}
+        for cand in candidates:
+            by_seq.setdefault(cand.record.seq, []).append(cand)
+        authentic: dict[int, _Verified] = {}
+        for seq in sorted(by_seq, reverse=True):
+            successor = authentic.get(seq + 1)
+            chosen: _Verified | None = None
+            seen_digests: set[bytes] = set()
+            for cand in by_seq[seq]:
+                if cand.digest in seen_digests:
+                    problems.append(IntegrityProblem(
+                        lane.owner, "replay", f"a copy of message #{seq} was ignored", cand.record.timestamp,
+                    ))
+                    continue
+                seen_digests.add(cand.digest)
+                ok = (
+                    cand.digest in self._verified
+                    or (successor is not None and successor.record.prev == cand.digest)
+                    or self._check_signature(conversation, lane, cand)
+                )
+                if ok and cand.record.receiver != lane.receiver_fingerprint:
+                    ok = False
+                if not ok:
+                    problems.append(IntegrityProblem(
+                        lane.owner, "forged", f"a record claiming to be message #{seq} failed verification "
+                        "and is hidden", None,
+                    ))
+                elif chosen is None:
+                    chosen = cand
+                elif chosen.digest != cand.digest:
+                    problems.append(IntegrityProblem(
+                        lane.owner, "fork", f"two different signed versions of message #{seq} exist",
+                        cand.record.timestamp,
+                    ))
+            if chosen is not None:
+                self._verified.add(chosen.digest)
+                authentic[seq] = chosen
+        ordered = [authentic[s] for s in sorted(authentic)]
+        for older, newer in itertools.pairwise(ordered):
+            if newer.record.seq != older.record.seq + 1:
+                missing = newer.record.seq - older.record.seq - 1
+                problems.append(IntegrityProblem(
+                    lane.owner, "gap",
+                    f"{missing} message(s) missing (#{older.record.seq + 1}-#{newer.record.seq - 1})",
+                    newer.record.timestamp,
+                ))
+            elif newer.record.prev != older.digest:
+                problems.append(IntegrityProblem(
+                    lane.owner, "fork", f"message #{newer.record.seq} does not follow #{older.record.seq}",
+                    newer.record.timestamp,
+                ))
+        return ordered, problems
+
+    def _check_signature(self, conversation: str, lane: _Lane, cand: _Verified) -> bool:
+        signed = cand.record.signed_bytes(conversation, lane.owner_fingerprint, cand.page.wrap_digest)
+        return crypto.verify(lane.owner_key, signed, cand.record.signature)
+
+    def _decrypt(self, conversation: str, lane: _Lane, item: _Verified) -> bytes | None:
+        cached = self._plaintext.get(item.digest)
+        if cached is not None:
+            return cached
+        record = item.record
+        try:
+            if lane.owner == ME:
+                body = crypto.decrypt_message(
+                    self._self_key(conversation), record.for_sender,
+                    self._aad(conversation, lane.owner_fingerprint, record.seq, "s"),
+                )
+            else:
+                key = self._unwrap(item.page.wrapped_key)
+                if key is None:
+                    return None
+                body = crypto.decrypt_message(
+                    key, record.for_receiver, self._aad(conversation, lane.owner_fingerprint, record.seq, "r")
+                )
+        except ValueError:
+            return None
+        self._plaintext[item.digest] = body
+        return body
+
+    def get_update(self, nickname: str) -> ConversationView:
+        """Read what is new in the conversation with ``nickname`` and return the loaded window."""
+        return self._load(nickname, older=False, everything=False)
+
+    def load_older(self, nickname: str) -> ConversationView:
+        """Widen the window by one older page in each lane."""
+        return self._load(nickname, older=True, everything=False)
+
+    def load_all(self, nickname: str) -> ConversationView:
+        """The whole conversation, from page 1 of both lanes."""
+        return self._load(nickname, older=False, everything=True)
+
+    def _load(self, nickname: str, *, older: bool, everything: bool) -> ConversationView:
+        friend = self.friends.get_friend(nickname)
+        conversation = self._conversation(friend)
+        session = self._sessions.setdefault(conversation, _Session())
+        friend_lane, my_lane = self._friend_lane(friend), self._my_lane(friend)
+        state = self._load_state(conversation)
+        fv, mv = session.friend_lane, session.my_lane
+        opening = fv.low == 0
+
+        # Round 1: everything an ordinary update needs, in one concurrent batch.
+        hint = max(friend.lane_page, fv.top, 1)
+        friend_numbers = [hint, hint + 1, hint + 2] + ([hint - 1] if opening else [])
+        my_top = state.page if state and state.page else 0
+        my_numbers: list[int] = []
+        if state is None or my_top == 0:
+            my_numbers = [1, 2, 3]
+        else:
+            my_numbers = sorted({int(n) for n in state.pages if self._has_unconfirmed(state, state.pages[n])})
+            if opening and my_top > 1 and str(my_top - 1) not in state.pages:
+                my_numbers.append(my_top - 1)
+        for number in [hint, hint + 1, hint + 2]:
+            fv.pages.pop(number, None)  # the newest pages are always re-read
+        self._fetch_both(conversation, [(friend_lane, fv, friend_numbers), (my_lane, mv, my_numbers)], True)
+        ftop = self._discover_top(conversation, friend_lane, hint, fv, prefetched=True)
+        if state is None or my_top == 0:
+            my_top = self._discover_top(conversation, my_lane, 1, mv, prefetched=True)
+        fv.top, mv.top = ftop, my_top
+        for view, top in ((fv, ftop), (mv, my_top)):
+            if everything:
+                view.low = 1
+            elif view.low == 0:
+                view.low = max(top - 1, 1)
+            elif older:
+                view.low = max(view.low - 1, 1)
+        self._fetch(conversation, friend_lane, range(fv.low, ftop + 1), fv)
+        missing_mine = [n for n in range(mv.low, my_top + 1) if state is None or str(n) not in state.pages]
+        self._fetch(conversation, my_lane, missing_mine, mv)
+
+        problems: list[IntegrityProblem] = []
+        friend_pages = {n: fv.pages.get(n) for n in range(fv.low, ftop + 1)}
+        theirs, lane_problems = self._read_lane(conversation, friend_lane, friend_pages)
+        problems += lane_problems
+        problems += self._check_high_water(friend, theirs, ftop)
+
+        local_pages = state.pages if state else {}
+        my_pages = {n: local_pages.get(str(n)) or mv.pages.get(n) for n in range(mv.low, my_top + 1)}
+        mine, lane_problems = self._read_lane(conversation, my_lane, my_pages)
+        problems += lane_problems
+        confirmed = self._confirm(conversation, friend, state, mv) if state is not None else 0
+
+        messages: list[ChatMessage] = []
+        new_messages: list[ChatMessage] = []
+        for lane, items in ((friend_lane, theirs), (my_lane, mine)):
+            for item in items:
+                body = self._decrypt(conversation, lane, item)
+                if body is None:
+                    problems.append(IntegrityProblem(
+                        lane.owner, "undecryptable", f"message #{item.record.seq} could not be decrypted",
+                        item.record.timestamp,
+                    ))
+                    continue
+                outgoing = lane.owner == ME
+                message = ChatMessage(
+                    sender=ME if outgoing else friend.nickname,
+                    receiver=friend.nickname if outgoing else ME,
+                    time=item.record.timestamp,
+                    type=item.record.type,
+                    type_ext=item.record.type_ext,
+                    body=body,
+                    seq=item.record.seq,
+                    status=("delivered" if item.record.seq <= confirmed else "pending") if outgoing else None,
+                )
+                messages.append(message)
+                if not outgoing and item.digest not in session.returned:
+                    session.returned.add(item.digest)
+                    new_messages.append(message)
+        messages.sort(key=lambda m: (m.time, m.outgoing, m.seq))
+        return ConversationView(
+            friend=friend.nickname,
+            messages=messages,
+            problems=_unique(problems),
+            new_messages=new_messages,
+            has_older=fv.low > 1 or mv.low > 1,
+        )
+
+    def _check_high_water(self, friend: Friend, theirs: list[_Verified], top: int) -> list[IntegrityProblem]:
+        """Compare the friend's lane with the newest state we ever verified; then raise the marks."""
+        problems: list[IntegrityProblem] = []
+        newest = theirs[-1] if theirs else None
+        if friend.hw_seq and (newest is None or newest.record.seq < friend.hw_seq):
+            shown = newest.record.seq if newest else 0
+            problems.append(IntegrityProblem(
+                friend.nickname, "rollback",
+                f"the ledger shows an older state of this lane (newest #{shown}, already seen #{friend.hw_seq})",
+            ))
+        for item in theirs:
+            if item.record.seq == friend.hw_seq and friend.hw_hash and item.digest.hex() != friend.hw_hash:
+                problems.append(IntegrityProblem(
+                    friend.nickname, "fork", f"message #{item.record.seq} differs from the one seen before",
+                ))
+        if newest is not None and newest.record.seq > friend.hw_seq:
+            self.friends.update(
+                friend.nickname, hw_seq=newest.record.seq, hw_hash=newest.digest.hex(),
+                lane_page=lambda old: max(old, top),
+            )
+        elif top > friend.lane_page:
+            self.friends.update_page_num(friend.nickname, top)
+        return problems
+
+    @staticmethod
+    def _has_unconfirmed(state: LaneState, value: str) -> bool:
+        try:
+            return any(r.seq > state.confirmed_seq for r in Page.from_string(value).all_messages())
+        except PageFormatError:
+            return False
+
+    def _confirm(self, conversation: str, friend: Friend, state: LaneState, view: _LaneView) -> int:
+        """Mark own messages delivered when a ledger read returned them; re-send overdue ones."""
+        newly_confirmed = state.confirmed_seq
+        overdue: list[str] = []
+        now = self.clock()
+        for number, local_value in sorted(state.pages.items(), key=lambda kv: int(kv[0])):
+            local = Page.from_string(local_value).all_messages()
+            if not local or local[-1].seq <= state.confirmed_seq:
+                continue
+            remote_value = view.pages.get(int(number))
+            remote_seqs: set[tuple[int, bytes]] = set()
+            if remote_value is not None:
+                try:
+                    remote_seqs = {(r.seq, r.signature) for r in Page.from_string(remote_value).all_messages()}
+                except PageFormatError:
+                    remote_seqs = set()
+            confirmed_here = [r.seq for r in local if (r.seq, r.signature) in remote_seqs]
+            if confirmed_here and len(confirmed_here) == len(local):
+                newly_confirmed = max(newly_confirmed, local[-1].seq)
+            else:
+                if confirmed_here:
+                    newly_confirmed = max(newly_confirmed, min(r.seq for r in local) - 1, max(confirmed_here))
+                written = state.written_at.get(number)
+                if written is None or now - parse_timestamp(written) >= self.resend_after:
+                    overdue.append(number)
+        if newly_confirmed == state.confirmed_seq and not overdue:
+            return state.confirmed_seq
+        with file_lock(self.state_dir / f"{conversation}.lock"):
+            fresh = self._load_state(conversation) or state
+            fresh.confirmed_seq = max(fresh.confirmed_seq, newly_confirmed)
+            for number in overdue:
+                value = fresh.pages.get(number)
+                if value is None:
+                    continue
+                try:
+                    self.ledger.set(page_key(conversation, self.my_fingerprint, int(number)), value)
+                    fresh.written_at[number] = format_timestamp(self.clock())
+                except LedgerError as exc:
+                    log.warning("re-send failed: %s", exc)
+            self._prune_state(fresh)
+            self._save_state(conversation, fresh)
+            for number in overdue:
+                # Re-read re-sent pages next time instead of trusting this session's old copy.
+                view.pages.pop(int(number), None)
+            return fresh.confirmed_seq
+
+    def flush_outbox(self, nickname: str) -> int:
+        """Re-check our pending messages with ``nickname``; returns how many are still pending."""
+        view = self.get_update(nickname)
+        return sum(1 for m in view.messages if m.status == "pending")
+
+    def mark_read(self, nickname: str) -> None:
+        """Everything received from ``nickname`` so far has been shown."""
+        self.friends.update(nickname, read_seq=lambda _old: self.friends.get_friend(nickname).hw_seq)
+
+    def unread_counts(self) -> dict[str, int]:
+        """Unread messages per friend, from one concurrent round of reads of each friend's lane head."""
+        friends = self.friends.all_friends()
+        keys: dict[str, tuple[Friend, int]] = {}
+        for friend in friends:
+            conversation = self._conversation(friend)
+            for number in (friend.lane_page, friend.lane_page + 1):
+                keys[page_key(conversation, friend.fingerprint, number)] = (friend, number)
+        values = self.ledger.get_many(list(keys)) if keys else {}
+        counts: dict[str, int] = {}
+        for friend in friends:
+            newest = friend.hw_seq
+            conversation = self._conversation(friend)
+            for number in (friend.lane_page, friend.lane_page + 1):
+                value = values.get(page_key(conversation, friend.fingerprint, number))
+                newest = max(newest, _newest_seq(value, conversation, friend.fingerprint))
+            counts[friend.nickname] = max(0, newest - friend.read_seq)
+        return counts
+
+
+def _newest_seq(value: str | None, conversation: str, sender: str) -> int:
+    """The highest sequence number a page claims, for unread counts (verified when the chat opens)."""
+    if value is None:
+        return 0
+    try:
+        page = Page.from_string(value)
+    except PageFormatError:
+        return 0
+    if page.conversation != conversation or page.sender != sender:
+        return 0
+    return max((r.seq for r in page.all_messages()), default=0)
+
+
+def _unique(problems: list[IntegrityProblem]) -> list[IntegrityProblem]:
+    seen: set[tuple[str, str, str]] = set()
+    result = []
+    for problem in problems:
+        key = (problem.lane, problem.kind, problem.detail)
+        if key not in seen:
+            seen.add(key)
+            result.append(problem)
+    return result
+
+
+__all__ = [
+    "MAX_TEXT_BYTES",
+    "ChatMessage",
+    "ChatService",
+    "ConversationView",
+    "IntegrityProblem",
+    "SendResult",
+    "page_key",
+    "utc_now",
+]
+

@@ -1,0 +1,74 @@
+"""Shared fixtures: identities are costly to make (RSA-3072), so each test session makes a few once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from Crypto.PublicKey import RSA
+
+from reschat import crypto
+from reschat.chat import ChatService
+from reschat.friends import FriendStore
+from reschat.ledger import Ledger, LocalLedger, MemoryLedger
+
+#: Low scrypt cost for tests that create identities; one test checks the real default separately.
+TEST_SCRYPT_N = 2**10
+_KEY_CACHE: list[RSA.RsaKey] = []
+
+
+def rsa_key(index: int) -> RSA.RsaKey:
+    """The index-th RSA-3072 test key, generated once per test session."""
+    while len(_KEY_CACHE) <= index:
+        _KEY_CACHE.append(RSA.generate(crypto.RSA_BITS))
+    return _KEY_CACHE[index]
+
+
+@dataclass
+class Person:
+    """One user's profile: identity, friend store and chat service on a shared ledger."""
+
+    name: str
+    home: Path
+    identity: crypto.Identity
+    friends: FriendStore
+    chat: ChatService
+
+    @property
+    def card(self) -> str:
+        return self.identity.card
+
+
+def make_person(name: str, key_index: int, home: Path, ledger: Ledger, **chat_options: object) -> Person:
+    identity = crypto.Identity(name=name, private_key=rsa_key(key_index))
+    friends = FriendStore(home / "friends.json", own_fingerprint=crypto.fingerprint_bytes(identity.public_key).hex())
+    chat = ChatService(identity, friends, ledger, home / "lanes", **chat_options)  # type: ignore[arg-type]
+    return Person(name, home, identity, friends, chat)
+
+
+def befriend(a: Person, b: Person) -> None:
+    a.friends.add_friend(b.name, b.identity.public_key)
+    b.friends.add_friend(a.name, a.identity.public_key)
+
+
+@pytest.fixture(params=["memory", "local"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """Every backend the engine tests run on."""
+    backend: Ledger = MemoryLedger() if request.param == "memory" else LocalLedger(tmp_path / "ledger.sqlite")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def people(tmp_path: Path, ledger: Ledger) -> Callable[..., tuple[Person, Person]]:
+    """A factory for two befriended people on ``ledger``."""
+
+    def factory(**chat_options: object) -> tuple[Person, Person]:
+        alice = make_person("alice", 0, tmp_path / "alice", ledger, **chat_options)
+        bob = make_person("bob", 1, tmp_path / "bob", ledger, **chat_options)
+        befriend(alice, bob)
+        return alice, bob
+
+    return factory

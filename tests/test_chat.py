@@ -1,0 +1,149 @@
+"""The service layer: conversations across page rollover, in order, verified, on every ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from reschat.chat import ChatMessage
+from reschat.errors import MessageError, UnknownFriendError
+from reschat.ledger import Ledger, MemoryLedger
+from reschat.page import PAGE_CAPACITY
+from tests.conftest import Person
+
+
+def texts(messages: list[ChatMessage]) -> list[tuple[str, str]]:
+    return [(m.sender, m.text) for m in messages]
+
+
+def test_45_messages_both_directions_across_rollover(people: Callable[..., tuple[Person, Person]]) -> None:
+    alice, bob = people()
+    sent: list[tuple[str, str]] = []
+    for i in range(45):
+        if i % 3 == 2:
+            bob.chat.send_message(f"bob says {i}", "alice")
+            sent.append(("bob", f"bob says {i}"))
+        else:
+            alice.chat.send_message(f"alice says {i}", "bob")
+            sent.append(("alice", f"alice says {i}"))
+    view = bob.chat.load_all("alice")
+    assert view.problems == []
+    assert [(m.sender if m.sender != "me" else "bob", m.text) for m in view.messages] == sent
+    assert all(m.verified for m in view.messages)
+    # alice wrote 30 messages: two pages of her lane, the second one started by rollover
+    assert alice.chat._load_state(alice.chat._conversation(alice.friends.get_friend("bob"))).page == 2
+    view_a = alice.chat.load_all("bob")
+    assert [(m.sender if m.sender != "me" else "alice", m.text) for m in view_a.messages] == sent
+
+
+def test_update_loads_two_most_recent_pages_per_lane(people: Callable[..., tuple[Person, Person]]) -> None:
+    alice, bob = people()
+    for i in range(3 * PAGE_CAPACITY):
+        alice.chat.send_message(f"m{i}", "bob")
+    view = bob.chat.get_update("alice")
+    assert [m.text for m in view.messages] == [f"m{i}" for i in range(PAGE_CAPACITY, 3 * PAGE_CAPACITY)]
+    assert view.has_older
+    older = bob.chat.load_older("alice")
+    assert [m.text for m in older.messages] == [f"m{i}" for i in range(3 * PAGE_CAPACITY)]
+    assert not older.has_older
+
+
+def test_new_messages_are_reported_once(people: Callable[..., tuple[Person, Person]]) -> None:
+    alice, bob = people()
+    alice.chat.send_message("hello", "bob")
+    first = bob.chat.get_update("alice")
+    assert [m.text for m in first.new_messages] == ["hello"]
+    assert bob.chat.get_update("alice").new_messages == []
+    alice.chat.send_message("again", "bob")
+    assert [m.text for m in bob.chat.get_update("alice").new_messages] == ["again"]
+
+
+def test_own_messages_become_delivered_after_a_read(people: Callable[..., tuple[Person, Person]]) -> None:
+    alice, _bob = people()
+    result = alice.chat.send_message("hi", "bob")
+    assert result.error is None and result.message.status == "pending"
+    view = alice.chat.get_update("bob")
+    assert [(m.text, m.status) for m in view.messages] == [("hi", "delivered")]
+
+
+def test_send_is_one_write_and_no_read() -> None:
+    ledger = MemoryLedger()
+    from pathlib import Path
+    import tempfile
+
+    from tests.conftest import befriend, make_person
+
+    with tempfile.TemporaryDirectory() as tmp:
+        alice = make_person("alice", 0, Path(tmp) / "a", ledger)
+        bob = make_person("bob", 1, Path(tmp) / "b", ledger)
+        befriend(alice, bob)
+        alice.chat.send_message("first", "bob")
+        ledger.operations.clear()
+        for i in range(PAGE_CAPACITY + 2):
+            ledger.operations.clear()
+            alice.chat.send_message(f"m{i}", "bob")
+            assert [op for op, _ in ledger.operations] == ["set"]
+
+
+def test_update_without_news_does_no_private_key_operation(people: Callable[..., tuple[Person, Person]]) -> None:
+    alice, bob = people()
+    alice.chat.send_message("hi", "bob")
+    bob.chat.get_update("alice")
+    calls = {"n": 0}
+    key = bob.identity.private_key
+    original = key._decrypt_to_bytes if hasattr(key, "_decrypt_to_bytes") else None
+    assert original is not None
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    key._decrypt_to_bytes = counting
+    try:
+        bob.chat.get_update("alice")
+        assert calls["n"] == 0
+        alice.chat.send_message("more", "bob")
+        assert [m.text for m in bob.chat.get_update("alice").new_messages] == ["more"]
+        assert calls["n"] == 0  # the lane key was unwrapped once, when the chat opened
+    finally:
+        del key._decrypt_to_bytes
+
+
+def test_empty_and_oversized_messages_are_refused(people: Callable[..., tuple[Person, Person]]) -> None:
+    alice, _bob = people()
+    with pytest.raises(MessageError, match="empty"):
+        alice.chat.send_message("  \n\t ", "bob")
+    with pytest.raises(MessageError, match="16 KiB"):
+        alice.chat.send_message("x" * (16 * 1024 + 1), "bob")
+    with pytest.raises(UnknownFriendError):
+        alice.chat.send_message("hi", "carol")
+    result = alice.chat.send_message("é" * (8 * 1024), "bob")  # exactly 16 KiB of UTF-8
+    assert result.error is None
+
+
+def test_lane_timestamps_never_go_backwards(tmp_path: object, ledger: Ledger) -> None:
+    from pathlib import Path
+
+    from tests.conftest import befriend, make_person
+
+    base = Path(str(tmp_path))
+    moments = iter([datetime(2026, 1, 1, 12, tzinfo=timezone.utc), datetime(2025, 1, 1, tzinfo=timezone.utc)])
+    now = {"t": datetime(2026, 1, 1, 12, tzinfo=timezone.utc)}
+
+    def clock() -> datetime:
+        return now["t"]
+
+    alice = make_person("alice", 0, base / "a", ledger, clock=clock)
+    bob = make_person("bob", 1, base / "b", ledger)
+    befriend(alice, bob)
+    now["t"] = next(moments)
+    alice.chat.send_message("one", "bob")
+    now["t"] = next(moments)  # the clock jumps back a year
+    alice.chat.send_message("two", "bob")
+    view = bob.chat.get_update("alice")
+    assert [m.text for m in view.messages] == ["one", "two"]
+    assert view.messages[1].time > view.messages[0].time
+    assert view.messages[0].time.tzinfo is not None
+    assert view.messages[1].time - view.messages[0].time < timedelta(seconds=1)
