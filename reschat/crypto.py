@@ -282,7 +282,7 @@ def parse_contact(text: str) -> Contact:
     if "-----BEGIN" in stripped:
         return Contact(public_key=string_to_public_key(stripped), name=None)
     compact = re.sub(r"\s+", "", stripped)
-    if not compact.startswith(CARD_PREFIX):
+    if not compact.isascii() or not compact.startswith(CARD_PREFIX):
         raise KeyFormatError("not a contact card (reschat-card:1:...) or a PEM public key")
     parts = compact[len(CARD_PREFIX) :].split(":")
     if len(parts) != 3:

@@ -20,6 +20,7 @@ from typing import Any
 from Crypto.PublicKey import RSA
 from tinydb import Query, TinyDB
 from tinydb.storages import MemoryStorage, Storage
+from tinydb.table import Table
 
 from reschat.crypto import fingerprint_bytes, public_key_to_string, string_to_public_key
 from reschat.errors import DuplicateFriendError, KeyFormatError, ProfileError, UnknownFriendError
@@ -106,8 +107,6 @@ class FriendStore:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = TinyDB(str(path), storage=AtomicJSONStorage)
-        # cache_size=0: another process may have changed the file since our last query.
-        self._table = self._db.table("friends", cache_size=0)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -117,6 +116,12 @@ class FriendStore:
             else:
                 with file_lock(self.path.with_name(self.path.name + ".lock")):
                     yield
+
+    @property
+    def _table(self) -> Table:
+        # A fresh Table per use, without query cache: another process may have changed the file
+        # since our last call, and a long-lived Table also caches the next document id.
+        return Table(self._db.storage, "friends", cache_size=0)
 
     def _all(self) -> list[Friend]:
         fields = Friend.__dataclass_fields__

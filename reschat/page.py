@@ -44,7 +44,8 @@ def format_timestamp(moment: datetime) -> str:
     """ISO-8601 in UTC with microseconds and a Z, so that text order is time order."""
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat pads the year to four digits on every platform; strftime("%Y") does not on Linux.
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_timestamp(text: str) -> datetime:

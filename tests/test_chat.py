@@ -70,8 +70,8 @@ def test_own_messages_become_delivered_after_a_read(people: Callable[..., tuple[
 
 def test_send_is_one_write_and_no_read() -> None:
     ledger = MemoryLedger()
-    from pathlib import Path
     import tempfile
+    from pathlib import Path
 
     from tests.conftest import befriend, make_person
 
