@@ -141,9 +141,10 @@ json_values = st.recursive(
 @given(json_values)
 def test_arbitrary_json_parses_or_raises_page_format_error(value: object) -> None:
     try:
-        Page.from_string("reschat-page/1:" + json.dumps(value))
+        page = Page.from_string("reschat-page/1:" + json.dumps(value))
     except PageFormatError:
-        pass
+        return
+    assert page.message_count <= PAGE_CAPACITY
 
 
 @settings(max_examples=200, deadline=None)
