@@ -63,7 +63,7 @@ class Ledger(ABC):
             return {key: self.get(key) for key in unique}
         with ThreadPoolExecutor(max_workers=min(len(unique), self.max_concurrency)) as pool:
             values = list(pool.map(self.get, unique))
-        return dict(zip(unique, values))
+        return dict(zip(unique, values, strict=True))
 
     #: How many reads ``get_many`` may run at once.
     max_concurrency: int = 16
