@@ -12,7 +12,8 @@ from Crypto.PublicKey import RSA
 from reschat import crypto
 from reschat.chat import ChatService
 from reschat.friends import FriendStore
-from reschat.ledger import Ledger, LocalLedger, MemoryLedger
+from reschat.ledger import Ledger, LocalLedger, MemoryLedger, ResilientDBLedger
+from tests.standin import StandInCluster
 
 #: Low scrypt cost for tests that create identities; one test checks the real default separately.
 TEST_SCRYPT_N = 2**10
@@ -53,10 +54,20 @@ def befriend(a: Person, b: Person) -> None:
     b.friends.add_friend(a.name, a.identity.public_key)
 
 
-@pytest.fixture(params=["memory", "local"])
+def make_ledger(kind: str, root: Path) -> Ledger:
+    """A fresh ledger of ``kind``: memory, local (SQLite) or the stand-in ResilientDB tool."""
+    if kind == "memory":
+        return MemoryLedger()
+    if kind == "local":
+        return LocalLedger(root / "ledger.sqlite")
+    cluster = StandInCluster.create(root / "cluster")
+    return ResilientDBLedger(cluster.tool, cluster.config, timeout_s=30)
+
+
+@pytest.fixture(params=["memory", "local", "resilientdb"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     """Every backend the engine tests run on."""
-    backend: Ledger = MemoryLedger() if request.param == "memory" else LocalLedger(tmp_path / "ledger.sqlite")
+    backend = make_ledger(request.param, tmp_path)
     yield backend
     backend.close()
 

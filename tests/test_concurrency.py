@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reschat.ledger import Ledger, LocalLedger
+from reschat.ledger import Ledger, LocalLedger, ResilientDBLedger
 from tests.conftest import Person, befriend, make_person
+from tests.standin import StandInCluster
 
 LedgerFactory = Callable[[], Ledger]
 
@@ -55,13 +56,14 @@ def check_conversation(reader: Person, friend: str, expected: dict[str, list[str
         assert in_order == texts
 
 
-def local_ledger_factory(path: Path) -> LedgerFactory:
-    return lambda: LocalLedger(path)
-
-
-@pytest.fixture
-def shared_ledger(tmp_path: Path) -> LedgerFactory:
-    return local_ledger_factory(tmp_path / "shared.sqlite")
+@pytest.fixture(params=["local", "resilientdb"])
+def shared_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerFactory:
+    """A factory of connections to one ledger, so each process opens its own."""
+    if request.param == "local":
+        path = tmp_path / "shared.sqlite"
+        return lambda: LocalLedger(path)
+    cluster = StandInCluster.create(tmp_path / "cluster")
+    return lambda: ResilientDBLedger(cluster.tool, cluster.config, timeout_s=60)
 
 
 def test_two_friends_and_a_second_terminal_send_at_once(tmp_path: Path, shared_ledger: LedgerFactory) -> None:

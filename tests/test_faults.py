@@ -101,7 +101,7 @@ def test_sigkill_in_the_middle_of_sending(tmp_path: Path, delay: float) -> None:
     assert view.problems == []
     texts = [m.text for m in view.messages]
     assert max(Counter(texts).values()) == 1
-    assert texts == sent + ["after restart"]
+    assert texts == [*sent, "after restart"]
 
 
 def _write_friends_forever(path: str, keys: list[str]) -> None:

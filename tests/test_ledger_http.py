@@ -9,11 +9,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from standin.http_gateway import GatewayStandIn
 
 from reschat.errors import LedgerConfigError, LedgerError, LedgerTimeoutError, LedgerUnavailableError
 from reschat.ledger.base import MAX_VALUE_BYTES
 from reschat.ledger.http import ResilientDBHttpLedger
+from tests.standin.http_gateway import GatewayStandIn
 
 PRINTABLE = "".join(map(chr, range(0x20, 0x7F)))
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from standin import StandInCluster
 
 from reschat.errors import (
     LedgerConfigError,
@@ -32,6 +31,7 @@ from reschat.ledger.resilientdb import (
     parse_set_output,
     run_tool,
 )
+from tests.standin import StandInCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRINTABLE = "".join(map(chr, range(0x20, 0x7F)))
