@@ -369,3 +369,12 @@ def test_sanitized_names_are_always_safe(name: str) -> None:
 )
 def test_human_size(size: int, text: str) -> None:
     assert files.human_size(size) == text
+
+
+def test_chat_service_sends_and_saves_files_in_one_call(people: People, tmp_path: Path) -> None:
+    alice, bob = people()
+    data = os.urandom(4096)
+    result = alice.chat.send_file("bob", write(tmp_path / "q.csv", data))
+    assert (result.message.type, result.message.type_ext, result.error) == ("file", "csv", None)
+    saved = bob.chat.save_file(received_file(bob, "alice"), tmp_path / "downloads")
+    assert saved.read_bytes() == data
