@@ -34,7 +34,7 @@ from typing import Any
 
 from Crypto.PublicKey import RSA
 
-from reschat import crypto
+from reschat import crypto, files
 from reschat.errors import LedgerError, MessageError, PageFormatError
 from reschat.friends import Friend, FriendStore
 from reschat.ledger.base import Ledger
@@ -726,6 +726,16 @@ class ChatService:
                 newest = max(newest, _newest_seq(value, conversation, friend.fingerprint))
             counts[friend.nickname] = max(0, newest - friend.read_seq)
         return counts
+
+    # -- files (the format is described in files.py) ------------------------------------------------
+
+    def send_file(self, nickname: str, path: Path) -> SendResult:
+        """Send the file at ``path`` (at most 5 MiB) to ``nickname``: encrypted chunks, then a signed manifest."""
+        return files.send_file(self, nickname, path)
+
+    def save_file(self, message: ChatMessage, downloads_dir: Path) -> Path:
+        """Verify the file of a ``file`` message and save it as a new file in ``downloads_dir``."""
+        return files.save_file(self, message, downloads_dir)
 
 
 def _newest_seq(value: str | None, conversation: str, sender: str) -> int:
