@@ -38,7 +38,15 @@ from reschat import crypto, files
 from reschat.errors import LedgerError, MessageError, PageFormatError
 from reschat.friends import Friend, FriendStore
 from reschat.ledger.base import Ledger
-from reschat.page import GENESIS_HASH, Page, Record, format_timestamp, parse_timestamp
+from reschat.page import (
+    GENESIS_HASH,
+    MESSAGE_TYPES,
+    Page,
+    Record,
+    format_timestamp,
+    parse_timestamp,
+    valid_type_ext,
+)
 from reschat.storage import atomic_write_json, file_lock, read_json
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 MAX_TEXT_BYTES = 16 * 1024
+#: Any payload (a file manifest included): two sealed copies of it must fit in an empty page.
+MAX_PAYLOAD_BYTES = 32 * 1024
 ME = "me"
 _KEY_PREFIX = "reschat1"
 #: How far past the newest known page a read looks in one concurrent round.
@@ -254,6 +264,15 @@ class ChatService:
     ) -> SendResult:
         """Seal, sign and append ``message`` to our lane with ``nickname``: one ledger write, no read."""
         body = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+        # Checked before anything is sealed: a record the reader would refuse must never be written.
+        if msg_type not in MESSAGE_TYPES:
+            raise MessageError(f"unknown message type {msg_type!r}")
+        if not valid_type_ext(type_ext):
+            raise MessageError(f"invalid type extension {type_ext!r}")
+        if not body:
+            raise MessageError("the message is empty")
+        if len(body) > MAX_PAYLOAD_BYTES:
+            raise MessageError(f"the message is {len(body)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
         if msg_type == "text":
             if not body.decode("utf-8", errors="replace").strip():
                 raise MessageError("the message is empty")

@@ -57,6 +57,11 @@ def parse_timestamp(text: str) -> datetime:
         raise PageFormatError(f"bad timestamp {text[:40]!r}") from exc
 
 
+def valid_type_ext(type_ext: str) -> bool:
+    """A type extension is a short token (a file's extension, for example)."""
+    return bool(_TYPE_EXT.fullmatch(type_ext))
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

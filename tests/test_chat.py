@@ -121,6 +121,17 @@ def test_empty_and_oversized_messages_are_refused(people: Callable[..., tuple[Pe
         alice.chat.send_message("hi", "carol")
     result = alice.chat.send_message("é" * (8 * 1024), "bob")  # exactly 16 KiB of UTF-8
     assert result.error is None
+    for bad in [{"msg_type": "exe"}, {"type_ext": "bad ext!"}, {"msg_type": "file", "type_ext": "x" * 33}]:
+        with pytest.raises(MessageError):
+            alice.chat.send_message("hi", "bob", **bad)  # type: ignore[arg-type]
+    with pytest.raises(MessageError, match="empty"):
+        alice.chat.send_message(b"", "bob", msg_type="file")
+    with pytest.raises(MessageError, match="limit"):
+        alice.chat.send_message(b"m" * (32 * 1024 + 1), "bob", msg_type="file")
+    alice.chat.send_message(b"m" * (32 * 1024), "bob", msg_type="file", type_ext="bin")
+    # nothing refused was written: the conversation still reads back cleanly
+    view = alice.chat.get_update("bob")
+    assert view.problems == [] and len(view.messages) == 2
 
 
 def test_lane_timestamps_never_go_backwards(tmp_path: object, ledger: Ledger) -> None:
