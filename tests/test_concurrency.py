@@ -86,3 +86,33 @@ def test_two_friends_and_a_second_terminal_send_at_once(tmp_path: Path, shared_l
     # alice's 100 messages fill exactly 5 pages of her lane: page numbers never drifted
     state = alice.chat._load_state(alice.chat._conversation(alice.friends.get_friend("bob")))
     assert state is not None and state.page == 5 and state.seq == 100
+
+
+@pytest.mark.parametrize(("kind", "senders"), [("local", 4), ("resilientdb", 2)])
+def test_load_many_processes_200_messages_each(tmp_path: Path, kind: str, senders: int) -> None:
+    """Issue 5's load test: 0 lost, 0 duplicated, each sender's order preserved."""
+    if kind == "local":
+        path = tmp_path / "load.sqlite"
+
+        def factory() -> Ledger:
+            return LocalLedger(path)
+    else:
+        cluster = StandInCluster.create(tmp_path / "cluster")
+
+        def factory() -> Ledger:
+            return ResilientDBLedger(cluster.tool, cluster.config, timeout_s=60)
+
+    alice = make_person("alice", 0, tmp_path / "alice", factory())
+    bob = make_person("bob", 1, tmp_path / "bob", factory())
+    befriend(alice, bob)
+    count = 200
+    jobs = [
+        ("alice", 0, alice.home, "bob", "a1"),
+        ("bob", 1, bob.home, "alice", "b1"),
+        ("alice", 0, alice.home, "bob", "a2"),
+        ("bob", 1, bob.home, "alice", "b2"),
+    ][:senders]
+    run_senders(factory, jobs, count)
+    expected = {tag: [f"{tag} {i}" for i in range(count)] for _, _, _, _, tag in jobs}
+    check_conversation(bob, "alice", expected)
+    check_conversation(alice, "bob", expected)
