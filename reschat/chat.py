@@ -142,6 +142,17 @@ class LaneState:
     confirmed_seq: int = 0
     pages: dict[str, str] = field(default_factory=dict)  # page number -> the page's ledger value
     written_at: dict[str, str] = field(default_factory=dict)  # page number -> time of last write
+    last_seq: dict[str, int] = field(default_factory=dict)  # page number -> its newest sequence number
+
+    def page_last_seq(self, number: str) -> int:
+        """The newest sequence number on a kept page, without parsing it when it is known."""
+        if number not in self.last_seq:
+            try:
+                records = Page.from_string(self.pages[number]).all_messages()
+            except PageFormatError:
+                return 0
+            self.last_seq[number] = max((r.seq for r in records), default=0)
+        return self.last_seq[number]
 
     @classmethod
     def from_json(cls, data: Any) -> LaneState:
@@ -214,11 +225,24 @@ class ChatService:
         self._unwrapped: dict[bytes, bytes | None] = {}
         self._verified: set[bytes] = set()
         self._plaintext: dict[bytes, bytes] = {}
+        self._friend_keys: dict[str, RSA.RsaKey] = {}
+        self._conversations: dict[str, str] = {}
 
     # -- keys ----------------------------------------------------------------------------------
 
+    def _friend_key(self, friend: Friend) -> RSA.RsaKey:
+        # Keyed by fingerprint: parsing a PEM and hashing two keys cost more than an AES seal.
+        key = self._friend_keys.get(friend.fingerprint)
+        if key is None:
+            key = self._friend_keys[friend.fingerprint] = friend.key
+        return key
+
     def _conversation(self, friend: Friend) -> str:
-        return crypto.conversation_id(self.identity.public_key, friend.key)
+        conversation = self._conversations.get(friend.fingerprint)
+        if conversation is None:
+            conversation = crypto.conversation_id(self.identity.public_key, self._friend_key(friend))
+            self._conversations[friend.fingerprint] = conversation
+        return conversation
 
     def _derived_key(self, purpose: str, conversation: str) -> bytes:
         cached = self._derived.get((purpose, conversation))
@@ -319,6 +343,7 @@ class ChatService:
             state.last_time = format_timestamp(now)
             state.pages[str(page.number)] = value
             state.written_at[str(page.number)] = format_timestamp(self.clock())
+            state.last_seq[str(page.number)] = seq
             self._prune_state(state)
             # The outbox is saved before the write: if we die in between, the next send or update
             # carries the message to the ledger; it is never lost and never given a second seq.
@@ -341,7 +366,7 @@ class ChatService:
         value = state.pages.get(str(state.page))
         if value is not None:
             return Page.from_string(value)
-        wrapped = crypto.wrap_key(friend.key, self._lane_key(conversation), self.randfunc)
+        wrapped = crypto.wrap_key(self._friend_key(friend), self._lane_key(conversation), self.randfunc)
         if state.page == 0:
             return Page(conversation, self.my_fingerprint, 1, wrapped)
         # The current page is unknown (recovered from a damaged ledger copy): start a fresh one.
@@ -351,12 +376,10 @@ class ChatService:
     def _prune_state(state: LaneState) -> None:
         """Keep the current page and pages holding records not yet confirmed by a ledger read."""
         for number in list(state.pages):
-            if int(number) == state.page:
-                continue
-            last_seq = max((r.seq for r in Page.from_string(state.pages[number]).all_messages()), default=0)
-            if last_seq <= state.confirmed_seq:
+            if int(number) != state.page and state.page_last_seq(number) <= state.confirmed_seq:
                 del state.pages[number]
                 state.written_at.pop(number, None)
+                state.last_seq.pop(number, None)
 
     def _recover_state(self, friend: Friend, conversation: str) -> LaneState:
         """No local state for our lane (new profile directory, same key): rebuild it from the ledger."""
@@ -386,7 +409,7 @@ class ChatService:
         return _Lane(ME, self.my_fingerprint, self.identity.public_key, friend.fingerprint)
 
     def _friend_lane(self, friend: Friend) -> _Lane:
-        return _Lane(friend.nickname, friend.fingerprint, friend.key, self.my_fingerprint)
+        return _Lane(friend.nickname, friend.fingerprint, self._friend_key(friend), self.my_fingerprint)
 
     def _discover_top(
         self, conversation: str, lane: _Lane, hint: int, view: _LaneView, prefetched: bool = False
@@ -573,7 +596,7 @@ class ChatService:
         if state is None or my_top == 0:
             my_numbers = [1, 2, 3]
         else:
-            my_numbers = sorted({int(n) for n in state.pages if self._has_unconfirmed(state, state.pages[n])})
+            my_numbers = sorted(int(n) for n in state.pages if state.page_last_seq(n) > state.confirmed_seq)
             if opening and my_top > 1 and str(my_top - 1) not in state.pages:
                 my_numbers.append(my_top - 1)
         for number in [hint, hint + 1, hint + 2]:
@@ -665,13 +688,6 @@ class ChatService:
             self.friends.update_page_num(friend.nickname, top)
         return problems
 
-    @staticmethod
-    def _has_unconfirmed(state: LaneState, value: str) -> bool:
-        try:
-            return any(r.seq > state.confirmed_seq for r in Page.from_string(value).all_messages())
-        except PageFormatError:
-            return False
-
     def _confirm(self, conversation: str, friend: Friend, state: LaneState, view: _LaneView) -> int:
         """Mark own messages delivered when a ledger read returned them; re-send overdue ones."""
         newly_confirmed = state.confirmed_seq
@@ -725,7 +741,8 @@ class ChatService:
 
     def mark_read(self, nickname: str) -> None:
         """Everything received from ``nickname`` so far has been shown."""
-        self.friends.update(nickname, read_seq=lambda _old: self.friends.get_friend(nickname).hw_seq)
+        newest = self.friends.get_friend(nickname).hw_seq
+        self.friends.update(nickname, read_seq=lambda old: max(old, newest))
 
     def unread_counts(self) -> dict[str, int]:
         """Unread messages per friend, from one concurrent round of reads of each friend's lane head."""

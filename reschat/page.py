@@ -52,7 +52,8 @@ def parse_timestamp(text: str) -> datetime:
     if not _TIMESTAMP.fullmatch(text):
         raise PageFormatError(f"bad timestamp {text[:40]!r}")
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        # fromisoformat is an order of magnitude faster than strptime; the regex fixed the shape.
+        return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
     except ValueError as exc:
         raise PageFormatError(f"bad timestamp {text[:40]!r}") from exc
 

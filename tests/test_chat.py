@@ -158,3 +158,46 @@ def test_lane_timestamps_never_go_backwards(tmp_path: object, ledger: Ledger) ->
     assert view.messages[1].time > view.messages[0].time
     assert view.messages[0].time.tzinfo is not None
     assert view.messages[1].time - view.messages[0].time < timedelta(seconds=1)
+
+
+def test_unread_counts_follow_arrivals_and_reading(people: Callable[..., tuple[Person, Person]]) -> None:
+    alice, bob = people()
+    assert bob.chat.unread_counts() == {"alice": 0}
+    for i in range(3):
+        alice.chat.send_message(f"m{i}", "bob")
+    assert bob.chat.unread_counts() == {"alice": 3}  # seen from the lane head, before opening the chat
+    bob.chat.get_update("alice")
+    assert bob.chat.unread_counts() == {"alice": 3}  # fetched but not yet shown to the user
+    bob.chat.mark_read("alice")
+    assert bob.chat.unread_counts() == {"alice": 0}
+    for i in range(PAGE_CAPACITY):
+        alice.chat.send_message(f"n{i}", "bob")  # rolls over onto alice's page 2
+    assert bob.chat.unread_counts() == {"alice": PAGE_CAPACITY}
+    assert alice.chat.unread_counts() == {"bob": 0}
+
+
+def test_deep_history_of_30_pages_loads_page_by_page_and_completely(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from tests.conftest import befriend, make_person
+
+    ledger = MemoryLedger()
+    alice = make_person("alice", 0, Path(str(tmp_path)) / "a", ledger)
+    bob = make_person("bob", 1, Path(str(tmp_path)) / "b", ledger)
+    befriend(alice, bob)
+    total = 30 * PAGE_CAPACITY
+    for i in range(total):
+        alice.chat.send_message(f"h{i}", "bob")
+    view = bob.chat.get_update("alice")
+    assert len(view.messages) == 2 * PAGE_CAPACITY and view.has_older
+    pages_loaded = 2
+    while view.has_older:
+        view = bob.chat.load_older("alice")
+        pages_loaded += 1
+        assert len(view.messages) == pages_loaded * PAGE_CAPACITY
+    assert pages_loaded == 30
+    assert [m.text for m in view.messages] == [f"h{i}" for i in range(total)]
+    fresh = make_person("bob", 1, bob.home, ledger)
+    everything = fresh.chat.load_all("alice")
+    assert [m.text for m in everything.messages] == [f"h{i}" for i in range(total)]
+    assert everything.problems == [] and not everything.has_older
