@@ -201,3 +201,23 @@ def test_deep_history_of_30_pages_loads_page_by_page_and_completely(tmp_path: ob
     everything = fresh.chat.load_all("alice")
     assert [m.text for m in everything.messages] == [f"h{i}" for i in range(total)]
     assert everything.problems == [] and not everything.has_older
+
+
+def test_lost_outbox_state_is_rebuilt_from_the_ledger(tmp_path: object, ledger: Ledger) -> None:
+    import shutil
+    from pathlib import Path
+
+    from tests.conftest import befriend, make_person
+
+    base = Path(str(tmp_path))
+    alice = make_person("alice", 0, base / "a", ledger)
+    bob = make_person("bob", 1, base / "b", ledger)
+    befriend(alice, bob)
+    for i in range(25):
+        alice.chat.send_message(f"m{i}", "bob")
+    shutil.rmtree(alice.home / "lanes")  # e.g. the profile was restored without its outbox
+    again = make_person("alice", 0, alice.home, ledger)
+    again.chat.send_message("after", "bob")
+    view = bob.chat.load_all("alice")
+    assert view.problems == []
+    assert [m.text for m in view.messages] == [f"m{i}" for i in range(25)] + ["after"]
