@@ -690,7 +690,7 @@ class ChatService:
 
     def _confirm(self, conversation: str, friend: Friend, state: LaneState, view: _LaneView) -> int:
         """Mark own messages delivered when a ledger read returned them; re-send overdue ones."""
-        newly_confirmed = state.confirmed_seq
+        seen: set[int] = set()  # our sequence numbers that this round's reads returned
         overdue: list[str] = []
         now = self.clock()
         for number, local_value in sorted(state.pages.items(), key=lambda kv: int(kv[0])):
@@ -705,14 +705,16 @@ class ChatService:
                 except PageFormatError:
                     remote_seqs = set()
             confirmed_here = [r.seq for r in local if (r.seq, r.signature) in remote_seqs]
-            if confirmed_here and len(confirmed_here) == len(local):
-                newly_confirmed = max(newly_confirmed, local[-1].seq)
-            else:
-                if confirmed_here:
-                    newly_confirmed = max(newly_confirmed, min(r.seq for r in local) - 1, max(confirmed_here))
+            seen.update(confirmed_here)
+            if len(confirmed_here) != len(local):
                 written = state.written_at.get(number)
                 if written is None or now - parse_timestamp(written) >= self.resend_after:
                     overdue.append(number)
+        # Confirmed means every message up to here was returned by a read: a later page that arrived
+        # says nothing about an earlier page whose write was lost, which must stay in the outbox.
+        newly_confirmed = state.confirmed_seq
+        while newly_confirmed + 1 in seen:
+            newly_confirmed += 1
         if newly_confirmed == state.confirmed_seq and not overdue:
             return state.confirmed_seq
         with file_lock(self.state_dir / f"{conversation}.lock"):

@@ -1,0 +1,307 @@
+"""Delivery confirmation on the stand-in ResilientDB tool.
+
+A sent message is "pending" until a ledger read returns it, then "delivered"; one still unconfirmed
+after ``resend_after`` is written again (same page, same sequence number, never shown twice); pending
+messages wait in the outbox, as ciphertext only, across a quit and restart. Every row of the contract's
+failure table is driven through the chat service."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from reschat import crypto
+from reschat.chat import ChatMessage, page_key
+from reschat.errors import LedgerConfigError, LedgerTimeoutError, LedgerUnavailableError
+from reschat.ledger import MemoryLedger, ResilientDBLedger
+from reschat.page import PAGE_CAPACITY
+from tests.conftest import Person, befriend, make_person
+from tests.standin import StandInCluster
+from tests.test_doctor import no_process_mentions
+
+
+class ManualClock:
+    """A UTC clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+RESEND_AFTER = timedelta(seconds=10)
+
+
+def setup(
+    tmp_path: Path, *, timeout_s: float = 30, **alice_options: object
+) -> tuple[StandInCluster, ResilientDBLedger, Person, Person]:
+    cluster = StandInCluster.create(tmp_path / "cluster")
+    ledger = ResilientDBLedger(cluster.tool, cluster.config, timeout_s=timeout_s)
+    alice = make_person("alice", 0, tmp_path / "alice", ledger, **alice_options)
+    bob = make_person("bob", 1, tmp_path / "bob", ledger)
+    befriend(alice, bob)
+    return cluster, ledger, alice, bob
+
+
+def first_message(alice: Person) -> None:
+    """One delivered message, so that alice's lane state is local and later sends need no read.
+
+    (The very first send to a friend reads the ledger to find out whether this key already has a
+    lane there, so with the ledger down it raises instead of queueing.)
+    """
+    assert alice.chat.send_message("before", "bob").error is None
+    assert mine(alice, "bob") == [("before", "delivered")]
+
+
+def lane_key(sender: Person, receiver: Person, number: int) -> str:
+    conversation = crypto.conversation_id(sender.identity.public_key, receiver.identity.public_key)
+    return page_key(conversation, crypto.fingerprint_bytes(sender.identity.public_key).hex(), number)
+
+
+def sets_of(cluster: StandInCluster, key: str) -> int:
+    return sum(1 for call in cluster.calls() if call.cmd == "set" and call.key == key)
+
+
+def mine(person: Person, friend: str) -> list[tuple[str, str | None]]:
+    return [(m.text, m.status) for m in person.chat.get_update(friend).messages if m.outgoing]
+
+
+def received(person: Person, friend: str) -> list[ChatMessage]:
+    view = person.chat.load_all(friend)
+    assert view.problems == []
+    return [m for m in view.messages if not m.outgoing]
+
+
+# --- pending until a read returns it -------------------------------------------------------------
+
+
+def test_a_message_is_pending_while_reads_are_stale_and_delivered_once_a_read_returns_it(tmp_path: Path) -> None:
+    # A stale window far longer than the test: until the knob is turned off, every read is stale.
+    cluster, _ledger, alice, bob = setup(tmp_path, resend_after=timedelta(hours=1))
+    cluster.behave(stale_reads_after_set_s=3600)
+    sent = alice.chat.send_message("hello", "bob")
+    assert sent.error is None and sent.message.status == "pending"
+    key = lane_key(alice, bob, 1)
+    assert cluster.stored(key) is not None  # the write did land: only the reads lag behind
+    for _ in range(2):
+        assert mine(alice, "bob") == [("hello", "pending")]
+    cluster.behave(stale_reads_after_set_s=None)
+    assert mine(alice, "bob") == [("hello", "delivered")]
+
+    # A stale read of a page returns it as it was before the last write: it confirms only what it holds.
+    cluster.behave(stale_reads_after_set_s=3600)
+    alice.chat.send_message("two", "bob")
+    assert mine(alice, "bob") == [("hello", "delivered"), ("two", "pending")]
+    cluster.behave(stale_reads_after_set_s=None)
+    assert mine(alice, "bob") == [("hello", "delivered"), ("two", "delivered")]
+    assert sets_of(cluster, key) == 2  # confirmed by reads, never re-sent
+    view = bob.chat.get_update("alice")
+    assert view.problems == [] and [m.text for m in view.messages] == ["hello", "two"]
+
+
+# --- a write the cluster dropped is written again --------------------------------------------------
+
+
+def test_a_dropped_write_is_re_sent_after_resend_after_and_arrives_once(tmp_path: Path) -> None:
+    clock = ManualClock()
+    cluster, _ledger, alice, bob = setup(tmp_path, clock=clock, resend_after=RESEND_AFTER)
+    alice.chat.send_message("first", "bob")
+    cluster.behave(drop_sets=True)
+    sent = alice.chat.send_message("lost", "bob")
+    assert sent.error is None  # ret = 0: the tool cannot tell a dropped write from a committed one
+    key = lane_key(alice, bob, 1)
+    assert mine(alice, "bob") == [("first", "delivered"), ("lost", "pending")]
+    assert [m.text for m in bob.chat.get_update("alice").messages] == ["first"]
+
+    cluster.behave(drop_sets=None)
+    clock.advance(RESEND_AFTER.total_seconds() - 1)
+    assert mine(alice, "bob") == [("first", "delivered"), ("lost", "pending")]
+    assert sets_of(cluster, key) == 2  # not yet overdue: nothing re-sent
+
+    clock.advance(1)
+    assert mine(alice, "bob") == [("first", "delivered"), ("lost", "pending")]  # re-sent in this round
+    assert sets_of(cluster, key) == 3
+    view = bob.chat.get_update("alice")
+    assert view.problems == []
+    assert [(m.text, m.seq) for m in view.messages] == [("first", 1), ("lost", 2)]
+    assert [m.text for m in view.new_messages] == ["lost"]
+    assert mine(alice, "bob") == [("first", "delivered"), ("lost", "delivered")]
+
+    clock.advance(3600)
+    alice.chat.get_update("bob")
+    assert sets_of(cluster, key) == 3  # delivered messages are never written again
+    view = bob.chat.get_update("alice")
+    assert [(m.text, m.seq) for m in view.messages] == [("first", 1), ("lost", 2)] and view.new_messages == []
+
+
+# --- quit and restart, with the outbox holding ciphertext only -----------------------------------
+
+
+def encodings(secret: bytes) -> list[bytes]:
+    """The secret as raw bytes, hex, and base64 at every alignment (edges trimmed)."""
+    found = [secret, secret.hex().encode()]
+    for pad in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            found.append(encode(b"\0" * pad + secret)[4:-4])
+    return found
+
+
+def files_holding(secret: bytes, *roots: Path) -> list[str]:
+    return [
+        path.name
+        for root in roots
+        for path in root.rglob("*")
+        if path.is_file() and any(form in path.read_bytes() for form in encodings(secret))
+    ]
+
+
+def test_pending_messages_survive_a_quit_as_ciphertext_and_are_re_sent_on_the_next_start(tmp_path: Path) -> None:
+    cluster, ledger, alice, bob = setup(tmp_path, resend_after=RESEND_AFTER)
+    secret = b"meet at the north gate at dawn, PLAINTEXT-MARKER-7f3a"
+    cluster.behave(drop_sets=True)
+    for text in ("one", secret.decode()):
+        assert alice.chat.send_message(text, "bob").error is None
+    assert cluster.stored(lane_key(alice, bob, 1)) is None
+    home = alice.home
+    del alice  # quit before any confirmation
+
+    # The outbox holds both messages, and nothing in the profile holds the text.
+    (outbox,) = (home / "lanes").glob("*.json")
+    state = json.loads(outbox.read_text())
+    assert (state["seq"], state["confirmed_seq"], len(state["pages"])) == (2, 0, 1)
+    assert files_holding(secret, home) == []
+
+    cluster.behave(drop_sets=None)
+    again = make_person("alice", 0, home, ledger, resend_after=timedelta(0))
+    assert mine(again, "bob") == [("one", "pending"), (secret.decode(), "pending")]  # re-sent in this round
+    view = bob.chat.get_update("alice")
+    assert view.problems == []
+    assert [(m.body, m.seq) for m in view.messages] == [(b"one", 1), (secret, 2)]
+    assert mine(again, "bob") == [("one", "delivered"), (secret.decode(), "delivered")]
+    assert again.chat.send_message("three", "bob").message.seq == 3
+    assert [m.text for m in bob.chat.get_update("alice").new_messages] == ["three"]
+    assert files_holding(secret, home, bob.home, cluster.root) == []
+
+
+# --- the failure table, through the chat service ---------------------------------------------------
+
+
+def test_missing_client_config_is_refused_when_the_ledger_is_built(tmp_path: Path) -> None:
+    cluster = StandInCluster.create(tmp_path / "cluster")
+    with pytest.raises(LedgerConfigError, match="does not exist"):
+        ResilientDBLedger(cluster.tool, tmp_path / "missing.config")
+    assert cluster.calls() == []
+
+
+def test_every_row_of_the_failure_table_keeps_the_message_pending_until_the_ledger_recovers(tmp_path: Path) -> None:
+    """One conversation through every failure in turn (a fresh conversation costs seconds of reads)."""
+    cluster, ledger, alice, bob = setup(tmp_path, resend_after=timedelta(0))
+    first_message(alice)
+    key = lane_key(alice, bob, 1)
+    sent_texts = ["before"]
+
+    def recovers(person: Person, text: str) -> None:
+        """The next update re-sends ``text`` (its write never landed), the one after confirms it."""
+        sent_texts.append(text)
+        assert mine(person, "bob")[-1] == (text, "pending")
+        assert mine(person, "bob") == [(t, "delivered") for t in sent_texts]
+
+    # Proxy not listening: set prints ret = -1, gets fail.
+    on_ledger = cluster.stored(key)
+    cluster.behave(down=True)
+    sent = alice.chat.send_message("while down", "bob")
+    assert isinstance(sent.error, LedgerUnavailableError) and sent.message.status == "pending"
+    with pytest.raises(LedgerUnavailableError):
+        alice.chat.get_update("bob")
+    assert cluster.stored(key) == on_ledger
+    cluster.behave(down=None)
+    recovers(alice, "while down")
+
+    # Config removed after start (the tool segfaults), then in the wrong format (it aborts).
+    for breakage in ("removed", "wrong format"):
+        if breakage == "removed":
+            cluster.config.unlink()
+        else:
+            cluster.write_config("text")  # the v1.12 tool aborts on it
+        sent = alice.chat.send_message(f"config {breakage}", "bob")
+        assert isinstance(sent.error, LedgerConfigError) and sent.message.status == "pending"
+        cluster.write_config("json")
+        recovers(alice, f"config {breakage}")
+
+    # Reads failing in transport: the write lands, but nothing is confirmed without a read.
+    cluster.behave(fail_get=True)
+    assert alice.chat.send_message("reads failing", "bob").error is None
+    with pytest.raises(LedgerUnavailableError):
+        alice.chat.get_update("bob")
+    cluster.behave(fail_get=None)
+    sent_texts.append("reads failing")
+    assert mine(alice, "bob") == [(t, "delivered") for t in sent_texts]
+
+    # A stuck cluster: the tool hangs; a session with a short timeout abandons it and kills it.
+    impatient = make_person(
+        "alice", 0, alice.home, ResilientDBLedger(cluster.tool, cluster.config, timeout_s=0.5),
+        resend_after=timedelta(0),
+    )
+    cluster.behave(hang=True)
+    sent = impatient.chat.send_message("into the void", "bob")
+    assert isinstance(sent.error, LedgerTimeoutError) and sent.message.status == "pending"
+    with pytest.raises(LedgerTimeoutError):
+        impatient.chat.get_update("bob")
+    assert no_process_mentions(str(cluster.config)), "a timed-out tool is still running"
+    cluster.behave(hang=None)
+    recovers(make_person("alice", 0, alice.home, ledger, resend_after=timedelta(0)), "into the void")
+
+    view = bob.chat.load_all("alice")
+    assert view.problems == []
+    assert [m.text for m in view.messages] == sent_texts  # each exactly once, in order
+
+
+# --- the engine's confirmation rule, where it needs many messages -----------------------------------
+
+
+class DroppingLedger(MemoryLedger):
+    """A memory ledger that, like the stand-in's ``drop_sets``, acknowledges writes it then loses.
+
+    The engine's regression test below needs twenty-one sends; this keeps it fast.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop_sets = False
+
+    def set(self, key: str, value: str) -> None:
+        if not self.drop_sets:
+            super().set(key, value)
+
+
+def test_a_lost_write_of_a_full_page_is_not_confirmed_by_the_next_page(tmp_path: Path) -> None:
+    """The last message of page 1 is lost, the first of page 2 arrives: page 1 must stay pending."""
+    clock = ManualClock()
+    ledger = DroppingLedger()
+    alice = make_person("alice", 0, tmp_path / "alice", ledger, clock=clock, resend_after=RESEND_AFTER)
+    bob = make_person("bob", 1, tmp_path / "bob", ledger)
+    befriend(alice, bob)
+    for i in range(PAGE_CAPACITY - 1):
+        alice.chat.send_message(f"m{i}", "bob")
+    ledger.drop_sets = True
+    alice.chat.send_message(f"m{PAGE_CAPACITY - 1}", "bob")
+    ledger.drop_sets = False
+    alice.chat.send_message("next page", "bob")
+    assert ledger.get(lane_key(alice, bob, 2)) is not None
+
+    statuses = dict(mine(alice, "bob"))
+    assert statuses[f"m{PAGE_CAPACITY - 1}"] == "pending", "reported delivered though no read returned it"
+    assert statuses["m0"] == "delivered"
+    clock.advance(RESEND_AFTER.total_seconds())
+    alice.chat.get_update("bob")  # re-sends page 1 from the outbox
+    texts = [m.text for m in received(bob, "alice")]
+    assert texts == [f"m{i}" for i in range(PAGE_CAPACITY)] + ["next page"]
+    assert set(dict(mine(alice, "bob")).values()) == {"delivered"}
