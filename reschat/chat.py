@@ -214,11 +214,17 @@ class ChatService:
         self._unwrapped: dict[bytes, bytes | None] = {}
         self._verified: set[bytes] = set()
         self._plaintext: dict[bytes, bytes] = {}
+        self._conversations: dict[str, str] = {}  # friend's PEM -> conversation id
 
     # -- keys ----------------------------------------------------------------------------------
 
     def _conversation(self, friend: Friend) -> str:
-        return crypto.conversation_id(self.identity.public_key, friend.key)
+        # Cached: it parses the friend's PEM and encodes both keys, which costs more than AES on a message.
+        cached = self._conversations.get(friend.public_key)
+        if cached is None:
+            cached = crypto.conversation_id(self.identity.public_key, friend.key)
+            self._conversations[friend.public_key] = cached
+        return cached
 
     def _derived_key(self, purpose: str, conversation: str) -> bytes:
         cached = self._derived.get((purpose, conversation))
@@ -315,11 +321,15 @@ class ChatService:
             page.add_message(record)
             value = page.to_string()
             digest = hashlib.sha256(signed).digest()
+            new_page = page.number != state.page
             state.page, state.seq, state.head = page.number, seq, digest.hex()
             state.last_time = format_timestamp(now)
             state.pages[str(page.number)] = value
             state.written_at[str(page.number)] = format_timestamp(self.clock())
-            self._prune_state(state)
+            if new_page:
+                # What can be pruned depends on the current page and on confirmed_seq; a send moves only
+                # the former, so re-parsing every unconfirmed page on every send would be wasted work.
+                self._prune_state(state)
             # The outbox is saved before the write: if we die in between, the next send or update
             # carries the message to the ledger; it is never lost and never given a second seq.
             self._save_state(conversation, state)

@@ -167,6 +167,8 @@ class Page:
         self.msg = np.full((PAGE_CAPACITY, len(MSG_FIELDS)), "", dtype=object)
         self.integrity = np.full((PAGE_CAPACITY, len(INTEGRITY_FIELDS)), None, dtype=object)
         self.message_count = 0
+        # The parsed records, kept beside the rows so that reading them back does not parse them again.
+        self._records: list[Record] = []
 
     @property
     def wrap_digest(self) -> bytes:
@@ -201,12 +203,11 @@ class Page:
         self.msg[self.message_count] = msg
         self.integrity[self.message_count] = integrity
         self.message_count += 1
+        self._records.append(record)
 
     def all_messages(self) -> list[Record]:
         """The records of this page, in the order they were added."""
-        return [
-            Record.from_row(self.msg[i].tolist(), self.integrity[i].tolist()) for i in range(self.message_count)
-        ]
+        return list(self._records)
 
     def sort_by_time(self) -> None:
         """Order the records by timestamp, then sequence number (ISO UTC text sorts as time)."""
@@ -214,6 +215,7 @@ class Page:
         order = sorted(range(count), key=lambda i: (self.msg[i][2], self.integrity[i][0]))
         self.msg[:count] = self.msg[order]
         self.integrity[:count] = self.integrity[order]
+        self._records = [self._records[i] for i in order]
 
     def _serialize(self, extra: Record | None = None) -> str:
         rows = self._rows()
@@ -268,4 +270,5 @@ class Page:
             page.msg[page.message_count] = msg
             page.integrity[page.message_count] = integrity
             page.message_count += 1
+            page._records.append(record)
         return page
