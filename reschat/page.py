@@ -52,7 +52,12 @@ def parse_timestamp(text: str) -> datetime:
     if not _TIMESTAMP.fullmatch(text):
         raise PageFormatError(f"bad timestamp {text[:40]!r}")
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        # The pattern fixed every field's place; building the datetime from them is ~10x faster than
+        # strptime, which mattered when a chat opens (two timestamps parsed per record).
+        return datetime(
+            int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
+            int(text[17:19]), int(text[20:26]), tzinfo=timezone.utc,
+        )
     except ValueError as exc:
         raise PageFormatError(f"bad timestamp {text[:40]!r}") from exc
 
