@@ -215,6 +215,8 @@ class ChatService:
         self._verified: set[bytes] = set()
         self._plaintext: dict[bytes, bytes] = {}
         self._conversations: dict[str, str] = {}  # friend's PEM -> conversation id
+        self._friend_keys: dict[str, RSA.RsaKey] = {}  # friend's PEM -> parsed key
+        self._parsed: dict[str, Page] = {}  # ledger value -> parsed page, only for reading
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -222,9 +224,25 @@ class ChatService:
         # Cached: it parses the friend's PEM and encodes both keys, which costs more than AES on a message.
         cached = self._conversations.get(friend.public_key)
         if cached is None:
-            cached = crypto.conversation_id(self.identity.public_key, friend.key)
+            cached = crypto.conversation_id(self.identity.public_key, self._friend_key(friend))
             self._conversations[friend.public_key] = cached
         return cached
+
+    def _friend_key(self, friend: Friend) -> RSA.RsaKey:
+        key = self._friend_keys.get(friend.public_key)
+        if key is None:
+            key = self._friend_keys[friend.public_key] = friend.key
+        return key
+
+    def _read_page(self, value: str) -> Page:
+        """Parse a page for reading only (the result is shared: never add to it); PageFormatError if bad."""
+        page = self._parsed.get(value)
+        if page is None:
+            page = Page.from_string(value)
+            if len(self._parsed) >= 64:
+                self._parsed.clear()  # pages change as lanes grow: keep only a recent few
+            self._parsed[value] = page
+        return page
 
     def _derived_key(self, purpose: str, conversation: str) -> bytes:
         cached = self._derived.get((purpose, conversation))
@@ -351,19 +369,18 @@ class ChatService:
         value = state.pages.get(str(state.page))
         if value is not None:
             return Page.from_string(value)
-        wrapped = crypto.wrap_key(friend.key, self._lane_key(conversation), self.randfunc)
+        wrapped = crypto.wrap_key(self._friend_key(friend), self._lane_key(conversation), self.randfunc)
         if state.page == 0:
             return Page(conversation, self.my_fingerprint, 1, wrapped)
         # The current page is unknown (recovered from a damaged ledger copy): start a fresh one.
         return Page(conversation, self.my_fingerprint, state.page + 1, wrapped)
 
-    @staticmethod
-    def _prune_state(state: LaneState) -> None:
+    def _prune_state(self, state: LaneState) -> None:
         """Keep the current page and pages holding records not yet confirmed by a ledger read."""
         for number in list(state.pages):
             if int(number) == state.page:
                 continue
-            last_seq = max((r.seq for r in Page.from_string(state.pages[number]).all_messages()), default=0)
+            last_seq = max((r.seq for r in self._read_page(state.pages[number]).all_messages()), default=0)
             if last_seq <= state.confirmed_seq:
                 del state.pages[number]
                 state.written_at.pop(number, None)
@@ -396,7 +413,7 @@ class ChatService:
         return _Lane(ME, self.my_fingerprint, self.identity.public_key, friend.fingerprint)
 
     def _friend_lane(self, friend: Friend) -> _Lane:
-        return _Lane(friend.nickname, friend.fingerprint, friend.key, self.my_fingerprint)
+        return _Lane(friend.nickname, friend.fingerprint, self._friend_key(friend), self.my_fingerprint)
 
     def _discover_top(
         self, conversation: str, lane: _Lane, hint: int, view: _LaneView, prefetched: bool = False
@@ -450,7 +467,7 @@ class ChatService:
             value = pages[number]
             assert value is not None
             try:
-                page = Page.from_string(value)
+                page = self._read_page(value)
             except PageFormatError as exc:
                 problems.append(IntegrityProblem(lane.owner, "damaged", f"page {number} is unreadable: {exc}"))
                 continue
@@ -578,10 +595,15 @@ class ChatService:
         # Round 1: everything an ordinary update needs, in one concurrent batch.
         hint = max(friend.lane_page, fv.top, 1)
         friend_numbers = [hint, hint + 1, hint + 2] + ([hint - 1] if opening else [])
+        if opening:
+            # The probes past the newest known page join the first batch, so that opening a chat whose
+            # lane has not grown since the hint costs one round of reads, not two (later updates find
+            # the probes in the session's memory).
+            friend_numbers += [hint + step for step in _GALLOP]
         my_top = state.page if state and state.page else 0
         my_numbers: list[int] = []
         if state is None or my_top == 0:
-            my_numbers = [1, 2, 3]
+            my_numbers = [1, 2, 3] + ([1 + step for step in _GALLOP] if opening else [])
         else:
             my_numbers = sorted({int(n) for n in state.pages if self._has_unconfirmed(state, state.pages[n])})
             if opening and my_top > 1 and str(my_top - 1) not in state.pages:
@@ -675,10 +697,9 @@ class ChatService:
             self.friends.update_page_num(friend.nickname, top)
         return problems
 
-    @staticmethod
-    def _has_unconfirmed(state: LaneState, value: str) -> bool:
+    def _has_unconfirmed(self, state: LaneState, value: str) -> bool:
         try:
-            return any(r.seq > state.confirmed_seq for r in Page.from_string(value).all_messages())
+            return any(r.seq > state.confirmed_seq for r in self._read_page(value).all_messages())
         except PageFormatError:
             return False
 
@@ -688,14 +709,14 @@ class ChatService:
         overdue: list[str] = []
         now = self.clock()
         for number, local_value in sorted(state.pages.items(), key=lambda kv: int(kv[0])):
-            local = Page.from_string(local_value).all_messages()
+            local = self._read_page(local_value).all_messages()
             if not local or local[-1].seq <= state.confirmed_seq:
                 continue
             remote_value = view.pages.get(int(number))
             remote_seqs: set[tuple[int, bytes]] = set()
             if remote_value is not None:
                 try:
-                    remote_seqs = {(r.seq, r.signature) for r in Page.from_string(remote_value).all_messages()}
+                    remote_seqs = {(r.seq, r.signature) for r in self._read_page(remote_value).all_messages()}
                 except PageFormatError:
                     remote_seqs = set()
             confirmed_here = [r.seq for r in local if (r.seq, r.signature) in remote_seqs]
