@@ -17,8 +17,9 @@ Keys: the seed encrypted each message once for the sender and once for the recei
 copies are sealed with AES-256-GCM under two symmetric keys the sender derives from its private key
 for this conversation: the *self key* (only the sender can ever compute it) and the *lane key*, which
 each page also carries wrapped with RSA-OAEP for the receiver. A reader therefore does one RSA
-private-key operation per friend lane and session instead of one per message (see the README's
-security model for what this changes).
+private-key operation per wrapped lane key instead of one per message, and keeps the unwrapped key
+beside its outbox sealed under a key derived from its private key, so that a new session opens a
+chat without any (see the README's security model for what this changes).
 """
 
 from __future__ import annotations
@@ -257,13 +258,61 @@ class ChatService:
     def _self_key(self, conversation: str) -> bytes:
         return self._derived_key("reschat self key v1", conversation)
 
-    def _unwrap(self, wrapped: bytes) -> bytes | None:
+    def _unwrap(self, conversation: str, wrapped: bytes) -> bytes | None:
+        """The friend's lane key: from memory, else from our sealed copy on disk, else by RSA-OAEP."""
         if wrapped not in self._unwrapped:
-            try:
-                self._unwrapped[wrapped] = crypto.unwrap_key(self.identity.private_key, wrapped)
-            except (ValueError, TypeError):
-                self._unwrapped[wrapped] = None
+            key = self._cached_lane_key(conversation, wrapped)
+            if key is None:
+                try:
+                    key = crypto.unwrap_key(self.identity.private_key, wrapped)
+                except (ValueError, TypeError):
+                    key = None
+                else:
+                    self._cache_lane_key(conversation, wrapped, key)
+            self._unwrapped[wrapped] = key
         return self._unwrapped[wrapped]
+
+    # A friend's lane key is unwrapped with RSA once, then kept beside our outbox sealed (AES-256-GCM)
+    # under a key derived from our private key, so that a new session opens a chat with no RSA
+    # private-key operation. The copy is exactly as secret as the wrapped one on the ledger: both
+    # need our private key. Damaged or foreign entries are ignored and the key is unwrapped again.
+
+    def _key_cache_path(self, conversation: str) -> Path:
+        return self.state_dir / f"{conversation}.keys.json"
+
+    def _key_cache_aad(self, conversation: str, wrapped: bytes) -> bytes:
+        return f"reschat-lane-key-cache/1|{conversation}|{hashlib.sha256(wrapped).hexdigest()}".encode("ascii")
+
+    def _cached_lane_key(self, conversation: str, wrapped: bytes) -> bytes | None:
+        try:
+            entries = read_json(self._key_cache_path(conversation))
+            sealed = entries.get(hashlib.sha256(wrapped).hexdigest()) if isinstance(entries, dict) else None
+            if not isinstance(sealed, str):
+                return None
+            key = crypto.decrypt_message(
+                crypto.subkey(self._self_key(conversation), "reschat lane key cache v1"),
+                bytes.fromhex(sealed), self._key_cache_aad(conversation, wrapped),
+            )
+        except (OSError, ValueError):
+            return None
+        return key if len(key) == crypto.KEY_BYTES else None
+
+    def _cache_lane_key(self, conversation: str, wrapped: bytes, key: bytes) -> None:
+        sealed = crypto.encrypt_message(
+            crypto.subkey(self._self_key(conversation), "reschat lane key cache v1"), key,
+            self._key_cache_aad(conversation, wrapped), self.randfunc,
+        )
+        path = self._key_cache_path(conversation)
+        try:
+            with file_lock(self.state_dir / f"{conversation}.lock"):
+                entries = read_json(path)
+                entries = entries if isinstance(entries, dict) else {}
+                if len(entries) >= 64:
+                    entries = {}  # a lane rarely changes its wrapped key: start over rather than grow
+                entries[hashlib.sha256(wrapped).hexdigest()] = sealed.hex()
+                atomic_write_json(path, entries)
+        except (OSError, ValueError) as exc:
+            log.warning("could not keep the friend's lane key: %s", exc)
 
     @staticmethod
     def _aad(conversation: str, sender: str, seq: int, copy: str) -> bytes:
@@ -560,7 +609,7 @@ class ChatService:
                     self._aad(conversation, lane.owner_fingerprint, record.seq, "s"),
                 )
             else:
-                key = self._unwrap(item.page.wrapped_key)
+                key = self._unwrap(conversation, item.page.wrapped_key)
                 if key is None:
                     return None
                 body = crypto.decrypt_message(
