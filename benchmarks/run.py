@@ -13,7 +13,8 @@ The *crypto floor* is the bare cost of the RSA and AES operations one message ne
 seed's per-message hybrid design: the sender signs (RSA-PSS), wraps a fresh AES key for the receiver and
 for itself (2 x RSA-OAEP encrypt) and seals the text (AES-256-GCM); the receiver unwraps the key (RSA-OAEP
 decrypt), verifies the signature (RSA-PSS) and opens the text. Each is timed with the primitives of
-``reschat.crypto`` in the same run; the floor is the sum of their medians. Every latency is reported
+``reschat.crypto`` in the same run, between the latency samples; the floor is the sum of their medians.
+Every latency is reported
 also as a multiple of that floor.
 
 Two ledgers are measured: the embedded SQLite ledger, and the project's stand-in for ResilientDB's
@@ -59,7 +60,8 @@ FLOOR_DEFINITION = (
     "crypto floor = the RSA and AES operations one message needs end to end in the seed's per-message "
     "hybrid design: RSA-PSS sign + 2 x RSA-OAEP wrap (receiver and sender) + AES-256-GCM seal (sender), "
     "RSA-OAEP unwrap + RSA-PSS verify + AES-256-GCM open (receiver); RSA-3072, SHA-256, a 10-character "
-    "text; sum of the medians of each operation timed with reschat.crypto in this run"
+    "text; sum of the medians of each operation timed with reschat.crypto in this run, sampled before and "
+    "between the latency samples so that both see the same load"
 )
 OUR_DESIGN_OPS = {
     "send": "1 RSA-PSS sign + 2 AES-256-GCM seals (self copy, receiver copy); 1 RSA-OAEP wrap per new lane "
@@ -156,16 +158,26 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def summary_ms(samples: Sequence[float], floor_ms: float) -> dict[str, Any]:
-    med = statistics.median(samples) * 1000
-    p95 = percentile(samples, 95) * 1000
+def summary_ms(samples: Sequence[float]) -> dict[str, Any]:
+    """Median and p95 in ms; the ratios to the floor are added at the end of the run (add_ratios)."""
     return {
         "n": len(samples),
-        "median_ms": round(med, 2),
-        "p95_ms": round(p95, 2),
-        "median_x_floor": round(med / floor_ms, 2),
-        "p95_x_floor": round(p95 / floor_ms, 2),
+        "median_ms": round(statistics.median(samples) * 1000, 2),
+        "p95_ms": round(percentile(samples, 95) * 1000, 2),
     }
+
+
+def add_ratios(node: Any, floor_ms: float) -> None:
+    """Add ``*_x_floor`` beside every ``*_ms`` figure of the latency and history results."""
+    if isinstance(node, list):
+        for item in node:
+            add_ratios(item, floor_ms)
+    elif isinstance(node, dict):
+        for key in list(node):
+            if key.endswith("median_ms") or key == "p95_ms":
+                node[key.removesuffix("_ms") + "_x_floor"] = round(node[key] / floor_ms, 2)
+            else:
+                add_ratios(node[key], floor_ms)
 
 
 def read_rounds(calls: Sequence[Call]) -> int:
@@ -245,8 +257,19 @@ def floor_summary(samples: dict[str, list[float]]) -> dict[str, Any]:
     }
 
 
-def merge(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict[str, list[float]]:
-    return {op: a[op] + b[op] for op in a}
+class FloorSampler:
+    """Samples of the crypto floor, taken between latency samples so that both see the same load."""
+
+    def __init__(self, keys: Sequence[RSA.RsaKey]) -> None:
+        self.keys = keys
+        self.samples: dict[str, list[float]] = {}
+
+    def sample(self, reps: int = 1) -> None:
+        for op, times in measure_floor(self.keys, reps).items():
+            self.samples.setdefault(op, []).extend(times)
+
+    def summary(self) -> dict[str, Any]:
+        return floor_summary(self.samples)
 
 
 # --- ledger operations (in-memory ledger) ---------------------------------------------------------
@@ -315,7 +338,7 @@ def measure_bytes(root: Path, keys: Sequence[RSA.RsaKey]) -> dict[str, Any]:
 
 def measure_latency(
     root: Path, keys: Sequence[RSA.RsaKey], ledger: Ledger, cluster: StandInCluster | None,
-    loops: int, opens: int, conversation: int, floor_ms: float,
+    loops: int, opens: int, conversation: int, floor: FloorSampler,
 ) -> dict[str, Any]:
     """Send, update (idle, 1 new message) and opening a chat, on ``ledger``."""
     alice, bob = make_pair(root, ledger, keys)
@@ -330,6 +353,7 @@ def measure_latency(
     open_times: list[float] = []
     open_rounds: list[int] = []
     for _ in range(opens):
+        floor.sample()
         fresh = bob.new_session()
         with tool_calls(cluster) as calls:
             open_times.append(timed(lambda fresh=fresh: fresh.chat.get_update("alice")))  # type: ignore[misc]
@@ -340,6 +364,7 @@ def measure_latency(
     idle_t: list[float] = []
     send_reads, send_writes, idle_rounds, new_rounds, idle_private = [], [], [], [], []
     for i in range(loops):
+        floor.sample()
         with tool_calls(cluster) as calls:
             send_t.append(timed(lambda i=i: alice.chat.send_message(f"{SHORT_TEXT[:-3]}{i % 1000:03d}", "bob")))  # type: ignore[misc]
         send_reads.append(sum(1 for c in calls if c.cmd.startswith("get")))
@@ -355,10 +380,10 @@ def measure_latency(
         alice.chat.get_update("bob")  # alice sees her messages delivered, as a chat window would
 
     result: dict[str, Any] = {
-        "send": summary_ms(send_t, floor_ms),
-        "update_idle": summary_ms(idle_t, floor_ms),
-        "update_1_new": summary_ms(new_t, floor_ms),
-        f"open_chat_{conversation}": summary_ms(open_times, floor_ms),
+        "send": summary_ms(send_t),
+        "update_idle": summary_ms(idle_t),
+        "update_1_new": summary_ms(new_t),
+        f"open_chat_{conversation}": summary_ms(open_times),
         "idle_update_private_key_ops_max": max(idle_private),
     }
     if cluster is not None:
@@ -439,7 +464,7 @@ def copy_ledger(source: MemoryLedger, target: Ledger, copied: dict[str, str]) ->
 
 
 def measure_history(
-    root: Path, keys: Sequence[RSA.RsaKey], depths: Sequence[int], reps: int, floor_ms: float
+    root: Path, keys: Sequence[RSA.RsaKey], depths: Sequence[int], reps: int, floor: FloorSampler
 ) -> list[dict[str, Any]]:
     """Open a chat whose friend lane has each of ``depths`` pages: reads and time must stay flat."""
     memory = MemoryLedger()
@@ -464,7 +489,10 @@ def measure_history(
         reads = [key for op, key in memory.operations if op == "get"]
         assert not view.problems, view.problems
         stored = set(memory.keys())
-        times = [timed(lambda: bob.new_session(local).chat.get_update("alice")) for _ in range(reps)]
+        times = []
+        for _ in range(reps):
+            floor.sample()
+            times.append(timed(lambda: bob.new_session(local).chat.get_update("alice")))
         med = statistics.median(times) * 1000
         rows.append({
             "pages": depth,
@@ -476,7 +504,6 @@ def measure_history(
             ),
             "messages_shown": len(view.messages),
             "local_median_ms": round(med, 2),
-            "local_median_x_floor": round(med / floor_ms, 2),
         })
     local.close()
     return rows
@@ -499,7 +526,6 @@ class Report:
 
 
 def check_targets(results: dict[str, Any], conversation: int) -> list[Target]:
-    floor = results["crypto_floor"]["floor_ms"]
     ops = results["operations"]
     local = results["latency"]["local"]
     standin = results["latency"].get("resilientdb_standin")
@@ -549,7 +575,6 @@ def check_targets(results: dict[str, Any], conversation: int) -> list[Target]:
         "gets " + "/".join(map(str, gets)) + " for " + "/".join(str(row["pages"]) for row in history)
         + " pages; pages with data read: " + ", ".join(str(row["pages_with_data_read"]) for row in history),
     ))
-    del floor
     return targets
 
 
@@ -629,23 +654,20 @@ def run(
     results: dict[str, Any] = {"sizes": sizes.__dict__ | {"history": list(sizes.history)}}
 
     log("crypto floor...")
-    floor_samples = measure_floor(keys, sizes.floor_reps)
+    floor = FloorSampler(keys)
+    floor.sample(sizes.floor_reps)
     log("ledger operations and bytes (memory ledger)...")
     results["operations"] = measure_operations(workdir, keys, sizes)
     results["bytes"] = measure_bytes(workdir, keys)
-    # Measured in two halves around the local runs, so that a noisy neighbour weighs on both sides.
-    floor_samples = merge(floor_samples, measure_floor(keys, sizes.floor_reps))
-    results["crypto_floor"] = floor_summary(floor_samples)
-    floor_ms = results["crypto_floor"]["floor_ms"]
 
     log("latency on the local ledger...")
     local = LocalLedger(workdir / "local" / "ledger.sqlite")
     results["latency"] = {"local": measure_latency(
-        workdir / "local", keys, local, None, sizes.loop_local, sizes.open_local, sizes.conversation, floor_ms
+        workdir / "local", keys, local, None, sizes.loop_local, sizes.open_local, sizes.conversation, floor
     )}
     local.close()
     log("opening against the history length...")
-    results["history"] = measure_history(workdir, keys, sizes.history, sizes.history_open_reps, floor_ms)
+    results["history"] = measure_history(workdir, keys, sizes.history, sizes.history_open_reps, floor)
 
     if standin:
         log("latency on the ResilientDB stand-in (get 190 ms, set 12 ms)...")
@@ -654,8 +676,12 @@ def run(
         results["standin_lone_calls"] = measure_lone_calls(cluster, sizes.lone_standin)
         rdb = ResilientDBLedger(cluster.tool, cluster.config, timeout_s=60)
         results["latency"]["resilientdb_standin"] = measure_latency(
-            workdir / "rdb", keys, rdb, cluster, sizes.loop_standin, sizes.open_standin, sizes.conversation, floor_ms
+            workdir / "rdb", keys, rdb, cluster, sizes.loop_standin, sizes.open_standin, sizes.conversation, floor
         )
+    # The floor is sampled before and between the latency samples; every ratio uses all its samples.
+    results["crypto_floor"] = floor.summary()
+    add_ratios(results["latency"], results["crypto_floor"]["floor_ms"])
+    add_ratios(results["history"], results["crypto_floor"]["floor_ms"])
     results["our_design_per_message_ops"] = OUR_DESIGN_OPS
     report = Report(results=results, targets=check_targets(results, sizes.conversation))
     results["targets"] = [{"name": t.name, "passed": t.passed, "measured": t.measured} for t in report.targets]
