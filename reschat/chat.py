@@ -17,8 +17,9 @@ Keys: the seed encrypted each message once for the sender and once for the recei
 copies are sealed with AES-256-GCM under two symmetric keys the sender derives from its private key
 for this conversation: the *self key* (only the sender can ever compute it) and the *lane key*, which
 each page also carries wrapped with RSA-OAEP for the receiver. A reader therefore does one RSA
-private-key operation per friend lane and session instead of one per message (see the README's
-security model for what this changes).
+private-key operation per wrapped lane key instead of one per message, and keeps the unwrapped key
+beside its outbox sealed under a key derived from its private key, so that a new session opens a
+chat without any (see the README's security model for what this changes).
 """
 
 from __future__ import annotations
@@ -225,8 +226,9 @@ class ChatService:
         self._unwrapped: dict[bytes, bytes | None] = {}
         self._verified: set[bytes] = set()
         self._plaintext: dict[bytes, bytes] = {}
-        self._friend_keys: dict[str, RSA.RsaKey] = {}
-        self._conversations: dict[str, str] = {}
+        self._friend_keys: dict[str, RSA.RsaKey] = {}  # fingerprint -> parsed key
+        self._conversations: dict[str, str] = {}  # fingerprint -> conversation id
+        self._parsed: dict[str, Page] = {}  # ledger value -> parsed page, only for reading
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -244,6 +246,16 @@ class ChatService:
             self._conversations[friend.fingerprint] = conversation
         return conversation
 
+    def _read_page(self, value: str) -> Page:
+        """Parse a page for reading only (the result is shared: never add to it); PageFormatError if bad."""
+        page = self._parsed.get(value)
+        if page is None:
+            page = Page.from_string(value)
+            if len(self._parsed) >= 64:
+                self._parsed.clear()  # pages change as lanes grow: keep only a recent few
+            self._parsed[value] = page
+        return page
+
     def _derived_key(self, purpose: str, conversation: str) -> bytes:
         cached = self._derived.get((purpose, conversation))
         if cached is None:
@@ -257,13 +269,61 @@ class ChatService:
     def _self_key(self, conversation: str) -> bytes:
         return self._derived_key("reschat self key v1", conversation)
 
-    def _unwrap(self, wrapped: bytes) -> bytes | None:
+    def _unwrap(self, conversation: str, wrapped: bytes) -> bytes | None:
+        """The friend's lane key: from memory, else from our sealed copy on disk, else by RSA-OAEP."""
         if wrapped not in self._unwrapped:
-            try:
-                self._unwrapped[wrapped] = crypto.unwrap_key(self.identity.private_key, wrapped)
-            except (ValueError, TypeError):
-                self._unwrapped[wrapped] = None
+            key = self._cached_lane_key(conversation, wrapped)
+            if key is None:
+                try:
+                    key = crypto.unwrap_key(self.identity.private_key, wrapped)
+                except (ValueError, TypeError):
+                    key = None
+                else:
+                    self._cache_lane_key(conversation, wrapped, key)
+            self._unwrapped[wrapped] = key
         return self._unwrapped[wrapped]
+
+    # A friend's lane key is unwrapped with RSA once, then kept beside our outbox sealed (AES-256-GCM)
+    # under a key derived from our private key, so that a new session opens a chat with no RSA
+    # private-key operation. The copy is exactly as secret as the wrapped one on the ledger: both
+    # need our private key. Damaged or foreign entries are ignored and the key is unwrapped again.
+
+    def _key_cache_path(self, conversation: str) -> Path:
+        return self.state_dir / f"{conversation}.keys.json"
+
+    def _key_cache_aad(self, conversation: str, wrapped: bytes) -> bytes:
+        return f"reschat-lane-key-cache/1|{conversation}|{hashlib.sha256(wrapped).hexdigest()}".encode("ascii")
+
+    def _cached_lane_key(self, conversation: str, wrapped: bytes) -> bytes | None:
+        try:
+            entries = read_json(self._key_cache_path(conversation))
+            sealed = entries.get(hashlib.sha256(wrapped).hexdigest()) if isinstance(entries, dict) else None
+            if not isinstance(sealed, str):
+                return None
+            key = crypto.decrypt_message(
+                crypto.subkey(self._self_key(conversation), "reschat lane key cache v1"),
+                bytes.fromhex(sealed), self._key_cache_aad(conversation, wrapped),
+            )
+        except (OSError, ValueError):
+            return None
+        return key if len(key) == crypto.KEY_BYTES else None
+
+    def _cache_lane_key(self, conversation: str, wrapped: bytes, key: bytes) -> None:
+        sealed = crypto.encrypt_message(
+            crypto.subkey(self._self_key(conversation), "reschat lane key cache v1"), key,
+            self._key_cache_aad(conversation, wrapped), self.randfunc,
+        )
+        path = self._key_cache_path(conversation)
+        try:
+            with file_lock(self.state_dir / f"{conversation}.lock"):
+                entries = read_json(path)
+                entries = entries if isinstance(entries, dict) else {}
+                if len(entries) >= 64:
+                    entries = {}  # a lane rarely changes its wrapped key: start over rather than grow
+                entries[hashlib.sha256(wrapped).hexdigest()] = sealed.hex()
+                atomic_write_json(path, entries)
+        except (OSError, ValueError) as exc:
+            log.warning("could not keep the friend's lane key: %s", exc)
 
     @staticmethod
     def _aad(conversation: str, sender: str, seq: int, copy: str) -> bytes:
@@ -372,8 +432,7 @@ class ChatService:
         # The current page is unknown (recovered from a damaged ledger copy): start a fresh one.
         return Page(conversation, self.my_fingerprint, state.page + 1, wrapped)
 
-    @staticmethod
-    def _prune_state(state: LaneState) -> None:
+    def _prune_state(self, state: LaneState) -> None:
         """Keep the current page and pages holding records not yet confirmed by a ledger read."""
         for number in list(state.pages):
             if int(number) != state.page and state.page_last_seq(number) <= state.confirmed_seq:
@@ -463,7 +522,7 @@ class ChatService:
             value = pages[number]
             assert value is not None
             try:
-                page = Page.from_string(value)
+                page = self._read_page(value)
             except PageFormatError as exc:
                 problems.append(IntegrityProblem(lane.owner, "damaged", f"page {number} is unreadable: {exc}"))
                 continue
@@ -556,7 +615,7 @@ class ChatService:
                     self._aad(conversation, lane.owner_fingerprint, record.seq, "s"),
                 )
             else:
-                key = self._unwrap(item.page.wrapped_key)
+                key = self._unwrap(conversation, item.page.wrapped_key)
                 if key is None:
                     return None
                 body = crypto.decrypt_message(
@@ -591,10 +650,15 @@ class ChatService:
         # Round 1: everything an ordinary update needs, in one concurrent batch.
         hint = max(friend.lane_page, fv.top, 1)
         friend_numbers = [hint, hint + 1, hint + 2] + ([hint - 1] if opening else [])
+        if opening:
+            # The probes past the newest known page join the first batch, so that opening a chat whose
+            # lane has not grown since the hint costs one round of reads, not two (later updates find
+            # the probes in the session's memory).
+            friend_numbers += [hint + step for step in _GALLOP]
         my_top = state.page if state and state.page else 0
         my_numbers: list[int] = []
         if state is None or my_top == 0:
-            my_numbers = [1, 2, 3]
+            my_numbers = [1, 2, 3] + ([1 + step for step in _GALLOP] if opening else [])
         else:
             my_numbers = sorted(int(n) for n in state.pages if state.page_last_seq(n) > state.confirmed_seq)
             if opening and my_top > 1 and str(my_top - 1) not in state.pages:
@@ -694,14 +758,14 @@ class ChatService:
         overdue: list[str] = []
         now = self.clock()
         for number, local_value in sorted(state.pages.items(), key=lambda kv: int(kv[0])):
-            local = Page.from_string(local_value).all_messages()
+            local = self._read_page(local_value).all_messages()
             if not local or local[-1].seq <= state.confirmed_seq:
                 continue
             remote_value = view.pages.get(int(number))
             remote_seqs: set[tuple[int, bytes]] = set()
             if remote_value is not None:
                 try:
-                    remote_seqs = {(r.seq, r.signature) for r in Page.from_string(remote_value).all_messages()}
+                    remote_seqs = {(r.seq, r.signature) for r in self._read_page(remote_value).all_messages()}
                 except PageFormatError:
                     remote_seqs = set()
             confirmed_here = [r.seq for r in local if (r.seq, r.signature) in remote_seqs]

@@ -359,3 +359,10 @@ def derive_key(private_key: RSA.RsaKey, purpose: str, context: bytes) -> bytes:
     derived = HKDF(secret, KEY_BYTES, salt=context, hashmod=SHA256, context=purpose.encode("ascii"))
     assert isinstance(derived, bytes)
     return derived
+
+
+def subkey(key: bytes, purpose: str) -> bytes:
+    """A symmetric key for another ``purpose`` from ``key`` (HKDF-SHA256; cheap, unlike derive_key)."""
+    derived = HKDF(key, KEY_BYTES, salt=b"", hashmod=SHA256, context=purpose.encode("ascii"))
+    assert isinstance(derived, bytes)
+    return derived

@@ -52,8 +52,12 @@ def parse_timestamp(text: str) -> datetime:
     if not _TIMESTAMP.fullmatch(text):
         raise PageFormatError(f"bad timestamp {text[:40]!r}")
     try:
-        # fromisoformat is an order of magnitude faster than strptime; the regex fixed the shape.
-        return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
+        # The pattern fixed every field's place; building the datetime from them is ~10x faster than
+        # strptime, which mattered when a chat opens (two timestamps parsed per record).
+        return datetime(
+            int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
+            int(text[17:19]), int(text[20:26]), tzinfo=timezone.utc,
+        )
     except ValueError as exc:
         raise PageFormatError(f"bad timestamp {text[:40]!r}") from exc
 
@@ -168,6 +172,8 @@ class Page:
         self.msg = np.full((PAGE_CAPACITY, len(MSG_FIELDS)), "", dtype=object)
         self.integrity = np.full((PAGE_CAPACITY, len(INTEGRITY_FIELDS)), None, dtype=object)
         self.message_count = 0
+        # The parsed records, kept beside the rows so that reading them back does not parse them again.
+        self._records: list[Record] = []
 
     @property
     def wrap_digest(self) -> bytes:
@@ -202,12 +208,11 @@ class Page:
         self.msg[self.message_count] = msg
         self.integrity[self.message_count] = integrity
         self.message_count += 1
+        self._records.append(record)
 
     def all_messages(self) -> list[Record]:
         """The records of this page, in the order they were added."""
-        return [
-            Record.from_row(self.msg[i].tolist(), self.integrity[i].tolist()) for i in range(self.message_count)
-        ]
+        return list(self._records)
 
     def sort_by_time(self) -> None:
         """Order the records by timestamp, then sequence number (ISO UTC text sorts as time)."""
@@ -215,6 +220,7 @@ class Page:
         order = sorted(range(count), key=lambda i: (self.msg[i][2], self.integrity[i][0]))
         self.msg[:count] = self.msg[order]
         self.integrity[:count] = self.integrity[order]
+        self._records = [self._records[i] for i in order]
 
     def _serialize(self, extra: Record | None = None) -> str:
         rows = self._rows()
@@ -269,4 +275,5 @@ class Page:
             page.msg[page.message_count] = msg
             page.integrity[page.message_count] = integrity
             page.message_count += 1
+            page._records.append(record)
         return page

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
-from reschat.chat import ChatMessage
+from reschat.chat import ChatMessage, ChatService
 from reschat.errors import MessageError, UnknownFriendError
 from reschat.ledger import Ledger, MemoryLedger
 from reschat.page import PAGE_CAPACITY
-from tests.conftest import Person
+from tests.conftest import Person, befriend, make_person
 
 
 def texts(messages: list[ChatMessage]) -> list[tuple[str, str]]:
@@ -221,3 +223,36 @@ def test_lost_outbox_state_is_rebuilt_from_the_ledger(tmp_path: object, ledger: 
     view = bob.chat.load_all("alice")
     assert view.problems == []
     assert [m.text for m in view.messages] == [f"m{i}" for i in range(25)] + ["after"]
+
+
+def test_a_new_session_opens_the_chat_without_a_private_key_operation(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice = make_person("alice", 0, tmp_path / "alice", ledger)
+    bob = make_person("bob", 1, tmp_path / "bob", ledger)
+    befriend(alice, bob)
+    alice.chat.send_message("hi", "bob")
+    assert [m.text for m in bob.chat.get_update("alice").messages] == ["hi"]
+    kept = list((tmp_path / "bob" / "lanes").glob("*.keys.json"))
+    assert len(kept) == 1 and "hi" not in kept[0].read_text()
+
+    # The same profile opened again: the lane key comes from the sealed copy, not from RSA.
+    again = ChatService(bob.identity, bob.friends, ledger, tmp_path / "bob" / "lanes")
+    original = bob.identity.private_key._decrypt_to_bytes
+    calls = {"n": 0}
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    bob.identity.private_key._decrypt_to_bytes = counting
+    try:
+        assert [m.text for m in again.get_update("alice").messages] == ["hi"]
+        assert calls["n"] == 0
+    finally:
+        del bob.identity.private_key._decrypt_to_bytes
+
+    # A damaged copy is ignored: the key is unwrapped again and the message still reads.
+    entries = json.loads(kept[0].read_text())
+    kept[0].write_text(json.dumps({digest: "00" * 60 for digest in entries}))
+    third = ChatService(bob.identity, bob.friends, ledger, tmp_path / "bob" / "lanes")
+    assert [m.text for m in third.get_update("alice").messages] == ["hi"]
