@@ -107,6 +107,13 @@ def ask_key() -> str:
         raise QuitRequested from exc
 
 
+def friend_completer(nicknames: Sequence[str]) -> Completer:
+    """Completes nicknames (case-insensitively, spaces allowed), shown through the neutralizer."""
+    return WordCompleter(
+        list(nicknames), ignore_case=True, sentence=True, display_dict={n: neutralize(n) for n in nicknames}
+    )
+
+
 def _pick(choice: str, count: int) -> int | None:
     """The 1-based menu item a typed number names, or None."""
     choice = choice.strip()
@@ -339,11 +346,8 @@ class Menus:
                 neutralize(nick) + (f" ({counts[nick]} unread)" if counts.get(nick) else "") for nick in nicknames
             ]
             self._menu("Friends", [*items, "Previous menu"])
-            completer = WordCompleter(
-                nicknames, ignore_case=True, sentence=True, display_dict={n: neutralize(n) for n in nicknames}
-            )
             try:
-                choice = ask("Choose a friend (number or nickname): ", completer=completer).strip()
+                choice = ask("Choose a friend (number or nickname): ", completer=friend_completer(nicknames)).strip()
             except KeyboardInterrupt:
                 return
             if not choice:
