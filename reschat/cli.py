@@ -25,7 +25,6 @@ from reschat.app import build_ledger, open_chat, open_friend_store
 from reschat.chat import ChatMessage, IntegrityProblem, peek_unread_counts
 from reschat.config import Settings, load_settings
 from reschat.errors import LedgerError, ProfileError, ReschatError
-from reschat.menus import Menus, QuitRequested, ask_new_password, ask_password
 from reschat.render import format_conversation, neutralize
 
 log = logging.getLogger(__name__)
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = N
     except ReschatError as exc:
         log.info("error: %s", exc, exc_info=debug)
         return _fail(str(exc), debug)
-    except QuitRequested:
+    except EOFError:  # Ctrl-D at a prompt (menus.QuitRequested), which menus is not imported to name
         return _fail("cancelled", debug=False)
     except KeyboardInterrupt:
         print("reschat: interrupted", file=sys.stderr)
@@ -188,9 +187,11 @@ def _password(args: argparse.Namespace, env: Mapping[str, str], *, new: bool = F
         return env[PASSWORD_ENV]
     if not sys.stdin.isatty():
         raise ProfileError(f"no password: set {PASSWORD_ENV} or use --password-file FILE (stdin is not a terminal)")
+    from reschat import menus  # prompt_toolkit is only loaded when something is prompted
+
     if new:
-        return ask_new_password(lambda line: print(line, file=sys.stderr))
-    return ask_password()
+        return menus.ask_new_password(lambda line: print(line, file=sys.stderr))
+    return menus.ask_password()
 
 
 def _unlock(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> crypto.Identity:
@@ -237,6 +238,8 @@ def problem_json(problem: IntegrityProblem) -> dict[str, Any]:
 def cmd_menus(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise ReschatError("the menus need a terminal; in scripts use the subcommands (see 'reschat --help')")
+    from reschat.menus import Menus
+
     return Menus(settings).run()
 
 

@@ -38,8 +38,8 @@ MAIN_MENU = ("Start chatting", "Add friend", "Show my contact card", "Quit")
 CHAT_MENU = ("Send message", "Update", "Load older messages", "Previous menu")
 
 
-class QuitRequested(Exception):
-    """Ctrl-D: leave the program from whatever menu is open."""
+class QuitRequested(EOFError):
+    """Ctrl-D: leave the program from whatever menu is open (an end of input, as the user means it)."""
 
 
 # --- prompting -------------------------------------------------------------------------------------
