@@ -864,6 +864,25 @@ def _unique(problems: list[IntegrityProblem]) -> list[IntegrityProblem]:
     return result
 
 
+def peek_unread_counts(own_key: RSA.RsaKey, friends: FriendStore, ledger: Ledger) -> dict[str, int]:
+    """Unread counts like ``ChatService.unread_counts``, with only the public key (no password).
+
+    For listings that should not need the private key; the counts are what the friends' pages
+    claim, verified only when the conversation is opened.
+    """
+    heads: list[tuple[Friend, str, list[str]]] = []
+    for friend in friends.all_friends():
+        conversation = crypto.conversation_id(own_key, friend.key)
+        numbers = (friend.lane_page, friend.lane_page + 1)
+        heads.append((friend, conversation, [page_key(conversation, friend.fingerprint, n) for n in numbers]))
+    values = ledger.get_many([key for _f, _c, keys in heads for key in keys]) if heads else {}
+    counts: dict[str, int] = {}
+    for friend, conversation, keys in heads:
+        newest = max([friend.hw_seq] + [_newest_seq(values.get(k), conversation, friend.fingerprint) for k in keys])
+        counts[friend.nickname] = max(0, newest - friend.read_seq)
+    return counts
+
+
 __all__ = [
     "MAX_TEXT_BYTES",
     "ChatMessage",

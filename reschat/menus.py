@@ -1,0 +1,475 @@
+"""The interactive menus: start-up (register or log in), main, second (friends) and third (chat).
+
+This is the only module that prompts, and every prompt goes through prompt_toolkit, so tests drive
+the menus with a pipe input and the real terminal gets hidden passwords, completion and pasting.
+Keys: Ctrl-C goes back one menu (at the main menu it leaves), Ctrl-D quits from anywhere.
+Errors a user can act on are printed as one line and the menu goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from prompt_toolkit import prompt
+from prompt_toolkit.completion import Completer, WordCompleter
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.patch_stdout import patch_stdout
+
+from reschat import crypto
+from reschat.app import open_chat
+from reschat.chat import ME, ChatService, ConversationView
+from reschat.config import Settings
+from reschat.errors import DuplicateFriendError, ReschatError, UnknownFriendError, WrongPasswordError
+from reschat.friends import validate_nickname
+from reschat.ledger import Ledger
+from reschat.render import DELIVERED_MARK, format_conversation, format_message, neutralize
+
+log = logging.getLogger(__name__)
+
+LOGIN_ATTEMPTS = 3
+MAIN_MENU = ("Start chatting", "Add friend", "Show my contact card", "Quit")
+CHAT_MENU = ("Send message", "Update", "Load older messages", "Previous menu")
+
+
+class QuitRequested(EOFError):
+    """Ctrl-D: leave the program from whatever menu is open (an end of input, as the user means it)."""
+
+
+# --- prompting -------------------------------------------------------------------------------------
+
+
+def ask(message: str, *, password: bool = False, completer: Completer | None = None) -> str:
+    """One line from the user; Ctrl-C raises KeyboardInterrupt, Ctrl-D raises QuitRequested."""
+    try:
+        return prompt(message, is_password=password, completer=completer, complete_while_typing=False)
+    except EOFError as exc:
+        raise QuitRequested from exc
+
+
+def ask_password(message: str = "Password: ") -> str:
+    """A hidden password prompt."""
+    return ask(message, password=True)
+
+
+def ask_new_password(say: Callable[[str], None]) -> str:
+    """A new password, typed twice, hidden; asks again until both agree and it is not empty."""
+    while True:
+        first = ask("Password: ", password=True)
+        if not first:
+            say("error: the password must not be empty")
+            continue
+        if ask("Repeat password: ", password=True) == first:
+            return first
+        say("error: the passwords do not match; try again")
+
+
+def key_input_complete(text: str) -> bool:
+    """Whether a pasted key is complete, so Enter should accept it rather than start a new line.
+
+    Terminals without bracketed paste deliver a multi-line PEM as one Enter per line; those Enters
+    must not end the input before the ``-----END`` line. A card is one line, but a terminal may have
+    broken it; an empty line always ends the input.
+    """
+    stripped = text.strip()
+    if not stripped or text.endswith("\n"):
+        return True
+    if "-----BEGIN" in stripped:
+        return "-----END" in stripped
+    compact = re.sub(r"\s+", "", stripped)
+    if compact.startswith(crypto.CARD_PREFIX):
+        parts = compact[len(crypto.CARD_PREFIX) :].split(":")
+        return len(parts) >= 3 and len(parts[2]) >= 8
+    return True
+
+
+def ask_key() -> str:
+    """A pasted contact card or multi-line PEM public key."""
+    bindings = KeyBindings()
+
+    @bindings.add("enter")
+    def _enter(event: KeyPressEvent) -> None:
+        buffer = event.current_buffer
+        if key_input_complete(buffer.text):
+            buffer.validate_and_handle()
+        else:
+            buffer.newline(copy_margin=False)
+
+    try:
+        return prompt("Key: ", multiline=True, key_bindings=bindings, prompt_continuation="")
+    except EOFError as exc:
+        raise QuitRequested from exc
+
+
+def friend_completer(nicknames: Sequence[str]) -> Completer:
+    """Completes nicknames (case-insensitively, spaces allowed), shown through the neutralizer."""
+    return WordCompleter(
+        list(nicknames), ignore_case=True, sentence=True, display_dict={n: neutralize(n) for n in nicknames}
+    )
+
+
+def _pick(choice: str, count: int) -> int | None:
+    """The 1-based menu item a typed number names, or None."""
+    choice = choice.strip()
+    if choice.isdigit() and 1 <= int(choice) <= count:
+        return int(choice)
+    return None
+
+
+# --- the chat screen's memory -------------------------------------------------------------------------
+
+
+@dataclass
+class _Screen:
+    """What the third menu has already shown, so updates print only what is new."""
+
+    nickname: str
+    shown: set[tuple[str, int]] = field(default_factory=set)
+    delivered: set[int] = field(default_factory=set)
+    problems: set[tuple[str, str, str]] = field(default_factory=set)
+    has_older: bool = False
+    last_error: str | None = None
+
+
+class _Poller:
+    """Runs ``tick`` every ``interval`` seconds in a daemon thread until stopped."""
+
+    def __init__(self, interval: float, tick: Callable[[], None]) -> None:
+        self._interval = interval
+        self._tick = tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reschat-poll", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._tick()
+
+    def __enter__(self) -> _Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- the menus -----------------------------------------------------------------------------------------
+
+
+class Menus:
+    """The seed's menus over one profile; collaborators are injected so tests can pass their own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ledger: Ledger | None = None,
+        stdout: TextIO | None = None,
+        scrypt_n: int = crypto.SCRYPT_N,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self._stdout = stdout
+        self.scrypt_n = scrypt_n
+        self._print_lock = threading.Lock()
+        # The background poller and the menu share one ChatService, which is not thread-safe.
+        self._chat_lock = threading.Lock()
+        self._chat: ChatService | None = None
+        self.identity: crypto.Identity | None = None
+
+    # -- output ------------------------------------------------------------------------------------
+
+    def say(self, *lines: str) -> None:
+        """Print lines (looked up at call time, so patch_stdout can draw them above the prompt)."""
+        out = self._stdout if self._stdout is not None else sys.stdout
+        with self._print_lock:
+            for line in lines:
+                out.write(line + "\n")
+            out.flush()
+
+    def error(self, problem: ReschatError | str) -> None:
+        self.say(f"error: {neutralize(str(problem))}")
+
+    def _menu(self, title: str, items: Sequence[str]) -> None:
+        self.say("", title, *(f"  {number}. {item}" for number, item in enumerate(items, 1)))
+
+    @contextlib.contextmanager
+    def _above_prompt(self) -> Iterator[None]:
+        """While background output is possible, draw it above the prompt instead of through it."""
+        if self._stdout is not None:
+            yield
+        else:
+            with patch_stdout():
+                yield
+
+    @property
+    def chat(self) -> ChatService:
+        if self._chat is None:
+            raise RuntimeError("not logged in")
+        return self._chat
+
+    # -- the program ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start-up, then the main menu until Quit or Ctrl-D; returns the exit status."""
+        try:
+            self.identity = self.start()
+            self._chat = open_chat(self.settings, self.identity, ledger=self.ledger)
+            self.main_menu()
+        except QuitRequested:
+            pass
+        self.say("Bye.")
+        return 0
+
+    def start(self) -> crypto.Identity:
+        """Register when the profile has no identity, else log in; then show the fingerprint."""
+        identity = self.login() if crypto.identity_exists(self.settings.home) else self.register()
+        self.say(f"Logged in as {neutralize(identity.name)}.", f"Your fingerprint: {identity.fingerprint}")
+        return identity
+
+    def register(self) -> crypto.Identity:
+        self.say("Welcome to ResChat. This profile has no identity yet: let us create one.")
+        while True:
+            try:
+                name = crypto.validate_name(ask("Username: "))
+                break
+            except ReschatError as exc:
+                self.error(exc)
+        password = ask_new_password(self.say)
+        self.say("Creating your keys (this takes a few seconds)...")
+        return crypto.create_keys(name, password, self.settings.home, scrypt_n=self.scrypt_n)
+
+    def login(self) -> crypto.Identity:
+        for attempt in range(1, LOGIN_ATTEMPTS + 1):
+            password = ask_password()
+            try:
+                return crypto.load_identity(self.settings.home, password)
+            except WrongPasswordError:
+                left = LOGIN_ATTEMPTS - attempt
+                self.error("wrong password" + (f"; {left} tries left" if left else ""))
+        raise WrongPasswordError(f"{LOGIN_ATTEMPTS} wrong passwords: giving up")
+
+    def main_menu(self) -> None:
+        while True:
+            self._menu("Main menu", MAIN_MENU)
+            try:
+                choice = ask("Choose: ")
+            except KeyboardInterrupt:
+                return
+            number = _pick(choice, len(MAIN_MENU))
+            if number is None:
+                if choice.strip():
+                    self.error(f"no such choice {choice.strip()!r}: enter a number from 1 to {len(MAIN_MENU)}")
+                continue
+            if number == 4:
+                return
+            try:
+                if number == 1:
+                    self.friends_menu()
+                elif number == 2:
+                    self.add_friend()
+                else:
+                    self.show_card()
+            except KeyboardInterrupt:
+                self.say("(back to the main menu)")
+            except ReschatError as exc:
+                self.error(exc)
+
+    def show_card(self) -> None:
+        assert self.identity is not None
+        self.say(
+            "Your contact card (give this line to your friends):",
+            self.identity.card,
+            f"Your fingerprint: {self.identity.fingerprint}",
+        )
+
+    def add_friend(self) -> None:
+        friends = self.chat.friends
+        nickname = validate_nickname(ask("Nickname: "))
+        with contextlib.suppress(UnknownFriendError):
+            friends.get_friend(nickname)
+            raise DuplicateFriendError(f"the nickname {nickname!r} is already in use")
+        self.say("Paste your friend's contact card or PEM public key, then press Enter (an empty line cancels).")
+        text = ask_key()
+        if not text.strip():
+            self.say("Nothing pasted; no friend added.")
+            return
+        contact = crypto.parse_contact(text)
+        fpr = crypto.fingerprint_bytes(contact.public_key).hex()
+        if fpr == crypto.fingerprint_bytes(self.chat.identity.public_key).hex():
+            raise DuplicateFriendError("that is your own key: add your friend's key instead")
+        for friend in friends.all_friends():
+            if friend.fingerprint == fpr:
+                raise DuplicateFriendError(f"that key is already your friend {friend.nickname!r}")
+        if contact.name:
+            self.say(f"Name on the card: {neutralize(contact.name)}")
+        self.say(
+            f"Fingerprint: {crypto.fingerprint(contact.public_key)}",
+            "Compare it with the one your friend sees (for example on the phone) before you confirm.",
+        )
+        if self.confirm(f"Add {nickname} with this key? [y/n]: "):
+            friends.add_friend(nickname, contact.public_key, contact.name)
+            self.say(f"Added {neutralize(nickname)}.")
+        else:
+            self.say("Not added.")
+
+    def confirm(self, question: str) -> bool:
+        while True:
+            answer = ask(question).strip().lower()
+            if answer in ("y", "yes"):
+                return True
+            if answer in ("n", "no"):
+                return False
+            self.say("Please answer y or n.")
+
+    # -- second menu -----------------------------------------------------------------------------------
+
+    def friends_menu(self) -> None:
+        while True:
+            nicknames = self.chat.friends.get_all_friend()
+            if not nicknames:
+                self.say("You have no friends yet: choose 'Add friend' in the main menu first.")
+                return
+            try:
+                with self._chat_lock:
+                    counts = self.chat.unread_counts()
+            except ReschatError as exc:
+                self.error(f"cannot count unread messages: {exc}")
+                counts = {}
+            items = [
+                neutralize(nick) + (f" ({counts[nick]} unread)" if counts.get(nick) else "") for nick in nicknames
+            ]
+            self._menu("Friends", [*items, "Previous menu"])
+            try:
+                choice = ask("Choose a friend (number or nickname): ", completer=friend_completer(nicknames)).strip()
+            except KeyboardInterrupt:
+                return
+            if not choice:
+                continue
+            if choice.isdigit():
+                number = _pick(choice, len(nicknames) + 1)
+                if number is None:
+                    self.error(f"no such choice {choice!r}: enter 1 to {len(nicknames) + 1} or a nickname")
+                    continue
+                if number == len(nicknames) + 1:
+                    return
+                nickname = nicknames[number - 1]
+            else:
+                try:
+                    nickname = self.chat.friends.get_friend(choice).nickname
+                except UnknownFriendError as exc:
+                    self.error(exc)
+                    continue
+            try:
+                self.chat_menu(nickname)
+            except KeyboardInterrupt:
+                pass
+            except ReschatError as exc:
+                self.error(exc)
+
+    # -- third menu ------------------------------------------------------------------------------------
+
+    def chat_menu(self, nickname: str) -> None:
+        screen = _Screen(nickname)
+        self.say("", f"Chatting with {neutralize(nickname)}")
+        with self._chat_lock:
+            view = self.chat.get_update(nickname)
+        if not self._show_new(view, screen):
+            self.say("No messages yet.")
+        if view.has_older:
+            self.say("(There are older messages: choose 'Load older messages'.)")
+        with self._above_prompt(), _Poller(self.settings.chat.poll_interval, lambda: self._poll(screen)):
+            while True:
+                self._menu(f"Chat with {neutralize(nickname)}", CHAT_MENU)
+                try:
+                    choice = ask("Choose: ")
+                except KeyboardInterrupt:
+                    return
+                number = _pick(choice, len(CHAT_MENU))
+                if number is None:
+                    if choice.strip():
+                        self.error(f"no such choice {choice.strip()!r}: enter a number from 1 to {len(CHAT_MENU)}")
+                    continue
+                if number == 4:
+                    return
+                try:
+                    if number == 1:
+                        self._send(screen)
+                    elif number == 2:
+                        self._update(screen)
+                    else:
+                        self._older(screen)
+                except KeyboardInterrupt:
+                    self.say("(cancelled)")
+                except ReschatError as exc:
+                    self.error(exc)
+
+    def _send(self, screen: _Screen) -> None:
+        text = ask("Message: ")
+        with self._chat_lock:
+            result = self.chat.send_message(text, screen.nickname)
+        screen.shown.add((ME, result.message.seq))
+        self.say(*format_message(result.message))
+        if result.error is not None:
+            self.error(f"not written to the ledger yet ({result.error}); it is re-sent on the next update")
+
+    def _update(self, screen: _Screen) -> None:
+        with self._chat_lock:
+            view = self.chat.get_update(screen.nickname)
+        if not self._show_new(view, screen):
+            self.say("No new messages.")
+
+    def _older(self, screen: _Screen) -> None:
+        if not screen.has_older:
+            self.say("No older messages.")
+            return
+        with self._chat_lock:
+            view = self.chat.load_older(screen.nickname)
+        if not self._show_new(view, screen, header="--- older messages ---"):
+            self.say("No older messages.")
+
+    def _poll(self, screen: _Screen) -> None:
+        """One background update: print what is new; report a failure once, not every interval."""
+        try:
+            with self._chat_lock:
+                view = self.chat.get_update(screen.nickname)
+        except Exception as exc:  # a background thread must never end in a traceback on the screen
+            log.warning("background update failed", exc_info=True)
+            text = str(exc) if isinstance(exc, ReschatError) else f"unexpected {type(exc).__name__}"
+            if text != screen.last_error:
+                screen.last_error = text
+                self.error(f"background update failed: {text}")
+            return
+        screen.last_error = None
+        self._show_new(view, screen)
+
+    def _show_new(self, view: ConversationView, screen: _Screen, header: str | None = None) -> bool:
+        """Print messages and problems not shown yet, and deliveries of own messages; True if any."""
+        screen.has_older = view.has_older
+        fresh = [m for m in view.messages if (m.sender, m.seq) not in screen.shown]
+        problems = [p for p in view.problems if (p.lane, p.kind, p.detail) not in screen.problems]
+        delivered = [
+            m for m in view.messages
+            if m.outgoing and m.status == "delivered" and m.seq not in screen.delivered
+            and (m.sender, m.seq) in screen.shown
+        ]
+        lines = format_conversation(fresh, problems)
+        for message in delivered:
+            lines.append(f"{DELIVERED_MARK} delivered: {neutralize(message.text, max_chars=40)}")
+        if header and lines:
+            lines.insert(0, header)
+        if lines:
+            self.say(*lines)
+        screen.shown.update((m.sender, m.seq) for m in fresh)
+        screen.problems.update((p.lane, p.kind, p.detail) for p in problems)
+        screen.delivered.update(m.seq for m in view.messages if m.outgoing and m.status == "delivered")
+        if any(not m.outgoing for m in fresh):
+            with self._chat_lock:
+                self.chat.mark_read(screen.nickname)
+        return bool(lines)

@@ -1,0 +1,132 @@
+"""Turning messages, problems and names into safe terminal text (pure functions, no I/O).
+
+Everything a friend or the ledger supplied is untrusted: message text, nicknames, names on contact
+cards. A terminal interprets control characters and escape sequences (moving the cursor, rewriting
+earlier lines, changing the window title, and on some terminals worse), and bidirectional overrides
+or zero-width characters can make one text look like another. So every such character is shown as
+a visible escape (``\\x1b``, ``\\u202e``) and never reaches the terminal as itself.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+from datetime import datetime, tzinfo
+
+from reschat.chat import ME, ChatMessage, IntegrityProblem
+
+#: Longest line of untrusted text shown before it is cut (a 16 KiB message still fits ~4 screens).
+MAX_LINE_CHARS = 1000
+#: Most lines of one message shown before the rest is cut.
+MAX_MESSAGE_LINES = 40
+
+PENDING_MARK = "…"
+DELIVERED_MARK = "✓"
+PROBLEM_MARK = "!!"
+
+# Categories shown as escapes: controls (C0, C1, DEL), format characters (bidi overrides and
+# isolates, zero-width characters, soft hyphen, BOM...), line/paragraph separators and surrogates.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _is_unsafe(ch: str) -> bool:
+    return unicodedata.category(ch) in _ESCAPED_CATEGORIES
+
+
+def neutralize(text: str, *, max_chars: int = MAX_LINE_CHARS) -> str:
+    """``text`` as one inert line: every control or formatting character escaped, long text cut."""
+    out: list[str] = []
+    length = 0
+    for index, ch in enumerate(text):
+        piece = _escape_char(ch) if _is_unsafe(ch) else ch
+        if length + len(piece) > max_chars:
+            out.append(f" [… {len(text) - index} more characters]")
+            break
+        out.append(piece)
+        length += len(piece)
+    return "".join(out)
+
+
+def neutralize_lines(text: str, *, max_lines: int = MAX_MESSAGE_LINES) -> list[str]:
+    """Multi-line untrusted text as inert lines (newlines split it; nothing else does)."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    shown = [neutralize(line) for line in lines[:max_lines]]
+    if len(lines) > max_lines:
+        shown.append(f"[… {len(lines) - max_lines} more lines]")
+    return shown
+
+
+def local_time(moment: datetime, tz: tzinfo | None = None) -> str:
+    """A message time in the viewer's time zone (the system's when ``tz`` is None)."""
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+
+def _body_text(message: ChatMessage) -> str:
+    if message.type == "text":
+        return message.text
+    ext = f": {message.type_ext}" if message.type_ext else ""
+    return f"[{message.type}{ext}, {len(message.body)} bytes]"
+
+
+def format_message(message: ChatMessage, tz: tzinfo | None = None) -> list[str]:
+    """One message as display lines: local time, a status mark, the sender and the text.
+
+    Own messages carry ``…`` while pending and ``✓`` once delivered. Continuation lines of a
+    multi-line message are indented behind a bar so that text can never pose as another message.
+    """
+    if not message.verified:
+        # The engine hides unverified records; should one ever get here it is never shown as genuine.
+        return [f"{PROBLEM_MARK} unverified record hidden ({local_time(message.time, tz)})"]
+    if message.outgoing:
+        mark = DELIVERED_MARK if message.status == "delivered" else PENDING_MARK
+        sender = ME
+    else:
+        mark = " "
+        sender = neutralize(message.sender, max_chars=64)
+    head = f"{local_time(message.time, tz)} {mark} {sender}: "
+    lines = neutralize_lines(_body_text(message))
+    pad = " " * (len(head) - 2) + "| "
+    return [head + lines[0]] + [pad + line for line in lines[1:]]
+
+
+_PROBLEM_LABELS = {
+    "forged": "forged record hidden",
+    "replay": "replayed record ignored",
+    "gap": "messages missing",
+    "rollback": "ledger rolled back",
+    "fork": "conflicting versions",
+    "damaged": "damaged page",
+    "undecryptable": "undecryptable message",
+}
+
+
+def format_problem(problem: IntegrityProblem, tz: tzinfo | None = None) -> str:
+    """An integrity problem as one clearly marked line, never mistakable for a message."""
+    label = _PROBLEM_LABELS.get(problem.kind, neutralize(problem.kind, max_chars=32))
+    lane = "your messages" if problem.lane == ME else f"{neutralize(problem.lane, max_chars=64)}'s messages"
+    when = f" near {local_time(problem.time, tz)}" if problem.time is not None else ""
+    return f"{PROBLEM_MARK} {label} in {lane}{when}: {neutralize(problem.detail)}"
+
+
+def format_conversation(
+    messages: Sequence[ChatMessage], problems: Iterable[IntegrityProblem], tz: tzinfo | None = None
+) -> list[str]:
+    """Messages in time order with each problem at its place (problems without a time at the end)."""
+    entries: list[tuple[datetime, int, list[str]]] = [(m.time, 0, format_message(m, tz)) for m in messages]
+    undated: list[str] = []
+    for problem in problems:
+        if problem.time is None:
+            undated.append(format_problem(problem, tz))
+        else:
+            entries.append((problem.time, 1, [format_problem(problem, tz)]))
+    entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return [line for _time, _order, lines in entries for line in lines] + undated

@@ -1,0 +1,491 @@
+"""The menus in-process: keystrokes through a prompt_toolkit pipe input, output to a string.
+
+alice is the person at the keyboard (a real profile on disk, copied from one made per session);
+bob is a profile of the engine on the same ledger, so the tests can make him write to her.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prompt_toolkit.application import create_app_session
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from reschat import crypto
+from reschat.app import open_friend_store
+from reschat.chat import page_key
+from reschat.config import Settings, load_settings
+from reschat.errors import WrongPasswordError
+from reschat.ledger import MemoryLedger
+from reschat.menus import Menus, friend_completer, key_input_complete
+from reschat.page import Page
+from tests.conftest import TEST_SCRYPT_N, Person, make_person
+
+PASSWORD = "correct horse"
+CTRL_C, CTRL_D = "\x03", "\x04"
+PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
+#: Generous: only reached when a test is broken and a prompt waits for input that never comes.
+HANG_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="session")
+def alice_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("template") / "alice"
+    crypto.create_keys("alice", PASSWORD, home, scrypt_n=TEST_SCRYPT_N)
+    return home
+
+
+@pytest.fixture(scope="session")
+def alice_identity(alice_template: Path) -> crypto.Identity:
+    return crypto.load_identity(alice_template, PASSWORD)
+
+
+@pytest.fixture
+def ledger() -> MemoryLedger:
+    return MemoryLedger()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, alice_template: Path) -> Settings:
+    home = tmp_path / "alice"
+    shutil.copytree(alice_template, home)
+    loaded = load_settings(home=str(home), environ={})
+    return replace(loaded, chat=replace(loaded.chat, poll_interval=0.05))
+
+
+@pytest.fixture
+def bob(tmp_path: Path, ledger: MemoryLedger, alice_identity: crypto.Identity) -> Person:
+    person = make_person("bob", 1, tmp_path / "bob", ledger)
+    person.friends.add_friend("alice", alice_identity.public_key)
+    return person
+
+
+@pytest.fixture
+def befriended(settings: Settings, bob: Person) -> Person:
+    """bob, already in alice's friend list."""
+    open_friend_store(settings).add_friend("bob", bob.identity.public_key, "bob")
+    return bob
+
+
+class Terminal:
+    """The menus running in a thread on a pipe input; what they print collects in ``output``."""
+
+    def __init__(self, settings: Settings, ledger: MemoryLedger) -> None:
+        self.out = io.StringIO()
+        self.menus = Menus(settings, ledger=ledger, stdout=self.out, scrypt_n=TEST_SCRYPT_N)
+        self.status: int | None = None
+        self.error: BaseException | None = None
+        self._input: PipeInput | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = threading.Event()
+
+    @property
+    def output(self) -> str:
+        return self.out.getvalue()
+
+    def _run(self) -> None:
+        with create_pipe_input() as pipe:
+            self._input = pipe
+            self._started.set()
+            try:
+                with create_app_session(input=pipe, output=DummyOutput()):
+                    self.status = self.menus.run()
+            except BaseException as exc:  # handed to the test thread, which re-raises or checks it
+                self.error = exc
+
+    def start(self) -> Terminal:
+        self._thread.start()
+        self._started.wait()
+        return self
+
+    def type(self, keys: str) -> None:
+        assert self._input is not None
+        self._input.send_text(keys)
+
+    def wait_for(self, text: str, timeout: float = HANG_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail(f"{text!r} never appeared; output was:\n{self.output}")
+            time.sleep(0.01)
+
+    def finish(self) -> str:
+        self._thread.join(HANG_TIMEOUT)
+        if self._thread.is_alive():
+            assert self._input is not None
+            self._input.close()
+            pytest.fail(f"the menus still wait for input; output was:\n{self.output}")
+        return self.output
+
+
+@pytest.fixture
+def terminal(settings: Settings, ledger: MemoryLedger) -> Iterator[Callable[[], Terminal]]:
+    made: list[Terminal] = []
+
+    def factory() -> Terminal:
+        made.append(Terminal(settings, ledger).start())
+        return made[-1]
+
+    yield factory
+    for term in made:  # never leave a thread waiting on a prompt behind a failed test
+        if term._input is not None:
+            term._input.close()
+
+
+@pytest.fixture
+def run(terminal: Callable[[], Terminal]) -> Callable[[str], str]:
+    """Type all ``keys`` at once, wait until the menus end, return their output (status must be 0)."""
+
+    def go(keys: str) -> str:
+        term = terminal()
+        term.type(keys)
+        output = term.finish()
+        if term.error is not None:
+            raise term.error
+        assert term.status == 0, output
+        return output
+
+    return go
+
+
+def login(keys: str = "") -> str:
+    return PASSWORD + "\r" + keys
+
+
+# --- start-up ------------------------------------------------------------------------------------
+
+
+def test_register_asks_name_and_password_twice(tmp_path: Path, ledger: MemoryLedger) -> None:
+    settings = load_settings(home=str(tmp_path / "new"), environ={})
+    term = Terminal(settings, ledger).start()
+    term.type("\r" + "carol\r" + "pw1\r" + "pw2\r" + "\r" + "pw1\r" + "pw1\r" + CTRL_D)
+    output = term.finish()
+    assert term.error is None and term.status == 0
+    assert "error: the name must not be empty" in output
+    assert "error: the passwords do not match; try again" in output
+    assert "error: the password must not be empty" in output
+    identity = crypto.load_identity(tmp_path / "new", "pw1")
+    assert identity.name == "carol"
+    assert f"Your fingerprint: {identity.fingerprint}" in output
+
+
+def test_login_shows_own_fingerprint(run: Callable[[str], str], alice_identity: crypto.Identity) -> None:
+    output = run(login("4\r"))
+    assert "Logged in as alice." in output
+    assert f"Your fingerprint: {alice_identity.fingerprint}" in output
+    assert output.rstrip().endswith("Bye.")
+
+
+def test_wrong_password_says_so_and_asks_again(run: Callable[[str], str]) -> None:
+    output = run("wrong\r" + "also wrong\r" + login(CTRL_D))
+    assert "error: wrong password; 2 tries left" in output
+    assert "error: wrong password; 1 tries left" in output
+    assert "Logged in as alice." in output
+
+
+def test_three_wrong_passwords_give_up(terminal: Callable[[], Terminal]) -> None:
+    term = terminal()
+    term.type("a\rb\rc\r")
+    output = term.finish()
+    assert isinstance(term.error, WrongPasswordError)
+    assert "3 wrong passwords" in str(term.error)
+    assert "Logged in" not in output
+
+
+def test_ctrl_c_at_login_interrupts(terminal: Callable[[], Terminal]) -> None:
+    term = terminal()
+    term.type(CTRL_C)
+    term.finish()
+    assert isinstance(term.error, KeyboardInterrupt)
+
+
+# --- main menu -------------------------------------------------------------------------------------
+
+
+def test_main_menu_lists_the_seed_items_and_the_card(
+    run: Callable[[str], str], alice_identity: crypto.Identity
+) -> None:
+    output = run(login("3\r4\r"))
+    assert "1. Start chatting\n  2. Add friend\n  3. Show my contact card\n  4. Quit" in output
+    card_line = next(line for line in output.splitlines() if line.startswith(crypto.CARD_PREFIX))
+    assert card_line == alice_identity.card
+    assert crypto.fingerprint(crypto.parse_contact(card_line).public_key) == alice_identity.fingerprint
+
+
+def test_unknown_main_menu_choice_is_an_error(run: Callable[[str], str]) -> None:
+    output = run(login("9\rchat\r\r4\r"))
+    assert "error: no such choice '9': enter a number from 1 to 4" in output
+    assert "error: no such choice 'chat'" in output
+
+
+def test_ctrl_c_at_main_menu_leaves_and_ctrl_d_quits(run: Callable[[str], str]) -> None:
+    assert run(login(CTRL_C)).rstrip().endswith("Bye.")
+    assert run(login(CTRL_D)).rstrip().endswith("Bye.")
+
+
+# --- add friend --------------------------------------------------------------------------------------
+
+
+def friend_keys(settings: Settings) -> dict[str, str]:
+    return {f.nickname: f.fingerprint for f in open_friend_store(settings).all_friends()}
+
+
+def bob_fpr(bob: Person) -> str:
+    return crypto.fingerprint_bytes(bob.identity.public_key).hex()
+
+
+def test_add_friend_by_pasting_a_card(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
+    output = run(login("2\rbobby\r" + bob.card + "\r" + "y\r" + CTRL_D))
+    assert "Name on the card: bob" in output
+    assert f"Fingerprint: {crypto.fingerprint(bob.identity.public_key)}" in output
+    assert "Added bobby." in output
+    assert friend_keys(settings) == {"bobby": bob_fpr(bob)}
+
+
+def test_add_friend_by_typing_a_pem_line_by_line(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
+    # A terminal without bracketed paste sends a pasted PEM as lines, each ended by Enter.
+    pem = crypto.public_key_to_string(bob.identity.public_key)
+    assert pem.count("\n") > 5
+    output = run(login("2\rbob\r" + pem.replace("\n", "\r") + "\r" + "y\r" + "3\r" + CTRL_D))
+    assert f"Fingerprint: {crypto.fingerprint(bob.identity.public_key)}" in output
+    assert "Added bob." in output
+    assert friend_keys(settings) == {"bob": bob_fpr(bob)}
+    assert "no such choice" not in output  # no PEM line leaked into a later menu as a choice
+
+
+def test_add_friend_by_bracketed_paste(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
+    pem = crypto.public_key_to_string(bob.identity.public_key) + "\n"
+    output = run(login("2\rbob\r" + PASTE_START + pem + PASTE_END + "\r" + "y\r" + CTRL_D))
+    assert "Added bob." in output
+    assert friend_keys(settings) == {"bob": bob_fpr(bob)}
+
+
+def test_add_friend_can_be_declined(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
+    output = run(login("2\rbob\r" + PASTE_START + bob.card + PASTE_END + "\r" + "maybe\r" + "n\r" + CTRL_D))
+    assert "Please answer y or n." in output
+    assert "Not added." in output
+    assert friend_keys(settings) == {}
+
+
+@pytest.mark.parametrize(
+    ("nickname", "key", "error"),
+    [
+        ("bob", "bob-card", "error: the nickname 'bob' is already in use"),
+        ("carol", "garbage", "error: not a contact card (reschat-card:1:...) or a PEM public key"),
+        ("carol", "own-card", "error: that is your own key: add your friend's key instead"),
+        ("carol", "bob-card", "error: that key is already your friend 'bob'"),
+        ("carol", "cut-card", "error: the contact card's checksum does not match: it was cut or altered"),
+        ("1234", "bob-card", "error: the nickname must not be only digits"),
+        ("", "bob-card", "error: the nickname must not be empty"),
+    ],
+)
+def test_add_friend_errors_are_one_line_and_back_to_the_menu(
+    run: Callable[[str], str], settings: Settings, befriended: Person, alice_identity: crypto.Identity,
+    nickname: str, key: str, error: str,
+) -> None:
+    cards = {
+        "bob-card": befriended.card,
+        "own-card": alice_identity.card,
+        "cut-card": befriended.card[:100] + befriended.card[104:],
+        "garbage": "hello there",
+    }
+    keys = "2\r" + nickname + "\r"
+    if "nickname" not in error:
+        keys += PASTE_START + cards[key] + PASTE_END + "\r"
+    output = run(login(keys + "3\r" + CTRL_D))
+    assert error in output
+    after_error = output.split(error, 1)[1]
+    assert "Main menu" in after_error and alice_identity.card in after_error  # back at the menu, which works
+    assert friend_keys(settings) == {"bob": bob_fpr(befriended)}
+    assert "Traceback" not in output
+
+
+def test_an_empty_paste_cancels(run: Callable[[str], str], settings: Settings) -> None:
+    output = run(login("2\rbob\r\r" + CTRL_D))
+    assert "Nothing pasted; no friend added." in output
+
+
+def test_ctrl_c_while_adding_goes_back_to_the_main_menu(run: Callable[[str], str], settings: Settings) -> None:
+    output = run(login("2\rbo" + CTRL_C + "3\r" + CTRL_D))
+    assert "(back to the main menu)" in output
+    assert crypto.CARD_PREFIX in output.split("(back to the main menu)", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "complete"),
+    [
+        ("", True),
+        ("-----BEGIN PUBLIC KEY-----", False),
+        ("-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----", True),
+        ("reschat-card:1:Ym9i:MIIBojAN", False),
+        ("reschat-card:1:Ym9i:MIIBojAN:1234", False),
+        ("reschat-card:1:Ym9i:MIIBojAN:12345678", True),
+        ("reschat-card:1:Ym9i:MIIB\n", True),  # an empty line always ends the input
+        ("something else", True),
+    ],
+)
+def test_when_enter_ends_a_pasted_key(text: str, complete: bool) -> None:
+    assert key_input_complete(text) is complete
+
+
+# --- second menu -------------------------------------------------------------------------------------
+
+
+def test_no_friends_yet(run: Callable[[str], str]) -> None:
+    output = run(login("1\r" + CTRL_D))
+    assert "You have no friends yet" in output
+
+
+def test_friends_are_numbered_with_unread_counts(run: Callable[[str], str], befriended: Person) -> None:
+    befriended.chat.send_message("one", "alice")
+    befriended.chat.send_message("two", "alice")
+    output = run(login("1\r" + "2\r" + "4\r" + CTRL_D))
+    assert "Friends\n  1. bob (2 unread)\n  2. Previous menu" in output
+    assert output.count("Main menu") == 2  # "Previous menu" went back to it
+
+
+@pytest.mark.parametrize("choice", ["1", "bob", "BOB"])
+def test_pick_a_friend_by_number_nickname_or_completion(
+    run: Callable[[str], str], befriended: Person, choice: str
+) -> None:
+    befriended.chat.send_message("hello alice", "alice")
+    output = run(login("1\r" + choice + "\r" + CTRL_D))
+    assert "Chatting with bob" in output
+    assert "bob: hello alice" in output
+
+
+def test_nicknames_complete() -> None:
+    completer = friend_completer(["bob", "Bobby Tables", "carol"])
+    found = completer.get_completions(Document("bo"), CompleteEvent(completion_requested=True))
+    assert [c.text for c in found] == ["bob", "Bobby Tables"]
+    hostile = friend_completer(["x\u202ey"]).get_completions(Document("x"), CompleteEvent(completion_requested=True))
+    assert [c.display_text for c in hostile] == ["x\\u202ey"]
+
+
+def test_unknown_friend_choice_is_an_error(run: Callable[[str], str], befriended: Person) -> None:
+    output = run(login("1\r" + "carol\r" + "7\r" + "2\r" + CTRL_D))
+    assert "error: no friend is called 'carol'" in output
+    assert "error: no such choice '7': enter 1 to 2 or a nickname" in output
+    assert output.count("Friends\n") == 3
+    assert "Chatting with" not in output
+
+
+def test_ctrl_c_in_second_menu_goes_back(run: Callable[[str], str], befriended: Person) -> None:
+    output = run(login("1\r" + CTRL_C + "4\r"))
+    assert output.count("Main menu") == 2
+
+
+# --- third menu --------------------------------------------------------------------------------------
+
+
+def test_send_message_reaches_the_friend(run: Callable[[str], str], befriended: Person) -> None:
+    output = run(login("1\r1\r" + "1\r" + "hello bob\r" + CTRL_D))
+    assert "No messages yet." in output
+    assert "me: hello bob" in output
+    assert [m.text for m in befriended.chat.get_update("alice").messages] == ["hello bob"]
+
+
+def test_empty_message_and_unknown_choice_are_errors(run: Callable[[str], str], befriended: Person) -> None:
+    output = run(login("1\r1\r" + "1\r" + "   \r" + "9\r" + "4\r" + "2\r" + CTRL_D))
+    assert "error: the message is empty" in output
+    assert "error: no such choice '9': enter a number from 1 to 4" in output
+    assert output.count("Main menu") == 2  # Previous menu, then Previous menu again
+
+
+def test_conversation_shows_both_sides_in_time_order(run: Callable[[str], str], befriended: Person) -> None:
+    befriended.chat.send_message("first from bob", "alice")
+    output = run(login("1\r1\r" + "1\r" + "reply from alice\r" + "2\r" + CTRL_D))
+    assert output.index("bob: first from bob") < output.index("me: reply from alice")
+    assert "No new messages." in output or "✓ delivered: reply from alice" in output
+
+
+def test_update_shows_only_what_is_new(terminal: Callable[[], Terminal], befriended: Person) -> None:
+    term = terminal()
+    term.type(login("1\r1\r"))
+    term.wait_for("No messages yet.")
+    befriended.chat.send_message("news", "alice")
+    term.type("2\r")
+    term.wait_for("bob: news")
+    term.type("2\r")
+    term.wait_for("No new messages.")
+    term.type(CTRL_D)
+    output = term.finish()
+    assert output.count("bob: news") == 1
+
+
+def test_new_messages_appear_without_pressing_update(terminal: Callable[[], Terminal], befriended: Person) -> None:
+    term = terminal()
+    term.type(login("1\r1\r"))
+    term.wait_for("No messages yet.")
+    befriended.chat.send_message("are you there?", "alice")
+    term.wait_for("bob: are you there?")  # nothing was typed: the background poll showed it
+    term.type(CTRL_D)
+    output = term.finish()
+    assert term.status == 0
+    assert output.count("bob: are you there?") == 1
+
+
+def test_load_older_messages(run: Callable[[str], str], befriended: Person) -> None:
+    for i in range(50):
+        befriended.chat.send_message(f"m{i}", "alice")
+    output = run(login("1\r1\r" + "3\r" + "3\r" + CTRL_D))
+    on_entry = output.split("(There are older messages", 1)[0]
+    assert "bob: m49" in on_entry and "bob: m20" in on_entry
+    assert "bob: m19" not in on_entry
+    older = output.split("--- older messages ---", 1)[1]
+    assert "bob: m0\n" in older and "bob: m19\n" in older
+    assert "No older messages." in older
+
+
+def test_hostile_text_is_shown_inertly(run: Callable[[str], str], befriended: Person) -> None:
+    befriended.chat.send_message("\x1b]0;pwned\x07 \x1b[2J hi \u202eevil", "alice")
+    output = run(login("1\r1\r" + CTRL_D))
+    assert "bob: \\x1b]0;pwned\\x07 \\x1b[2J hi \\u202eevil" in output
+    assert "\x1b" not in output and "\u202e" not in output
+
+
+def test_forged_record_is_marked_and_never_shown(
+    run: Callable[[str], str], settings: Settings, befriended: Person, ledger: MemoryLedger,
+    alice_identity: crypto.Identity,
+) -> None:
+    befriended.chat.send_message("genuine one", "alice")
+    befriended.chat.send_message("genuine two", "alice")
+    conversation = crypto.conversation_id(alice_identity.public_key, befriended.identity.public_key)
+    key = page_key(conversation, bob_fpr(befriended), 1)
+    original = Page.from_string(ledger.get(key) or "")
+    forged = Page(original.conversation, original.sender, original.number, original.wrapped_key)
+    first, second = original.all_messages()
+    tampered = bytearray(first.for_receiver)
+    tampered[-1] ^= 1
+    forged.add_message(replace(first, for_receiver=bytes(tampered)))
+    forged.add_message(second)
+    ledger.set(key, forged.to_string())
+    output = run(login("1\r1\r" + CTRL_D))
+    assert "!! forged record hidden in bob's messages" in output
+    assert "genuine one" not in output
+    assert "bob: genuine two" in output
+
+
+def test_ctrl_c_in_chat_goes_back_and_cancels_a_message(run: Callable[[str], str], befriended: Person) -> None:
+    output = run(login("1\r1\r" + "1\r" + "half typ" + CTRL_C + CTRL_C + "2\r" + CTRL_D))
+    assert "(cancelled)" in output
+    assert output.count("Friends\n") == 2  # Ctrl-C in the chat menu went back to the friends
+    assert befriended.chat.get_update("alice").messages == []
+
+
+def test_ctrl_d_in_chat_quits(terminal: Callable[[], Terminal], befriended: Person) -> None:
+    term = terminal()
+    term.type(login("1\r1\r" + CTRL_D))
+    output = term.finish()
+    assert term.status == 0 and term.error is None
+    assert output.rstrip().endswith("Bye.")
