@@ -812,22 +812,7 @@ class ChatService:
 
     def unread_counts(self) -> dict[str, int]:
         """Unread messages per friend, from one concurrent round of reads of each friend's lane head."""
-        friends = self.friends.all_friends()
-        keys: dict[str, tuple[Friend, int]] = {}
-        for friend in friends:
-            conversation = self._conversation(friend)
-            for number in (friend.lane_page, friend.lane_page + 1):
-                keys[page_key(conversation, friend.fingerprint, number)] = (friend, number)
-        values = self.ledger.get_many(list(keys)) if keys else {}
-        counts: dict[str, int] = {}
-        for friend in friends:
-            newest = friend.hw_seq
-            conversation = self._conversation(friend)
-            for number in (friend.lane_page, friend.lane_page + 1):
-                value = values.get(page_key(conversation, friend.fingerprint, number))
-                newest = max(newest, _newest_seq(value, conversation, friend.fingerprint))
-            counts[friend.nickname] = max(0, newest - friend.read_seq)
-        return counts
+        return peek_unread_counts(self.identity.public_key, self.friends, self.ledger)
 
     # -- files (the format is described in files.py) ------------------------------------------------
 
