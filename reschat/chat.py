@@ -479,8 +479,15 @@ class ChatService:
             numbers = sorted({max(base - 1, 1), base, base + 1, base + 2})
             self._fetch(conversation, lane, numbers, view)
         top = max((n for n, v in view.pages.items() if v is not None), default=0)
+        if top <= base:
+            # The lane has not grown past the hint (its next two pages are absent): one round was enough.
+            return top
         while True:
             probes = [top + step for step in _GALLOP]
+            for number in probes:
+                # A page found missing in an earlier update may exist now: ask again, never trust a miss.
+                if number in view.pages and view.pages[number] is None:
+                    del view.pages[number]
             self._fetch(conversation, lane, probes, view)
             found = max((n for n in probes if view.pages.get(n) is not None), default=0)
             if found == 0:
@@ -677,6 +684,10 @@ class ChatService:
                 view.low = max(top - 1, 1)
             elif older:
                 view.low = max(view.low - 1, 1)
+        for view, top in ((fv, ftop), (mv, my_top)):
+            for number in range(view.low, top + 1):
+                if number in view.pages and view.pages[number] is None:
+                    del view.pages[number]  # missed by an earlier probe, inside the window now: ask again
         self._fetch(conversation, friend_lane, range(fv.low, ftop + 1), fv)
         missing_mine = [n for n in range(mv.low, my_top + 1) if state is None or str(n) not in state.pages]
         self._fetch(conversation, my_lane, missing_mine, mv)

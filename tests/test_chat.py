@@ -256,3 +256,32 @@ def test_a_new_session_opens_the_chat_without_a_private_key_operation(tmp_path: 
     kept[0].write_text(json.dumps({digest: "00" * 60 for digest in entries}))
     third = ChatService(bob.identity, bob.friends, ledger, tmp_path / "bob" / "lanes")
     assert [m.text for m in third.get_update("alice").messages] == ["hi"]
+
+
+def test_update_after_the_friend_wrote_many_pages_misses_nothing(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice = make_person("alice", 0, tmp_path / "a", ledger)
+    bob = make_person("bob", 1, tmp_path / "b", ledger)
+    befriend(alice, bob)
+    alice.chat.send_message("first", "bob")
+    assert [m.text for m in bob.chat.get_update("alice").messages] == ["first"]
+    for i in range(5 * PAGE_CAPACITY):  # five more pages while bob's chat is open
+        alice.chat.send_message(f"m{i}", "bob")
+    view = bob.chat.get_update("alice")
+    assert [m.text for m in view.messages] == ["first"] + [f"m{i}" for i in range(5 * PAGE_CAPACITY)]
+    assert view.problems == []
+
+
+def test_a_jump_of_many_pages_between_updates_misses_nothing(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice = make_person("alice", 0, tmp_path / "a", ledger)
+    bob = make_person("bob", 1, tmp_path / "b", ledger)
+    befriend(alice, bob)
+    alice.chat.send_message("first", "bob")
+    bob.chat.get_update("alice")  # the opening probes pages 2, 3, 5, 9, 17, ... and finds them missing
+    total = 24 * PAGE_CAPACITY
+    for i in range(total):
+        alice.chat.send_message(f"m{i}", "bob")
+    view = bob.chat.get_update("alice")
+    assert view.problems == []
+    assert [m.text for m in view.messages] == ["first"] + [f"m{i}" for i in range(total)]
