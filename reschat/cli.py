@@ -20,11 +20,12 @@ from datetime import timezone
 from pathlib import Path
 from typing import Any
 
-from reschat import __version__, crypto
-from reschat.app import build_ledger, open_chat, open_friend_store
+from reschat import __version__, crypto, files
+from reschat.app import ProfilePaths, build_ledger, open_chat, open_friend_store
 from reschat.chat import ChatMessage, IntegrityProblem, peek_unread_counts
 from reschat.config import Settings, load_settings
-from reschat.errors import LedgerError, ProfileError, ReschatError
+from reschat.doctor import format_report, run_doctor
+from reschat.errors import LedgerError, MessageError, PageFormatError, ProfileError, ReschatError
 from reschat.render import format_conversation, neutralize
 
 log = logging.getLogger(__name__)
@@ -96,16 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
     friends = add("friends", cmd_friends, "list friends: nickname, fingerprint, unread count")
     friends.add_argument("--json", action="store_true", help="print a JSON array")
 
-    send = add("send", cmd_send, "send a message", password=True)
+    send = add("send", cmd_send, "send a message or a file", password=True)
     send.add_argument("nick", metavar="NICK")
-    send.add_argument("text", metavar="TEXT", help="the message, or - to read it from stdin")
+    what = send.add_mutually_exclusive_group(required=True)
+    what.add_argument("text", metavar="TEXT", nargs="?", help="the message, or - to read it from stdin")
+    what.add_argument("--file", metavar="PATH", help="send this file (at most 5 MiB) instead of a message")
 
     read = add("read", cmd_read, "print a conversation in time order (two most recent pages per lane)",
                password=True)
     read.add_argument("nick", metavar="NICK")
     read.add_argument("--all", action="store_true", help="the whole conversation")
     read.add_argument("--json", action="store_true", help="print one JSON array of messages")
+
+    save = add("save", cmd_save, "save a file of a conversation into the profile's downloads directory",
+               password=True)
+    save.add_argument("nick", metavar="NICK")
+    save.add_argument("number", metavar="N", nargs="?", type=_positive, default=1,
+                      help="the N-th most recent file, received or sent (default: 1, the newest)")
+
+    add("doctor", cmd_doctor, "check that the configured ledger works (a write and a read back) and the profile")
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = None) -> int:
@@ -205,18 +222,29 @@ def _iso_utc(moment: Any) -> str | None:
 
 
 def message_json(message: ChatMessage) -> dict[str, Any]:
-    return {
+    """A message as a JSON object; a file message's ``text`` is its label and ``file`` describes it."""
+    is_file = message.type == files.FILE_TYPE
+    text = message.text if message.type == "text" else files.message_label(message) if is_file else ""
+    shown: dict[str, Any] = {
         "from": message.sender,
         "to": message.receiver,
         "time": _iso_utc(message.time),
         "type": message.type,
         "type_ext": message.type_ext,
-        "text": message.text if message.type == "text" else "",
+        "text": text,
         "size": len(message.body),
         "seq": message.seq,
         "status": message.status,
         "verified": message.verified,
     }
+    if is_file:
+        try:
+            info = files.describe(message)
+        except PageFormatError:
+            shown["file"] = None  # a damaged manifest: the label says so
+        else:
+            shown["file"] = {"name": info.name, "size": info.size, "sha256": info.sha256}
+    return shown
 
 
 def problem_json(problem: IntegrityProblem) -> dict[str, Any]:
@@ -313,10 +341,15 @@ def cmd_friends(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
 
 
 def cmd_send(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
-    text: str = _read_stdin().rstrip("\r\n") if args.text == "-" else args.text
     open_friend_store(settings).get_friend(args.nick)  # an unknown nickname fails before the password prompt
-    chat = open_chat(settings, _unlock(args, settings, env))
-    result = chat.send_message(text, args.nick)
+    if args.file is not None:
+        path = Path(args.file).expanduser()
+        if not path.exists():  # before the password prompt too; send_file checks the rest
+            raise MessageError(f"no such file: {path}")
+        result = open_chat(settings, _unlock(args, settings, env)).send_file(args.nick, path)
+    else:
+        text: str = _read_stdin().rstrip("\r\n") if args.text == "-" else args.text
+        result = open_chat(settings, _unlock(args, settings, env)).send_message(text, args.nick)
     if result.error is not None:
         raise ReschatError(
             f"the message is saved but not yet on the ledger ({result.error}); "
@@ -342,3 +375,28 @@ def cmd_read(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
         if view.has_older:
             print("reschat: older messages exist: use --all to read them", file=sys.stderr)
     return ExitStatus.OK
+
+
+def cmd_save(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    open_friend_store(settings).get_friend(args.nick)
+    chat = open_chat(settings, _unlock(args, settings, env))
+    wanted: int = args.number
+    view = chat.get_update(args.nick)
+    found = [m for m in view.messages if m.type == files.FILE_TYPE]
+    while len(found) < wanted and view.has_older:  # widen the window only as far as needed
+        view = chat.load_older(args.nick)
+        found = [m for m in view.messages if m.type == files.FILE_TYPE]
+    if not found:
+        raise MessageError(f"no file in the conversation with {args.nick}")
+    if len(found) < wanted:
+        raise MessageError(f"the conversation with {args.nick} has only {len(found)} file(s)")
+    saved = chat.save_file(found[-wanted], ProfilePaths(settings.home).downloads)
+    print(neutralize(str(saved)))
+    return ExitStatus.OK
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    report = run_doctor(settings)
+    for line in format_report(report).splitlines():
+        print(neutralize(line))  # details quote what the ledger tool said
+    return ExitStatus.OK if report.ok else ExitStatus.ERROR

@@ -13,29 +13,34 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 from prompt_toolkit import prompt
-from prompt_toolkit.completion import Completer, WordCompleter
+from prompt_toolkit.completion import Completer, PathCompleter, WordCompleter
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from reschat import crypto
-from reschat.app import open_chat
-from reschat.chat import ME, ChatService, ConversationView
+from reschat.app import ProfilePaths, open_chat
+from reschat.chat import ME, ChatMessage, ChatService, ConversationView
 from reschat.config import Settings
 from reschat.errors import DuplicateFriendError, ReschatError, UnknownFriendError, WrongPasswordError
+from reschat.files import FILE_TYPE, message_label
 from reschat.friends import validate_nickname
 from reschat.ledger import Ledger
-from reschat.render import DELIVERED_MARK, format_conversation, format_message, neutralize
+from reschat.render import DELIVERED_MARK, format_conversation, format_message, local_time, neutralize
 
 log = logging.getLogger(__name__)
 
 LOGIN_ATTEMPTS = 3
 MAIN_MENU = ("Start chatting", "Add friend", "Show my contact card", "Quit")
-CHAT_MENU = ("Send message", "Update", "Load older messages", "Previous menu")
+CHAT_MENU = ("Send message", "Update", "Load older messages", "Send file", "Save a file", "Previous menu")
+#: The chat's background poll checks the other friends' unread counts on every this-many-th tick:
+#: one more round of reads, which the open conversation does not need every time.
+NOTICE_EVERY_TICKS = 3
 
 
 class QuitRequested(EOFError):
@@ -135,6 +140,11 @@ class _Screen:
     problems: set[tuple[str, str, str]] = field(default_factory=set)
     has_older: bool = False
     last_error: str | None = None
+    #: The file messages of the loaded window, in time order (what "Save a file" offers).
+    files: list[ChatMessage] = field(default_factory=list)
+    ticks: int = 0
+    #: Unread counts of the other friends as last seen; None until the first count.
+    others: dict[str, int] | None = None
 
 
 class _Poller:
@@ -336,12 +346,14 @@ class Menus:
             if not nicknames:
                 self.say("You have no friends yet: choose 'Add friend' in the main menu first.")
                 return
+            counted: dict[str, int] | None
             try:
                 with self._chat_lock:
-                    counts = self.chat.unread_counts()
+                    counted = self.chat.unread_counts()
             except ReschatError as exc:
                 self.error(f"cannot count unread messages: {exc}")
-                counts = {}
+                counted = None
+            counts = counted or {}
             items = [
                 neutralize(nick) + (f" ({counts[nick]} unread)" if counts.get(nick) else "") for nick in nicknames
             ]
@@ -367,7 +379,7 @@ class Menus:
                     self.error(exc)
                     continue
             try:
-                self.chat_menu(nickname)
+                self.chat_menu(nickname, unread=counted)
             except KeyboardInterrupt:
                 pass
             except ReschatError as exc:
@@ -375,8 +387,10 @@ class Menus:
 
     # -- third menu ------------------------------------------------------------------------------------
 
-    def chat_menu(self, nickname: str) -> None:
-        screen = _Screen(nickname)
+    def chat_menu(self, nickname: str, *, unread: Mapping[str, int] | None = None) -> None:
+        """The chat with ``nickname``; ``unread`` are the counts already shown, so only later arrivals
+        from other friends are announced."""
+        screen = _Screen(nickname, others=None if unread is None else dict(unread))
         self.say("", f"Chatting with {neutralize(nickname)}")
         with self._chat_lock:
             view = self.chat.get_update(nickname)
@@ -396,15 +410,11 @@ class Menus:
                     if choice.strip():
                         self.error(f"no such choice {choice.strip()!r}: enter a number from 1 to {len(CHAT_MENU)}")
                     continue
-                if number == 4:
+                if number == len(CHAT_MENU):
                     return
+                actions = {1: self._send, 2: self._update, 3: self._older, 4: self._send_file, 5: self._save_file}
                 try:
-                    if number == 1:
-                        self._send(screen)
-                    elif number == 2:
-                        self._update(screen)
-                    else:
-                        self._older(screen)
+                    actions[number](screen)
                 except KeyboardInterrupt:
                     self.say("(cancelled)")
                 except ReschatError as exc:
@@ -418,6 +428,39 @@ class Menus:
         self.say(*format_message(result.message))
         if result.error is not None:
             self.error(f"not written to the ledger yet ({result.error}); it is re-sent on the next update")
+
+    def _send_file(self, screen: _Screen) -> None:
+        typed = ask("File to send: ", completer=PathCompleter(expanduser=True)).strip()
+        if not typed:
+            self.say("No file chosen.")
+            return
+        self.say("Sending...")
+        with self._chat_lock:
+            result = self.chat.send_file(screen.nickname, Path(typed).expanduser())
+        screen.shown.add((ME, result.message.seq))
+        screen.files = [*screen.files, result.message]
+        self.say(*format_message(result.message))
+        if result.error is not None:
+            self.error(f"not written to the ledger yet ({result.error}); it is re-sent on the next update")
+
+    def _save_file(self, screen: _Screen) -> None:
+        found = list(screen.files)
+        if not found:
+            more = " (choose 'Load older messages' to look further back)" if screen.has_older else ""
+            self.say(f"No files in the loaded messages{more}.")
+            return
+        self.say("Files in this conversation:", *(f"  {n}. {_file_line(m)}" for n, m in enumerate(found, 1)))
+        choice = ask("Save file number (empty: cancel): ").strip()
+        if not choice:
+            self.say("Nothing saved.")
+            return
+        number = _pick(choice, len(found))
+        if number is None:
+            self.error(f"no such file {choice!r}: enter a number from 1 to {len(found)}")
+            return
+        with self._chat_lock:
+            saved = self.chat.save_file(found[number - 1], ProfilePaths(self.settings.home).downloads)
+        self.say(f"Saved {neutralize(str(saved))}")
 
     def _update(self, screen: _Screen) -> None:
         with self._chat_lock:
@@ -435,10 +478,17 @@ class Menus:
             self.say("No older messages.")
 
     def _poll(self, screen: _Screen) -> None:
-        """One background update: print what is new; report a failure once, not every interval."""
+        """One background update: print what is new (and, every few ticks, news from other friends);
+        report a failure once, not every interval."""
+        screen.ticks += 1
         try:
             with self._chat_lock:
                 view = self.chat.get_update(screen.nickname)
+            self._show_new(view, screen)
+            if screen.ticks % NOTICE_EVERY_TICKS == 0 and self._has_other_friends(screen.nickname):
+                with self._chat_lock:
+                    counts = self.chat.unread_counts()
+                self._notice_others(counts, screen)
         except Exception as exc:  # a background thread must never end in a traceback on the screen
             log.warning("background update failed", exc_info=True)
             text = str(exc) if isinstance(exc, ReschatError) else f"unexpected {type(exc).__name__}"
@@ -447,11 +497,24 @@ class Menus:
                 self.error(f"background update failed: {text}")
             return
         screen.last_error = None
-        self._show_new(view, screen)
+
+    def _has_other_friends(self, nickname: str) -> bool:
+        return any(other != nickname for other in self.chat.friends.get_all_friend())
+
+    def _notice_others(self, counts: Mapping[str, int], screen: _Screen) -> None:
+        """One line per rise of another friend's unread count; the first count only sets the baseline."""
+        others = {nick: count for nick, count in counts.items() if nick != screen.nickname}
+        if screen.others is not None:
+            for nick, count in others.items():
+                if count > screen.others.get(nick, 0):
+                    plural = "message" if count == 1 else "messages"
+                    self.say(f"({count} new {plural} from {neutralize(nick, max_chars=64)})")
+        screen.others = others
 
     def _show_new(self, view: ConversationView, screen: _Screen, header: str | None = None) -> bool:
         """Print messages and problems not shown yet, and deliveries of own messages; True if any."""
         screen.has_older = view.has_older
+        screen.files = [m for m in view.messages if m.type == FILE_TYPE]
         fresh = [m for m in view.messages if (m.sender, m.seq) not in screen.shown]
         problems = [p for p in view.problems if (p.lane, p.kind, p.detail) not in screen.problems]
         delivered = [
@@ -473,3 +536,9 @@ class Menus:
             with self._chat_lock:
                 self.chat.mark_read(screen.nickname)
         return bool(lines)
+
+
+def _file_line(message: ChatMessage) -> str:
+    """A file message in the "Save a file" list: its label, who sent it and when."""
+    who = "sent by you" if message.outgoing else f"from {neutralize(message.sender, max_chars=64)}"
+    return f"{neutralize(message_label(message))}, {who}, {local_time(message.time)}"

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, tzinfo
 
 from reschat.chat import ME, ChatMessage, IntegrityProblem
+from reschat.files import FILE_TYPE, message_label
 
 #: Longest line of untrusted text shown before it is cut (a 16 KiB message still fits ~4 screens).
 MAX_LINE_CHARS = 1000
@@ -73,6 +74,8 @@ def local_time(moment: datetime, tz: tzinfo | None = None) -> str:
 def _body_text(message: ChatMessage) -> str:
     if message.type == "text":
         return message.text
+    if message.type == FILE_TYPE:
+        return message_label(message)
     ext = f": {message.type_ext}" if message.type_ext else ""
     return f"[{message.type}{ext}, {len(message.body)} bytes]"
 

@@ -6,6 +6,7 @@ few seconds) and copied for each test, which then runs on its own ledger file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from reschat import crypto
+from reschat import crypto, files
 from reschat.app import open_chat
 from reschat.cli import main
 from reschat.config import load_settings
+from reschat.ledger import LocalLedger
+from tests.standin import StandInCluster
 
 SCRIPT = Path(sys.executable).parent / "reschat"
 PASSWORDS = {"alice": "alice's secret", "bob": "bob's secret"}
@@ -105,10 +108,12 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert version.returncode == 0 and version.stdout.strip() == "reschat 0.1.0"
     top = reschat("--help")
     assert top.returncode == 0
-    for command in ("init", "whoami", "add", "friends", "send", "read", "--home", "--ledger", "--debug"):
+    for command in ("init", "whoami", "add", "friends", "send", "read", "save", "doctor", "--home", "--ledger",
+                    "--debug"):
         assert command in top.stdout
     capsys.readouterr()
-    for command in ("init", "whoami", "add", "friends", "send", "read"):  # in-process: startup costs add up
+    # in-process: startup costs add up
+    for command in ("init", "whoami", "add", "friends", "send", "read", "save", "doctor"):
         assert main([command, "--help"], environ={}) == 0
         helped = capsys.readouterr().out
         assert f"usage: reschat {command}" in helped and "--home DIR" in helped
@@ -262,3 +267,116 @@ def test_debug_shows_the_traceback(world: Path, capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert "Traceback" in err
     assert err.rstrip().splitlines()[-1].startswith("reschat: error: no identity in")
+
+
+# --- files: send --file, read, save ------------------------------------------------------------------
+
+
+def downloads(world: Path, name: str) -> list[str]:
+    folder = world / name / "downloads"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_send_a_file_read_it_and_save_it(as_user: Run, world: Path) -> None:
+    befriend(as_user, world)
+    report = os.urandom(3000)
+    (world / "out").mkdir()
+    (world / "out" / "report.pdf").write_bytes(report)
+    (world / "out" / "notes.txt").write_bytes(b"some notes\n")
+    sent = as_user("alice", "send", "bob", "--file", str(world / "out" / "report.pdf"))
+    assert sent.returncode == 0, sent.stderr
+    assert as_user("alice", "send", "bob", "--file", str(world / "out" / "notes.txt")).returncode == 0
+    assert as_user("alice", "send", "bob", "and a message").returncode == 0
+
+    as_json = as_user("bob", "read", "alice", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    messages = json.loads(as_json.stdout)
+    assert [(m["type"], m["text"]) for m in messages] == [
+        ("file", "file report.pdf (2.9 KiB)"),
+        ("file", "file notes.txt (11 B)"),
+        ("text", "and a message"),
+    ]
+    assert messages[0]["file"] == {"name": "report.pdf", "size": 3000, "sha256": hashlib.sha256(report).hexdigest()}
+    assert messages[0]["type_ext"] == "pdf" and messages[0]["verified"] is True
+    assert "file" not in messages[2]
+    plain = as_user("bob", "read", "alice").stdout.splitlines()
+    assert plain[0].endswith("   alice: file report.pdf (2.9 KiB)")
+
+    newest = as_user("bob", "save", "alice")
+    assert newest.returncode == 0, newest.stderr
+    assert newest.stdout == f"{world / 'bob' / 'downloads' / 'notes.txt'}\n"
+    second = as_user("bob", "save", "alice", "2")
+    assert second.returncode == 0, second.stderr
+    assert Path(second.stdout.strip()).read_bytes() == report
+    again = as_user("bob", "save", "alice", "2")
+    assert again.stdout.strip().endswith("report (1).pdf")
+    own = as_user("alice", "save", "bob", "2")  # the sender can read back its own file
+    assert own.returncode == 0, own.stderr
+    assert Path(own.stdout.strip()) == world / "alice" / "downloads" / "report.pdf"
+    assert Path(own.stdout.strip()).read_bytes() == report
+    assert downloads(world, "bob") == ["notes.txt", "report (1).pdf", "report.pdf"]
+
+
+def test_send_needs_exactly_one_of_text_or_file(as_user: Run, world: Path) -> None:
+    befriend(as_user, world)
+    (world / "f.txt").write_text("x")
+    neither = as_user("alice", "send", "bob")
+    assert neither.returncode == 2 and "usage: reschat send" in neither.stderr
+    assert "one of the arguments TEXT --file is required" in neither.stderr
+    both = as_user("alice", "send", "bob", "hi", "--file", str(world / "f.txt"))
+    assert both.returncode == 2 and "not allowed with argument TEXT" in both.stderr
+    one_line_error(as_user("alice", "send", "bob", "--file", str(world / "missing.bin")), "no such file")
+    one_line_error(as_user("alice", "send", "bob", "--file", str(world)), "is a directory")
+    assert json.loads(as_user("bob", "read", "alice", "--json").stdout) == []
+
+
+def test_save_errors_are_one_line_and_save_nothing(as_user: Run, world: Path) -> None:
+    befriend(as_user, world)
+    one_line_error(as_user("bob", "save", "alice"), "no file in the conversation with alice")
+    settings = load_settings(home=str(world / "alice"), ledger=str(world / "ledger.sqlite"), environ={})
+    chat = open_chat(settings, crypto.load_identity(world / "alice", PASSWORDS["alice"]))
+    (world / "secret.txt").write_bytes(b"the plans")
+    sent = chat.send_file("bob", world / "secret.txt")
+    one_line_error(as_user("bob", "save", "alice", "2"), "has only 1 file(s)")
+    bad = as_user("bob", "save", "alice", "0")
+    assert bad.returncode == 2 and "not a positive whole number: '0'" in bad.stderr
+
+    key = files.describe(sent.message).chunk_keys[0]
+    ledger = LocalLedger(world / "ledger.sqlite")
+    value = ledger.get(key)
+    assert value is not None
+    flipped = "B" if value[-5] == "A" else "A"
+    ledger.set(key, value[:-5] + flipped + value[-4:])
+    ledger.close()
+    one_line_error(as_user("bob", "save", "alice"), "chunk 1 of 1 of secret.txt was altered on the ledger")
+    assert downloads(world, "bob") == []
+
+
+# --- doctor ------------------------------------------------------------------------------------------
+
+
+def test_doctor_on_a_healthy_local_ledger(world: Path) -> None:
+    result = reschat("--home", str(world / "alice"), "--ledger", str(world / "ledger.sqlite"), "doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "ResChat doctor: ledger backend local"
+    assert any(line.startswith("  ok   write ") for line in lines), result.stdout
+    assert any(line.startswith("  ok   read back ") and "the value came back" in line for line in lines)
+    assert lines[-1] == "Everything works."
+
+
+def test_doctor_names_the_fix_when_the_proxy_is_down(world: Path) -> None:
+    cluster = StandInCluster.create(world / "cluster", down=True)
+    config = world / "rdb.toml"
+    config.write_text(
+        f"[ledger]\nbackend = \"resilientdb\"\n\n[ledger.resilientdb]\n"
+        f"tool = {json.dumps(str(cluster.tool))}\nclient_config = {json.dumps(str(cluster.config))}\n"
+    )
+    result = reschat("--home", str(world / "alice"), "--config", str(config), "doctor")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "ResChat doctor: ledger backend resilientdb" in result.stdout
+    write = next(line for line in result.stdout.splitlines() if " write " in line)
+    assert write.startswith("  FAIL write ")
+    assert "start the ResilientDB proxy on 127.0.0.1:10005 (node 5)" in write
+    assert "1 problem(s): fix the first one above" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

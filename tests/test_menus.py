@@ -6,7 +6,9 @@ bob is a profile of the engine on the same ledger, so the tests can make him wri
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import shutil
 import threading
 import time
@@ -21,8 +23,8 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from reschat import crypto
-from reschat.app import open_friend_store
+from reschat import crypto, files
+from reschat.app import ProfilePaths, open_friend_store
 from reschat.chat import page_key
 from reschat.config import Settings, load_settings
 from reschat.errors import WrongPasswordError
@@ -396,9 +398,9 @@ def test_send_message_reaches_the_friend(run: Callable[[str], str], befriended: 
 
 
 def test_empty_message_and_unknown_choice_are_errors(run: Callable[[str], str], befriended: Person) -> None:
-    output = run(login("1\r1\r" + "1\r" + "   \r" + "9\r" + "4\r" + "2\r" + CTRL_D))
+    output = run(login("1\r1\r" + "1\r" + "   \r" + "9\r" + "6\r" + "2\r" + CTRL_D))
     assert "error: the message is empty" in output
-    assert "error: no such choice '9': enter a number from 1 to 4" in output
+    assert "error: no such choice '9': enter a number from 1 to 6" in output
     assert output.count("Main menu") == 2  # Previous menu, then Previous menu again
 
 
@@ -489,3 +491,142 @@ def test_ctrl_d_in_chat_quits(terminal: Callable[[], Terminal], befriended: Pers
     output = term.finish()
     assert term.status == 0 and term.error is None
     assert output.rstrip().endswith("Bye.")
+
+
+def test_chat_menu_lists_the_seed_items_then_files_and_previous_menu_last(
+    run: Callable[[str], str], befriended: Person
+) -> None:
+    output = run(login("1\r1\r" + "6\r" + "2\r" + CTRL_D))
+    assert (
+        "Chat with bob\n  1. Send message\n  2. Update\n  3. Load older messages\n"
+        "  4. Send file\n  5. Save a file\n  6. Previous menu\n"
+    ) in output
+    assert output.count("Friends\n") == 2  # 6 went back to the friends
+
+
+# --- files in the chat ---------------------------------------------------------------------------------
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_send_file_reaches_the_friend(
+    run: Callable[[str], str], befriended: Person, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(2000)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "photo.png").write_bytes(data)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the prompt expands ~ like a shell
+    output = run(login("1\r1\r" + "4\r" + "~/out/photo.png\r" + "4\r" + "\r" + "4\rmissing.png\r" + CTRL_D))
+    assert "me: file photo.png (2.0 KiB)" in output
+    assert "No file chosen." in output
+    assert "error: no such file: missing.png" in output
+    received = [m for m in befriended.chat.get_update("alice").messages if m.type == "file"]
+    assert len(received) == 1
+    saved = files.save_file(befriended.chat, received[0], tmp_path / "bob-downloads")
+    assert sha256(saved.read_bytes()) == sha256(data)
+
+
+def test_save_a_file_from_the_conversation(run: Callable[[str], str], settings: Settings, befriended: Person,
+                                           tmp_path: Path) -> None:
+    first, second = os.urandom(100), os.urandom(5000)
+    (tmp_path / "first.txt").write_bytes(first)
+    (tmp_path / "re\u202efdp.exe").write_bytes(second)  # a right-to-left override hides the real extension
+    files.send_file(befriended.chat, "alice", tmp_path / "first.txt")
+    befriended.chat.send_message("two files for you", "alice")
+    files.send_file(befriended.chat, "alice", tmp_path / "re\u202efdp.exe")
+    output = run(login("1\r1\r" + "5\r" + "9\r" + "5\r\r" + "5\r" + "2\r" + CTRL_D))
+    assert "bob: file first.txt (100 B)" in output
+    listing = output.split("Files in this conversation:\n", 1)[1]
+    assert listing.startswith("  1. file first.txt (100 B), from bob, ")
+    assert "\n  2. file refdp.exe (4.9 KiB), from bob, " in listing
+    assert "error: no such file '9': enter a number from 1 to 2" in output
+    assert "Nothing saved." in output
+    downloads = ProfilePaths(settings.home).downloads
+    assert f"Saved {downloads / 'refdp.exe'}" in output
+    assert "\u202e" not in output
+    assert sorted(p.name for p in downloads.iterdir()) == ["refdp.exe"]
+    assert sha256((downloads / "refdp.exe").read_bytes()) == sha256(second)
+
+
+def test_save_a_file_with_an_altered_chunk_is_an_error_and_saves_nothing(
+    run: Callable[[str], str], settings: Settings, befriended: Person, ledger: MemoryLedger, tmp_path: Path
+) -> None:
+    (tmp_path / "plans.txt").write_bytes(b"the plans")
+    sent = files.send_file(befriended.chat, "alice", tmp_path / "plans.txt")
+    key = files.describe(sent.message).chunk_keys[0]
+    value = ledger.get(key) or ""
+    ledger.set(key, value[:-5] + ("B" if value[-5] == "A" else "A") + value[-4:])
+    output = run(login("1\r1\r" + "5\r1\r" + "1\rstill here\r" + CTRL_D))
+    assert "error: chunk 1 of 1 of plans.txt was altered on the ledger" in output
+    assert "me: still here" in output  # the menu went on
+    downloads = ProfilePaths(settings.home).downloads
+    assert not downloads.exists() or list(downloads.iterdir()) == []
+    assert "Traceback" not in output
+
+
+def test_save_a_file_when_there_is_none(run: Callable[[str], str], befriended: Person) -> None:
+    befriended.chat.send_message("no files here", "alice")
+    output = run(login("1\r1\r" + "5\r" + CTRL_D))
+    assert "No files in the loaded messages." in output
+
+
+# --- news from other friends -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def carol(tmp_path: Path, ledger: MemoryLedger, settings: Settings, alice_identity: crypto.Identity) -> Person:
+    """A second friend of alice on the same ledger."""
+    person = make_person("carol", 2, tmp_path / "carol", ledger)
+    person.friends.add_friend("alice", alice_identity.public_key)
+    open_friend_store(settings).add_friend("carol", person.identity.public_key, "carol")
+    return person
+
+
+def test_a_notice_when_another_friend_writes(
+    terminal: Callable[[], Terminal], befriended: Person, carol: Person
+) -> None:
+    carol.chat.send_message("c0", "alice")  # already unread before the chat opens: no notice for it
+    term = terminal()
+    term.type(login("1\r"))
+    term.wait_for("carol (1 unread)")
+    term.type("bob\r")
+    term.wait_for("No messages yet.")
+    carol.chat.send_message("c1", "alice")
+    term.wait_for("(2 new messages from carol)")
+    befriended.chat.send_message("from bob", "alice")
+    term.wait_for("bob: from bob")
+    carol.chat.send_message("c2", "alice")
+    term.wait_for("(3 new messages from carol)")
+    term.type("6\r")
+    term.wait_for("carol (3 unread)")
+    term.type(CTRL_D)
+    output = term.finish()
+    assert output.count("(2 new messages from carol)") == 1  # once per rise, not on every poll
+    assert "new message from carol)" not in output and "from bob)" not in output
+    assert "carol: c1" not in output  # a notice, not carol's messages in bob's chat
+
+
+def test_unread_counts_in_the_friends_menu_follow_arrivals_and_reading(
+    terminal: Callable[[], Terminal], befriended: Person, carol: Person
+) -> None:
+    befriended.chat.send_message("b1", "alice")
+    befriended.chat.send_message("b2", "alice")
+    term = terminal()
+    term.type(login("1\r"))
+    term.wait_for("1. bob (2 unread)\n  2. carol\n  3. Previous menu")
+    term.type("bob\r")
+    term.wait_for("bob: b2")
+    term.type("6\r")
+    term.wait_for("1. bob\n  2. carol\n  3. Previous menu")  # read: no count left
+    befriended.chat.send_message("b3", "alice")
+    carol.chat.send_message("c1", "alice")
+    term.type("\r")  # an empty choice shows the list again, counted afresh
+    term.wait_for("1. bob (1 unread)\n  2. carol (1 unread)\n  3. Previous menu")
+    term.type("carol\r")
+    term.wait_for("carol: c1")
+    term.type("6\r")
+    term.wait_for("1. bob (1 unread)\n  2. carol\n  3. Previous menu")
+    term.type(CTRL_D)
+    assert term.finish().rstrip().endswith("Bye.")

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reschat import files
 from reschat.chat import ChatMessage, IntegrityProblem
 from reschat.render import (
     MAX_LINE_CHARS,
@@ -104,3 +105,13 @@ def test_problems_are_marked_and_placed_in_time_order() -> None:
     assert lines[1].startswith("!! messages missing in bob's messages near 2024-05-01 12:32")
     assert lines[2].endswith("bob: three")
     assert lines[3].startswith("!! forged record hidden")
+
+
+def test_a_file_message_shows_its_name_and_size_not_its_manifest() -> None:
+    data = b"x" * 1536
+    key, values = files.encrypt_file(data)
+    manifest = files.make_manifest("re\u202eport.pdf", data, key, values)
+    sent = ChatMessage("bob", "me", T0, "file", "pdf", manifest, 1)
+    assert format_message(sent, UTC) == ["2024-05-01 12:30   bob: file report.pdf (1.5 KiB)"]
+    damaged = ChatMessage("bob", "me", T0, "file", "", b"{not json", 2)
+    assert format_message(damaged, UTC) == ["2024-05-01 12:30   bob: file (damaged file message: it cannot be saved)"]
