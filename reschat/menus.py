@@ -206,6 +206,20 @@ class Menus:
     def error(self, problem: ReschatError | str) -> None:
         self.say(f"error: {neutralize(str(problem))}")
 
+    def _choose(self, title: str, items: Sequence[str]) -> int | None:
+        """Show a numbered menu until a valid number is chosen; None when Ctrl-C asks to go back."""
+        while True:
+            self._menu(title, items)
+            try:
+                choice = ask("Choose: ")
+            except KeyboardInterrupt:
+                return None
+            number = _pick(choice, len(items))
+            if number is not None:
+                return number
+            if choice.strip():
+                self.error(f"no such choice {choice.strip()!r}: enter a number from 1 to {len(items)}")
+
     def _menu(self, title: str, items: Sequence[str]) -> None:
         self.say("", title, *(f"  {number}. {item}" for number, item in enumerate(items, 1)))
 
@@ -267,17 +281,8 @@ class Menus:
 
     def main_menu(self) -> None:
         while True:
-            self._menu("Main menu", MAIN_MENU)
-            try:
-                choice = ask("Choose: ")
-            except KeyboardInterrupt:
-                return
-            number = _pick(choice, len(MAIN_MENU))
-            if number is None:
-                if choice.strip():
-                    self.error(f"no such choice {choice.strip()!r}: enter a number from 1 to {len(MAIN_MENU)}")
-                continue
-            if number == 4:
+            number = self._choose("Main menu", MAIN_MENU)
+            if number is None or number == 4:
                 return
             try:
                 if number == 1:
@@ -400,17 +405,8 @@ class Menus:
             self.say("(There are older messages: choose 'Load older messages'.)")
         with self._above_prompt(), _Poller(self.settings.chat.poll_interval, lambda: self._poll(screen)):
             while True:
-                self._menu(f"Chat with {neutralize(nickname)}", CHAT_MENU)
-                try:
-                    choice = ask("Choose: ")
-                except KeyboardInterrupt:
-                    return
-                number = _pick(choice, len(CHAT_MENU))
-                if number is None:
-                    if choice.strip():
-                        self.error(f"no such choice {choice.strip()!r}: enter a number from 1 to {len(CHAT_MENU)}")
-                    continue
-                if number == len(CHAT_MENU):
+                number = self._choose(f"Chat with {neutralize(nickname)}", CHAT_MENU)
+                if number is None or number == len(CHAT_MENU):
                     return
                 actions = {1: self._send, 2: self._update, 3: self._older, 4: self._send_file, 5: self._save_file}
                 try:

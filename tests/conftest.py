@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,32 @@ def make_person(name: str, key_index: int, home: Path, ledger: Ledger, **chat_op
     friends = FriendStore(home / "friends.json", own_fingerprint=crypto.fingerprint_bytes(identity.public_key).hex())
     chat = ChatService(identity, friends, ledger, home / "lanes", **chat_options)  # type: ignore[arg-type]
     return Person(name, home, identity, friends, chat)
+
+
+@contextlib.contextmanager
+def private_key_operations(key: RSA.RsaKey) -> Iterator[list[int]]:
+    """Count the RSA private-key operations (signing, OAEP decryption) ``key`` does inside the block."""
+    original = key._decrypt_to_bytes
+    count = [0]
+
+    def counting(*args: object, **kwargs: object) -> object:
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    key._decrypt_to_bytes = counting
+    try:
+        yield count
+    finally:
+        del key._decrypt_to_bytes
+
+
+def memory_pair(root: Path) -> tuple[MemoryLedger, Person, Person]:
+    """alice and bob, befriended, on a fresh memory ledger."""
+    ledger = MemoryLedger()
+    alice = make_person("alice", 0, root / "alice", ledger)
+    bob = make_person("bob", 1, root / "bob", ledger)
+    befriend(alice, bob)
+    return ledger, alice, bob
 
 
 def befriend(a: Person, b: Person) -> None:

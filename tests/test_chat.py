@@ -13,7 +13,7 @@ from reschat.chat import ChatMessage, ChatService
 from reschat.errors import MessageError, UnknownFriendError
 from reschat.ledger import Ledger, MemoryLedger
 from reschat.page import PAGE_CAPACITY
-from tests.conftest import Person, befriend, make_person
+from tests.conftest import Person, befriend, make_person, memory_pair, private_key_operations
 
 
 def texts(messages: list[ChatMessage]) -> list[tuple[str, str]]:
@@ -75,7 +75,6 @@ def test_send_is_one_write_and_no_read() -> None:
     import tempfile
     from pathlib import Path
 
-    from tests.conftest import befriend, make_person
 
     with tempfile.TemporaryDirectory() as tmp:
         alice = make_person("alice", 0, Path(tmp) / "a", ledger)
@@ -93,24 +92,15 @@ def test_update_without_news_does_no_private_key_operation(people: Callable[...,
     alice, bob = people()
     alice.chat.send_message("hi", "bob")
     bob.chat.get_update("alice")
-    calls = {"n": 0}
-    key = bob.identity.private_key
-    original = key._decrypt_to_bytes if hasattr(key, "_decrypt_to_bytes") else None
-    assert original is not None
-
-    def counting(*args: object, **kwargs: object) -> object:
-        calls["n"] += 1
-        return original(*args, **kwargs)
-
-    key._decrypt_to_bytes = counting
-    try:
+    with private_key_operations(bob.identity.private_key) as count:
         bob.chat.get_update("alice")
-        assert calls["n"] == 0
+        assert count == [0]
         alice.chat.send_message("more", "bob")
         assert [m.text for m in bob.chat.get_update("alice").new_messages] == ["more"]
-        assert calls["n"] == 0  # the lane key was unwrapped once, when the chat opened
-    finally:
-        del key._decrypt_to_bytes
+        assert count == [0]  # the lane key was unwrapped once, when the chat opened
+    with private_key_operations(bob.identity.private_key) as count:
+        bob.chat.send_message("reply", "alice")
+        assert count == [1]  # the counter does see a signature: the zeros above are real
 
 
 def test_empty_and_oversized_messages_are_refused(people: Callable[..., tuple[Person, Person]]) -> None:
@@ -139,7 +129,6 @@ def test_empty_and_oversized_messages_are_refused(people: Callable[..., tuple[Pe
 def test_lane_timestamps_never_go_backwards(tmp_path: object, ledger: Ledger) -> None:
     from pathlib import Path
 
-    from tests.conftest import befriend, make_person
 
     base = Path(str(tmp_path))
     moments = iter([datetime(2026, 1, 1, 12, tzinfo=timezone.utc), datetime(2025, 1, 1, tzinfo=timezone.utc)])
@@ -181,7 +170,6 @@ def test_unread_counts_follow_arrivals_and_reading(people: Callable[..., tuple[P
 def test_deep_history_of_30_pages_loads_page_by_page_and_completely(tmp_path: object) -> None:
     from pathlib import Path
 
-    from tests.conftest import befriend, make_person
 
     ledger = MemoryLedger()
     alice = make_person("alice", 0, Path(str(tmp_path)) / "a", ledger)
@@ -209,7 +197,6 @@ def test_lost_outbox_state_is_rebuilt_from_the_ledger(tmp_path: object, ledger: 
     import shutil
     from pathlib import Path
 
-    from tests.conftest import befriend, make_person
 
     base = Path(str(tmp_path))
     alice = make_person("alice", 0, base / "a", ledger)
@@ -226,10 +213,7 @@ def test_lost_outbox_state_is_rebuilt_from_the_ledger(tmp_path: object, ledger: 
 
 
 def test_a_new_session_opens_the_chat_without_a_private_key_operation(tmp_path: Path) -> None:
-    ledger = MemoryLedger()
-    alice = make_person("alice", 0, tmp_path / "alice", ledger)
-    bob = make_person("bob", 1, tmp_path / "bob", ledger)
-    befriend(alice, bob)
+    ledger, alice, bob = memory_pair(tmp_path)
     alice.chat.send_message("hi", "bob")
     assert [m.text for m in bob.chat.get_update("alice").messages] == ["hi"]
     kept = list((tmp_path / "bob" / "lanes").glob("*.keys.json"))
@@ -237,19 +221,9 @@ def test_a_new_session_opens_the_chat_without_a_private_key_operation(tmp_path: 
 
     # The same profile opened again: the lane key comes from the sealed copy, not from RSA.
     again = ChatService(bob.identity, bob.friends, ledger, tmp_path / "bob" / "lanes")
-    original = bob.identity.private_key._decrypt_to_bytes
-    calls = {"n": 0}
-
-    def counting(*args: object, **kwargs: object) -> object:
-        calls["n"] += 1
-        return original(*args, **kwargs)
-
-    bob.identity.private_key._decrypt_to_bytes = counting
-    try:
+    with private_key_operations(bob.identity.private_key) as count:
         assert [m.text for m in again.get_update("alice").messages] == ["hi"]
-        assert calls["n"] == 0
-    finally:
-        del bob.identity.private_key._decrypt_to_bytes
+        assert count == [0]
 
     # A damaged copy is ignored: the key is unwrapped again and the message still reads.
     entries = json.loads(kept[0].read_text())
@@ -259,10 +233,7 @@ def test_a_new_session_opens_the_chat_without_a_private_key_operation(tmp_path: 
 
 
 def test_update_after_the_friend_wrote_many_pages_misses_nothing(tmp_path: Path) -> None:
-    ledger = MemoryLedger()
-    alice = make_person("alice", 0, tmp_path / "a", ledger)
-    bob = make_person("bob", 1, tmp_path / "b", ledger)
-    befriend(alice, bob)
+    _ledger, alice, bob = memory_pair(tmp_path)
     alice.chat.send_message("first", "bob")
     assert [m.text for m in bob.chat.get_update("alice").messages] == ["first"]
     for i in range(5 * PAGE_CAPACITY):  # five more pages while bob's chat is open
@@ -273,10 +244,7 @@ def test_update_after_the_friend_wrote_many_pages_misses_nothing(tmp_path: Path)
 
 
 def test_a_jump_of_many_pages_between_updates_misses_nothing(tmp_path: Path) -> None:
-    ledger = MemoryLedger()
-    alice = make_person("alice", 0, tmp_path / "a", ledger)
-    bob = make_person("bob", 1, tmp_path / "b", ledger)
-    befriend(alice, bob)
+    _ledger, alice, bob = memory_pair(tmp_path)
     alice.chat.send_message("first", "bob")
     bob.chat.get_update("alice")  # the opening probes pages 2, 3, 5, 9, 17, ... and finds them missing
     total = 24 * PAGE_CAPACITY
