@@ -169,6 +169,8 @@ def _fail(message: str, debug: bool) -> int:
 def _setup_logging(home: Path, debug: bool) -> None:
     try:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The log holds no secret, but who you talk to and when is private: owner-only, like the rest.
+        os.close(os.open(home / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         handler = logging.FileHandler(home / LOG_FILE, encoding="utf-8")
     except OSError as exc:
         raise ProfileError(f"cannot use the profile directory {home}: {exc.strerror}") from exc

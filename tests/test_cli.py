@@ -226,6 +226,7 @@ def test_send_and_read_json_shape(as_user: Run, world: Path) -> None:
     log = (world / "alice" / "reschat.log").read_text()
     assert "cmd_send" in log
     assert PASSWORDS["alice"] not in log and "hello bob" not in log
+    assert (world / "alice" / "reschat.log").stat().st_mode & 0o777 == 0o600
 
 
 def test_read_is_inert_and_all_reads_everything(as_user: Run, world: Path) -> None:
