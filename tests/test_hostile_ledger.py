@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from reschat import crypto
 from reschat.chat import page_key
@@ -222,3 +224,57 @@ def test_the_pages_are_ciphertext_only(pair: tuple[Person, Person], ledger: Memo
     page = Page.from_string(ledger._data[lane_key(alice, bob, 1)])
     assert page.message_count == 1
     assert rsa_key(0) is not None
+
+
+_VERIFIER_BOB: list[tuple[Person, Person, MemoryLedger, str]] = []
+_FRESH = [0]
+
+
+def _fuzz_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Person, Person, MemoryLedger, str]:
+    if not _VERIFIER_BOB:
+        root = tmp_path_factory.mktemp("fuzz")
+        ledger = MemoryLedger()
+        alice = make_person("alice", 0, root / "alice", ledger)
+        bob = make_person("bob", 1, root / "bob", ledger)
+        befriend(alice, bob)
+        for text in ["one", "two", "three"]:
+            alice.chat.send_message(text, "bob")
+        value = ledger.get(lane_key(alice, bob, 1))
+        assert value is not None
+        _VERIFIER_BOB.append((alice, bob, ledger, value))
+    return _VERIFIER_BOB[0]
+
+
+field_values = st.one_of(
+    st.none(), st.integers(-2, 2**60), st.text(max_size=80), st.booleans(),
+    st.sampled_from(["text", "file", "0" * 64, "2026-11-25T12:00:00.000000Z", "AAAA"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_record_verifier_never_accepts_an_altered_record(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """Any change to any field of any record: the reader shows only untouched genuine messages, and
+    reports what it hid, or raises nothing at all."""
+    alice, bob, ledger, genuine_value = _fuzz_setup(tmp_path_factory)
+    body = json.loads(genuine_value[len(PREFIX):])
+    row_index = data.draw(st.integers(0, 2))
+    field_index = data.draw(st.integers(0, 8))
+    replacement = data.draw(field_values)
+    rows = body["records"]
+    original = rows[row_index][field_index]
+    rows[row_index][field_index] = replacement
+    ledger._data[lane_key(alice, bob, 1)] = PREFIX + json.dumps(body)
+    _FRESH[0] += 1
+    reader = make_person("bob", 1, bob.home / f"fresh{_FRESH[0]}", ledger)  # nothing cached or verified yet
+    reader.friends.add_friend("alice", alice.identity.public_key)
+    view = reader.chat.get_update("alice")
+    texts = [m.text for m in view.messages]
+    assert set(texts) <= {"one", "two", "three"}
+    # An older record's signature is not needed: its successor's signature covers its hash.
+    covered_by_chain = field_index == 8 and row_index < 2
+    if replacement != original and not covered_by_chain:
+        assert view.problems, "an altered record must be reported"
+        assert ["one", "two", "three"][row_index] not in texts
