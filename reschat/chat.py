@@ -504,13 +504,13 @@ class ChatService:
             view.pages[number] = values.get(key)
 
     def _fetch_both(
-        self, conversation: str, lanes: list[tuple[_Lane, _LaneView, Sequence[int]]], refresh: bool
+        self, conversation: str, lanes: list[tuple[_Lane, _LaneView, Sequence[int]]]
     ) -> None:
-        """One concurrent round of reads over both lanes."""
+        """One concurrent round of reads over both lanes (re-reading pages already in the session)."""
         keys: dict[str, tuple[_LaneView, int]] = {}
         for lane, view, numbers in lanes:
             for number in numbers:
-                if number >= 1 and (refresh or number not in view.pages):
+                if number >= 1:
                     keys[page_key(conversation, lane.owner_fingerprint, number)] = (view, number)
         if not keys:
             return
@@ -670,9 +670,7 @@ class ChatService:
             my_numbers = sorted(int(n) for n in state.pages if state.page_last_seq(n) > state.confirmed_seq)
             if opening and my_top > 1 and str(my_top - 1) not in state.pages:
                 my_numbers.append(my_top - 1)
-        for number in [hint, hint + 1, hint + 2]:
-            fv.pages.pop(number, None)  # the newest pages are always re-read
-        self._fetch_both(conversation, [(friend_lane, fv, friend_numbers), (my_lane, mv, my_numbers)], True)
+        self._fetch_both(conversation, [(friend_lane, fv, friend_numbers), (my_lane, mv, my_numbers)])
         ftop = self._discover_top(conversation, friend_lane, hint, fv, prefetched=True)
         if state is None or my_top == 0:
             my_top = self._discover_top(conversation, my_lane, 1, mv, prefetched=True)
@@ -810,11 +808,6 @@ class ChatService:
                 # Re-read re-sent pages next time instead of trusting this session's old copy.
                 view.pages.pop(int(number), None)
             return fresh.confirmed_seq
-
-    def flush_outbox(self, nickname: str) -> int:
-        """Re-check our pending messages with ``nickname``; returns how many are still pending."""
-        view = self.get_update(nickname)
-        return sum(1 for m in view.messages if m.status == "pending")
 
     def mark_read(self, nickname: str) -> None:
         """Everything received from ``nickname`` so far has been shown."""
