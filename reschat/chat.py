@@ -24,6 +24,7 @@ chat without any (see the README's security model for what this changes).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -288,21 +289,31 @@ class ChatService:
     # private-key operation. The copy is exactly as secret as the wrapped one on the ledger: both
     # need our private key. Damaged or foreign entries are ignored and the key is unwrapped again.
 
+    def _lane_lock(self, conversation: str) -> contextlib.AbstractContextManager[None]:
+        """Serializes every change of one conversation's files (outbox, key cache) across processes."""
+        return file_lock(self.state_dir / f"{conversation}.lock")
+
+    def _key_cache_key(self, conversation: str) -> bytes:
+        return crypto.subkey(self._self_key(conversation), "reschat lane key cache v1")
+
+    @staticmethod
+    def _key_cache_entry(wrapped: bytes) -> str:
+        return hashlib.sha256(wrapped).hexdigest()
+
     def _key_cache_path(self, conversation: str) -> Path:
         return self.state_dir / f"{conversation}.keys.json"
 
     def _key_cache_aad(self, conversation: str, wrapped: bytes) -> bytes:
-        return f"reschat-lane-key-cache/1|{conversation}|{hashlib.sha256(wrapped).hexdigest()}".encode("ascii")
+        return f"reschat-lane-key-cache/1|{conversation}|{self._key_cache_entry(wrapped)}".encode("ascii")
 
     def _cached_lane_key(self, conversation: str, wrapped: bytes) -> bytes | None:
         try:
             entries = read_json(self._key_cache_path(conversation))
-            sealed = entries.get(hashlib.sha256(wrapped).hexdigest()) if isinstance(entries, dict) else None
+            sealed = entries.get(self._key_cache_entry(wrapped)) if isinstance(entries, dict) else None
             if not isinstance(sealed, str):
                 return None
             key = crypto.decrypt_message(
-                crypto.subkey(self._self_key(conversation), "reschat lane key cache v1"),
-                bytes.fromhex(sealed), self._key_cache_aad(conversation, wrapped),
+                self._key_cache_key(conversation), bytes.fromhex(sealed), self._key_cache_aad(conversation, wrapped),
             )
         except (OSError, ValueError):
             return None
@@ -310,17 +321,16 @@ class ChatService:
 
     def _cache_lane_key(self, conversation: str, wrapped: bytes, key: bytes) -> None:
         sealed = crypto.encrypt_message(
-            crypto.subkey(self._self_key(conversation), "reschat lane key cache v1"), key,
-            self._key_cache_aad(conversation, wrapped), self.randfunc,
+            self._key_cache_key(conversation), key, self._key_cache_aad(conversation, wrapped), self.randfunc,
         )
         path = self._key_cache_path(conversation)
         try:
-            with file_lock(self.state_dir / f"{conversation}.lock"):
+            with self._lane_lock(conversation):
                 entries = read_json(path)
                 entries = entries if isinstance(entries, dict) else {}
                 if len(entries) >= 64:
                     entries = {}  # a lane rarely changes its wrapped key: start over rather than grow
-                entries[hashlib.sha256(wrapped).hexdigest()] = sealed.hex()
+                entries[self._key_cache_entry(wrapped)] = sealed.hex()
                 atomic_write_json(path, entries)
         except (OSError, ValueError) as exc:
             log.warning("could not keep the friend's lane key: %s", exc)
@@ -366,7 +376,7 @@ class ChatService:
                 )
         friend = self.friends.get_friend(nickname)
         conversation = self._conversation(friend)
-        with file_lock(self.state_dir / f"{conversation}.lock"):
+        with self._lane_lock(conversation):
             state = self._load_state(conversation) or self._recover_state(friend, conversation)
             page = self._current_page(state, conversation, friend)
             now = self.clock()
@@ -790,7 +800,7 @@ class ChatService:
             newly_confirmed += 1
         if newly_confirmed == state.confirmed_seq and not overdue:
             return state.confirmed_seq
-        with file_lock(self.state_dir / f"{conversation}.lock"):
+        with self._lane_lock(conversation):
             fresh = self._load_state(conversation) or state
             fresh.confirmed_seq = max(fresh.confirmed_seq, newly_confirmed)
             for number in overdue:
