@@ -1,76 +1,79 @@
-"""The service layer: send_message and get_update over the crypto, Page, friend store and ledger.
+"""The service layer: the seed's send_message and get_update, composed from the protocol-2 rooms.
+
+- ``schedule``: private addresses and the key schedule (pure);
+- ``page`` and ``lane``: the sealed page format, and opening and verifying a lane (pure);
+- ``keystore``: the sealed per-conversation key and history store;
+- ``outbox``: our own lane's current and unconfirmed pages.
 
 How a conversation lives on the ledger
 --------------------------------------
-The seed's page name is the conversation id (both public keys, sorted, hashed). Each friend writes
-only to their own *lane*: the keys ``reschat1-<conversation>-<sender>-<page>``. ResilientDB's ``set``
-is a blind overwrite without acknowledgement, so a page that two people appended to by
-read-modify-write would lose messages; with a lane each, a page has one writer and readers merge both
-lanes by time. A sender keeps its own current page locally (ciphertext only) and appends to that copy,
-never to a possibly stale read, so a send is one ledger write and no read.
-
-Each record in a lane carries its sequence number and the hash of the previous record and is signed
-(RSA-PSS) by its sender over everything that identifies it, so a lane is a signed hash chain: the
-reader can tell forged, replayed, reordered, missing and rolled-back records from genuine ones.
-
-Keys: the seed encrypted each message once for the sender and once for the receiver. Here the two
-copies are sealed with AES-256-GCM under two symmetric keys the sender derives from its private key
-for this conversation: the *self key* (only the sender can ever compute it) and the *lane key*, which
-each page also carries wrapped with RSA-OAEP for the receiver. A reader therefore does one RSA
-private-key operation per wrapped lane key instead of one per message, and keeps the unwrapped key
-beside its outbox sealed under a key derived from its private key, so that a new session opens a
-chat without any (see the README's security model for what this changes).
+Each friend writes only their own *lane*, so every ledger key has one writer (ResilientDB's ``set``
+is a blind overwrite). Page n of epoch e of a lane lives at an address only the two friends can
+compute. Each page is keyed by a fresh hybrid KEM exchange to the newest receive key the friend
+announced (or to their card's static keys before they announced one), announces the writer's own
+next receive key, and gives each message its own key from a chain inside the page. A send appends to
+our local copy of the current page and writes it: one ledger write, no read. An update reads, in one
+concurrent round, the friend's newest pages, the probes for newer ones, a restart of their lane, a
+few older pages in rotation (to notice a rewrite) and our own unconfirmed pages.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import itertools
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 from Crypto.PublicKey import RSA
 
-from reschat import crypto, files
-from reschat.errors import LedgerError, MessageError, PageFormatError
+from reschat import crypto, files, kem, schedule
+from reschat.errors import KeyFormatError, LedgerError, MessageError, PageFormatError, ProfileError
 from reschat.friends import Friend, FriendStore
+from reschat.keystore import ConversationState, ConversationStore, ReceiveKeyEntry
+from reschat.lane import Checkpoint, OpenPage, Problem, add_record, check_lane, find_page_secret, new_page, open_page
 from reschat.ledger.base import Ledger
+from reschat.outbox import OwnLane, page_id
 from reschat.page import (
     GENESIS_HASH,
+    MAX_PAGE_BYTES,
     MESSAGE_TYPES,
-    Page,
+    PAGE_CAPACITY,
     Record,
+    SealedPage,
     format_timestamp,
     parse_timestamp,
+    record_content_size,
+    sealed_record_size,
+    to_micros,
     valid_type_ext,
 )
-from reschat.storage import atomic_write_json, file_lock, read_json
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
 MAX_TEXT_BYTES = 16 * 1024
-#: Any payload (a file manifest included): two sealed copies of it must fit in an empty page.
+#: Any payload (a file manifest included) must fit the largest padding bucket.
 MAX_PAYLOAD_BYTES = 32 * 1024
 ME = "me"
-_KEY_PREFIX = "reschat1"
-#: How far past the newest known page a read looks in one concurrent round.
+#: How far past the newest known page one round of reads looks.
 _GALLOP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: Older pages re-read by each update in rotation, to notice a rewrite at any depth. Two keys more
+#: in the update's one round of reads.
+ROTATION_PAGES = 2
+#: Pages one update fetches at most to connect a lane back to its checkpoint; the rest follow.
+MAX_CATCH_UP_PAGES = 64
+#: A verified record dated further ahead of our clock than this is marked "clock ahead".
+CLOCK_AHEAD = timedelta(minutes=10)
+#: How many restarted epochs of a lane a reader with no checkpoint looks for.
+_MAX_EPOCH_PROBE = 8
+
+IntegrityProblem = Problem
 
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def page_key(conversation: str, sender_fingerprint: str, number: int) -> str:
-    """The ledger key of page ``number`` of ``sender``'s lane in ``conversation``."""
-    return f"{_KEY_PREFIX}-{conversation}-{sender_fingerprint[:32]}-{number}"
 
 
 # --- what the service returns ---------------------------------------------------------------------
@@ -89,7 +92,9 @@ class ChatMessage:
     seq: int
     #: For our own messages: "delivered" once a ledger read returned them, else "pending".
     status: str | None = None
-    verified: bool = True
+    epoch: int = 1
+    #: A verified message dated more than ten minutes ahead of our clock.
+    clock_ahead: bool = False
 
     @property
     def text(self) -> str:
@@ -100,23 +105,13 @@ class ChatMessage:
         return self.sender == ME
 
 
-@dataclass(frozen=True)
-class IntegrityProblem:
-    """Something in a lane that is not a genuine message: shown to the user, never as a message."""
-
-    lane: str  # "me" or the friend's nickname: whose lane it was found in
-    kind: str  # forged | replay | gap | rollback | fork | damaged | undecryptable
-    detail: str
-    time: datetime | None = None  # where it belongs in the conversation, when known
-
-
 @dataclass
 class ConversationView:
     """The loaded window of one conversation."""
 
     friend: str
     messages: list[ChatMessage]
-    problems: list[IntegrityProblem]
+    problems: list[Problem]
     #: Messages from the friend that this session had not returned before.
     new_messages: list[ChatMessage] = field(default_factory=list)
     #: True when older pages exist beyond the loaded window in either lane.
@@ -130,74 +125,36 @@ class SendResult:
     error: LedgerError | None = None
 
 
-# --- the sender's own lane state (ciphertext only) ------------------------------------------------
-
-
-@dataclass
-class LaneState:
-    """What a sender keeps of its own lane: the current page and pages not yet confirmed."""
-
-    page: int = 0
-    seq: int = 0
-    head: str = GENESIS_HASH.hex()
-    last_time: str = ""
-    confirmed_seq: int = 0
-    pages: dict[str, str] = field(default_factory=dict)  # page number -> the page's ledger value
-    written_at: dict[str, str] = field(default_factory=dict)  # page number -> time of last write
-    last_seq: dict[str, int] = field(default_factory=dict)  # page number -> its newest sequence number
-
-    def page_last_seq(self, number: str) -> int:
-        """The newest sequence number on a kept page, without parsing it when it is known."""
-        if number not in self.last_seq:
-            try:
-                records = Page.from_string(self.pages[number]).all_messages()
-            except PageFormatError:
-                return 0
-            self.last_seq[number] = max((r.seq for r in records), default=0)
-        return self.last_seq[number]
-
-    @classmethod
-    def from_json(cls, data: Any) -> LaneState:
-        if not isinstance(data, dict):
-            raise PageFormatError("the outbox state file is damaged")
-        try:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-        except TypeError as exc:
-            raise PageFormatError("the outbox state file is damaged") from exc
-
-
 # --- per-session memory ---------------------------------------------------------------------------
 
 
 @dataclass
 class _LaneView:
+    epoch: int = 0
     low: int = 0  # lowest page of the window (0: not opened yet)
     top: int = 0
-    pages: dict[int, str | None] = field(default_factory=dict)  # ledger values read this session
+    pages: dict[tuple[int, int], str | None] = field(default_factory=dict)  # (epoch, page) -> value read
 
 
 @dataclass
 class _Session:
-    friend_lane: _LaneView = field(default_factory=_LaneView)
-    my_lane: _LaneView = field(default_factory=_LaneView)
-    returned: set[bytes] = field(default_factory=set)  # digests of friend messages already returned
+    theirs: _LaneView = field(default_factory=_LaneView)
+    mine: _LaneView = field(default_factory=_LaneView)
+    returned: set[tuple[int, int]] = field(default_factory=set)  # friend messages already returned
+    fresh: set[tuple[int, int]] = field(default_factory=set)  # friend pages read during this update
 
 
 @dataclass
-class _Lane:
-    """One side of a conversation, as needed to read it."""
+class _Pair:
+    """One friend, with what the protocol derives from the two cards."""
 
-    owner: str  # "me" or nickname
-    owner_fingerprint: str
-    owner_key: RSA.RsaKey
-    receiver_fingerprint: str
-
-
-@dataclass
-class _Verified:
-    record: Record
-    digest: bytes
-    page: Page
+    friend: Friend
+    key: RSA.RsaKey
+    fingerprint: bytes
+    statics: kem.ReceivePublic
+    address_key: bytes
+    conversation: bytes
+    store: ConversationStore
 
 
 class ChatService:
@@ -213,6 +170,7 @@ class ChatService:
         clock: Clock = utc_now,
         randfunc: crypto.RandFunc | None = None,
         resend_after: timedelta = timedelta(seconds=10),
+        rotation_pages: int = ROTATION_PAGES,
     ) -> None:
         self.identity = identity
         self.friends = friends
@@ -221,135 +179,45 @@ class ChatService:
         self.clock = clock
         self.randfunc = randfunc
         self.resend_after = resend_after
-        self.my_fingerprint = crypto.fingerprint_bytes(identity.public_key).hex()
-        self._sessions: dict[str, _Session] = {}
-        self._derived: dict[tuple[str, str], bytes] = {}
-        self._unwrapped: dict[bytes, bytes | None] = {}
+        self.rotation_pages = rotation_pages
+        self.my_fingerprint = crypto.fingerprint_bytes(identity.public_key)
+        self._sessions: dict[bytes, _Session] = {}
+        self._pairs: dict[str, _Pair] = {}
         self._verified: set[bytes] = set()
-        self._plaintext: dict[bytes, bytes] = {}
-        self._friend_keys: dict[str, RSA.RsaKey] = {}  # fingerprint -> parsed key
-        self._conversations: dict[str, str] = {}  # fingerprint -> conversation id
-        self._parsed: dict[str, Page] = {}  # ledger value -> parsed page, only for reading
+        #: (lane owner fingerprint, epoch, page, value) -> the page opened, or why it was refused.
+        self._opened: dict[tuple[bytes, int, int, str], OpenPage | Problem] = {}
+        self._lane_checked: set[bytes] = set()  # conversations whose own lane this session checked
 
-    # -- keys ----------------------------------------------------------------------------------
+    # -- pairs ---------------------------------------------------------------------------------
 
-    def _friend_key(self, friend: Friend) -> RSA.RsaKey:
-        # Keyed by fingerprint: parsing a PEM and hashing two keys cost more than an AES seal.
-        key = self._friend_keys.get(friend.fingerprint)
-        if key is None:
-            key = self._friend_keys[friend.fingerprint] = friend.key
-        return key
-
-    def _conversation(self, friend: Friend) -> str:
-        conversation = self._conversations.get(friend.fingerprint)
-        if conversation is None:
-            conversation = crypto.conversation_id(self.identity.public_key, self._friend_key(friend))
-            self._conversations[friend.fingerprint] = conversation
-        return conversation
-
-    def _read_page(self, value: str) -> Page:
-        """Parse a page for reading only (the result is shared: never add to it); PageFormatError if bad."""
-        page = self._parsed.get(value)
-        if page is None:
-            page = Page.from_string(value)
-            if len(self._parsed) >= 64:
-                self._parsed.clear()  # pages change as lanes grow: keep only a recent few
-            self._parsed[value] = page
-        return page
-
-    def _derived_key(self, purpose: str, conversation: str) -> bytes:
-        cached = self._derived.get((purpose, conversation))
-        if cached is None:
-            cached = crypto.derive_key(self.identity.private_key, purpose, bytes.fromhex(conversation))
-            self._derived[(purpose, conversation)] = cached
-        return cached
-
-    def _lane_key(self, conversation: str) -> bytes:
-        return self._derived_key("reschat lane key v1", conversation)
-
-    def _self_key(self, conversation: str) -> bytes:
-        return self._derived_key("reschat self key v1", conversation)
-
-    def _unwrap(self, conversation: str, wrapped: bytes) -> bytes | None:
-        """The friend's lane key: from memory, else from our sealed copy on disk, else by RSA-OAEP."""
-        if wrapped not in self._unwrapped:
-            key = self._cached_lane_key(conversation, wrapped)
-            if key is None:
-                try:
-                    key = crypto.unwrap_key(self.identity.private_key, wrapped)
-                except (ValueError, TypeError):
-                    key = None
-                else:
-                    self._cache_lane_key(conversation, wrapped, key)
-            self._unwrapped[wrapped] = key
-        return self._unwrapped[wrapped]
-
-    # A friend's lane key is unwrapped with RSA once, then kept beside our outbox sealed (AES-256-GCM)
-    # under a key derived from our private key, so that a new session opens a chat with no RSA
-    # private-key operation. The copy is exactly as secret as the wrapped one on the ledger: both
-    # need our private key. Damaged or foreign entries are ignored and the key is unwrapped again.
-
-    def _lane_lock(self, conversation: str) -> contextlib.AbstractContextManager[None]:
-        """Serializes every change of one conversation's files (outbox, key cache) across processes."""
-        return file_lock(self.state_dir / f"{conversation}.lock")
-
-    def _key_cache_key(self, conversation: str) -> bytes:
-        return crypto.subkey(self._self_key(conversation), "reschat lane key cache v1")
-
-    @staticmethod
-    def _key_cache_entry(wrapped: bytes) -> str:
-        return hashlib.sha256(wrapped).hexdigest()
-
-    def _key_cache_path(self, conversation: str) -> Path:
-        return self.state_dir / f"{conversation}.keys.json"
-
-    def _key_cache_aad(self, conversation: str, wrapped: bytes) -> bytes:
-        return f"reschat-lane-key-cache/1|{conversation}|{self._key_cache_entry(wrapped)}".encode("ascii")
-
-    def _cached_lane_key(self, conversation: str, wrapped: bytes) -> bytes | None:
-        try:
-            entries = read_json(self._key_cache_path(conversation))
-            sealed = entries.get(self._key_cache_entry(wrapped)) if isinstance(entries, dict) else None
-            if not isinstance(sealed, str):
-                return None
-            key = crypto.decrypt_message(
-                self._key_cache_key(conversation), bytes.fromhex(sealed), self._key_cache_aad(conversation, wrapped),
-            )
-        except (OSError, ValueError):
-            return None
-        return key if len(key) == crypto.KEY_BYTES else None
-
-    def _cache_lane_key(self, conversation: str, wrapped: bytes, key: bytes) -> None:
-        sealed = crypto.encrypt_message(
-            self._key_cache_key(conversation), key, self._key_cache_aad(conversation, wrapped), self.randfunc,
+    def _pair(self, nickname: str) -> _Pair:
+        friend = self.friends.get_friend(nickname)
+        cached = self._pairs.get(friend.fingerprint)
+        if cached is not None and cached.friend.statics == friend.statics:
+            cached.friend = friend
+            return cached
+        statics = friend.receive_public
+        shared = kem.x25519_shared(self.identity.statics, statics, b"reschat2 pair secret")
+        fingerprint = bytes.fromhex(friend.fingerprint)
+        address_key, conversation = schedule.pair_keys(shared, self.my_fingerprint, fingerprint)
+        pair = _Pair(
+            friend=friend, key=friend.key, fingerprint=fingerprint, statics=statics, address_key=address_key,
+            conversation=conversation,
+            store=ConversationStore(self.state_dir, conversation, self.identity.store_key),
         )
-        path = self._key_cache_path(conversation)
-        try:
-            with self._lane_lock(conversation):
-                entries = read_json(path)
-                entries = entries if isinstance(entries, dict) else {}
-                if len(entries) >= 64:
-                    entries = {}  # a lane rarely changes its wrapped key: start over rather than grow
-                entries[self._key_cache_entry(wrapped)] = sealed.hex()
-                atomic_write_json(path, entries)
-        except (OSError, ValueError) as exc:
-            log.warning("could not keep the friend's lane key: %s", exc)
+        self._pairs[friend.fingerprint] = pair
+        return pair
 
-    @staticmethod
-    def _aad(conversation: str, sender: str, seq: int, copy: str) -> bytes:
-        return f"reschat-aad/1|{conversation}|{sender}|{seq}|{copy}".encode("ascii")
+    def lane_address(self, nickname: str, *, mine: bool, number: int, epoch: int = 1) -> str:
+        """The ledger key of page ``number`` of ``epoch`` of our lane (``mine``) or the friend's."""
+        return self._address(self._pair(nickname), mine, epoch, number)
 
-    # -- own lane state ------------------------------------------------------------------------
+    def _address(self, pair: _Pair, mine: bool, epoch: int, number: int) -> str:
+        writer = self.my_fingerprint if mine else pair.fingerprint
+        return schedule.page_address(pair.address_key, writer, epoch, number)
 
-    def _state_path(self, conversation: str) -> Path:
-        return self.state_dir / f"{conversation}.json"
-
-    def _load_state(self, conversation: str) -> LaneState | None:
-        data = read_json(self._state_path(conversation))
-        return None if data is None else LaneState.from_json(data)
-
-    def _save_state(self, conversation: str, state: LaneState) -> None:
-        atomic_write_json(self._state_path(conversation), state.__dict__)
+    def _sign(self, data: bytes) -> bytes:
+        return crypto.sign(self.identity.private_key, data, self.randfunc)
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -374,274 +242,124 @@ class ChatService:
                 raise MessageError(
                     f"the message is {len(body)} bytes; the limit is {MAX_TEXT_BYTES} (16 KiB): send it as a file"
                 )
-        friend = self.friends.get_friend(nickname)
-        conversation = self._conversation(friend)
-        with self._lane_lock(conversation):
-            state = self._load_state(conversation) or self._recover_state(friend, conversation)
-            page = self._current_page(state, conversation, friend)
+        pair = self._pair(nickname)
+        error: LedgerError | None = None
+        with pair.store.lock():
+            state = pair.store.load()
+            own = OwnLane.from_dict(state.mine)
+            if own.epoch == 0 or own.restart_needed:
+                self._start_lane(pair, own)
             now = self.clock()
-            if state.last_time:
+            if own.last_time:
                 # A lane's timestamps never go backwards, even if the clock does.
-                now = max(now, parse_timestamp(state.last_time) + timedelta(microseconds=1))
-            seq = state.seq + 1
+                now = max(now, parse_timestamp(own.last_time) + timedelta(microseconds=1))
+            theirs = state.theirs
             record = Record(
-                receiver=friend.fingerprint,
-                type=msg_type,
-                timestamp=now,
-                type_ext=type_ext,
-                for_sender=crypto.encrypt_message(
-                    self._self_key(conversation), body, self._aad(conversation, self.my_fingerprint, seq, "s"),
-                    self.randfunc,
-                ),
-                for_receiver=crypto.encrypt_message(
-                    self._lane_key(conversation), body, self._aad(conversation, self.my_fingerprint, seq, "r"),
-                    self.randfunc,
-                ),
-                seq=seq,
-                prev=bytes.fromhex(state.head),
+                type=msg_type, seq=own.seq + 1, prev=bytes.fromhex(own.head), timestamp=now,
+                causal=(theirs.epoch, theirs.seq), type_ext=type_ext, body=body,
             )
-            # Measure with a signature-sized placeholder: the signature is made for the final page.
-            placeholder = replace(record, signature=bytes(self.identity.private_key.size_in_bytes()))
-            if page.is_full(placeholder):
-                page = Page(conversation, self.my_fingerprint, page.number + 1, page.wrapped_key)
-            signed = record.signed_bytes(conversation, self.my_fingerprint, page.wrap_digest)
-            record = replace(record, signature=crypto.sign(self.identity.private_key, signed, self.randfunc))
-            page.add_message(record)
-            value = page.to_string()
-            digest = hashlib.sha256(signed).digest()
-            state.page, state.seq, state.head = page.number, seq, digest.hex()
-            state.last_time = format_timestamp(now)
-            state.pages[str(page.number)] = value
-            state.written_at[str(page.number)] = format_timestamp(self.clock())
-            state.last_seq[str(page.number)] = seq
-            self._prune_state(state)
-            # The outbox is saved before the write: if we die in between, the next send or update
-            # carries the message to the ledger; it is never lost and never given a second seq.
-            self._save_state(conversation, state)
-            self._verified.add(digest)
-            self._plaintext[digest] = body
-            error: LedgerError | None = None
+            number, value = self._append(pair, state, own, record)
+            own.last_time = format_timestamp(now)
+            state.mine = own.to_dict()
+            # The outbox is saved before the write: if we die in between, the next update carries
+            # the message to the ledger; it is never lost and never given a second sequence number.
+            pair.store.save(state)
             try:
-                self.ledger.set(page_key(conversation, self.my_fingerprint, page.number), value)
+                self.ledger.set(self._address(pair, True, own.epoch, number), value)
             except LedgerError as exc:
                 log.warning("send deferred: %s", exc)
                 error = exc
         sent = ChatMessage(
-            sender=ME, receiver=friend.nickname, time=now, type=msg_type, type_ext=type_ext,
-            body=body, seq=seq, status="pending",
+            sender=ME, receiver=pair.friend.nickname, time=now, type=msg_type, type_ext=type_ext,
+            body=body, seq=record.seq, status="pending", epoch=own.epoch,
         )
         return SendResult(message=sent, error=error)
 
-    def _current_page(self, state: LaneState, conversation: str, friend: Friend) -> Page:
-        value = state.pages.get(str(state.page))
-        if value is not None:
-            return Page.from_string(value)
-        wrapped = crypto.wrap_key(self._friend_key(friend), self._lane_key(conversation), self.randfunc)
-        if state.page == 0:
-            return Page(conversation, self.my_fingerprint, 1, wrapped)
-        # The current page is unknown (recovered from a damaged ledger copy): start a fresh one.
-        return Page(conversation, self.my_fingerprint, state.page + 1, wrapped)
+    def _start_lane(self, pair: _Pair, own: OwnLane) -> None:
+        """Begin our lane, or restart it in a new epoch when this profile lost or left its state.
 
-    def _prune_state(self, state: LaneState) -> None:
-        """Keep the current page and pages holding records not yet confirmed by a ledger read."""
-        for number in list(state.pages):
-            if int(number) != state.page and state.page_last_seq(number) <= state.confirmed_seq:
-                del state.pages[number]
-                state.written_at.pop(number, None)
-                state.last_seq.pop(number, None)
+        The one read a send may make: the first send of a conversation with no local state looks for
+        epochs this identity already wrote (from another profile or an older copy of this one), and
+        starts the next one, so no (epoch, sequence number) is ever written twice.
+        """
+        keys = {e: self._address(pair, True, e, 1) for e in range(1, _MAX_EPOCH_PROBE + 1)}
+        values = self.ledger.get_many(list(keys.values()))
+        highest = max((e for e, key in keys.items() if values.get(key) is not None), default=0)
+        while highest and highest % _MAX_EPOCH_PROBE == 0:  # more epochs than one round looks at
+            more = {e: self._address(pair, True, e, 1) for e in range(highest + 1, highest + _MAX_EPOCH_PROBE + 1)}
+            found = self.ledger.get_many(list(more.values()))
+            highest = max((e for e, key in more.items() if found.get(key) is not None), default=highest)
+            if highest < max(more):
+                break
+        own.restart(max(highest, own.epoch) + 1)
 
-    def _recover_state(self, friend: Friend, conversation: str) -> LaneState:
-        """No local state for our lane (new profile directory, same key): rebuild it from the ledger."""
-        lane = self._my_lane(friend)
-        view = _LaneView()
-        top = self._discover_top(conversation, lane, 1, view)
-        state = LaneState()
-        if top == 0:
-            return state
-        verified, _problems = self._read_lane(conversation, lane, {top: view.pages.get(top)})
-        if verified:
-            last = max(verified, key=lambda v: v.record.seq)
-            state.seq, state.head = last.record.seq, last.digest.hex()
-            state.last_time = format_timestamp(last.record.timestamp)
-            state.confirmed_seq = last.record.seq
-        value = view.pages.get(top)
-        if value is not None and verified:
-            state.page = top
-            state.pages[str(top)] = value
+    def _readers(self, state: ConversationState, pair: _Pair) -> list[kem.ReceivePublic]:
+        """Whom a new page is keyed to: the friend's newest announced receive key, else their card's."""
+        if state.theirs.receive_key:
+            try:
+                return [kem.ReceivePublic.from_bytes(bytes.fromhex(state.theirs.receive_key))]
+            except (ValueError, kem.KemError):
+                log.warning("the friend's announced receive key is unusable; using their card's")
+        return [pair.statics]
+
+    def _new_receive_key(self, state: ConversationState) -> kem.ReceiveKey:
+        key = kem.ReceiveKey.generate()
+        index = max((entry.index for entry in state.receive_keys), default=0) + 1
+        state.receive_keys.append(ReceiveKeyEntry(index=index, key=key.to_dict()))
+        return key
+
+    def _start_page(self, pair: _Pair, state: ConversationState, own: OwnLane) -> tuple[SealedPage, bytes]:
+        number = own.page + 1
+        sealed, header, secret = new_page(
+            conversation=pair.conversation, writer=self.my_fingerprint, epoch=own.epoch, number=number,
+            first_seq=own.seq + 1, link=bytes.fromhex(own.head), readers=self._readers(state, pair),
+            next_receive_key=self._new_receive_key(state).public, created=to_micros(self.clock()), signer=self._sign,
+        )
+        own.page = number
+        own.secrets[page_id(own.epoch, number)] = secret.hex()
+        own.pages[str(number)] = sealed.to_string()
+        own.last_seq[str(number)] = own.seq
+        self._verified.add(header.digest)
+        return sealed, secret
+
+    def _append(self, pair: _Pair, state: ConversationState, own: OwnLane, record: Record) -> tuple[int, str]:
+        """Add ``record`` to our current page (or a new one); returns (page number, page value)."""
+        needed = sealed_record_size(record_content_size(record.type_ext, len(record.body)))
+        current = own.pages.get(str(own.page)) if own.page else None
+        sealed: SealedPage | None = SealedPage.from_string(current) if current else None
+        if sealed is None or len(sealed.records) >= PAGE_CAPACITY or sealed.size_with(needed) > MAX_PAGE_BYTES:
+            sealed, secret = self._start_page(pair, state, own)
         else:
-            state.page = top  # _current_page starts page top + 1
-        return state
+            secret = bytes.fromhex(own.secrets[page_id(own.epoch, own.page)])
+        from reschat.lane import open_header
+
+        header = open_header(sealed, secret)
+        sealed, _signed, digest = add_record(sealed, header, secret, record, self._sign)
+        value = sealed.to_string()
+        own.seq, own.head = record.seq, digest.hex()
+        own.pages[str(own.page)] = value
+        own.written_at[str(own.page)] = format_timestamp(self.clock())
+        own.last_seq[str(own.page)] = record.seq
+        own.prune()
+        self._verified.add(digest)
+        return own.page, value
+
+    def _publish_receive_key(self, pair: _Pair, state: ConversationState) -> None:
+        """Move on: a key-only page in our lane announces a fresh receive key (one small write)."""
+        own = OwnLane.from_dict(state.mine)
+        if own.epoch == 0 or own.restart_needed:
+            self._start_lane(pair, own)
+        self._start_page(pair, state, own)
+        own.written_at[str(own.page)] = format_timestamp(self.clock())
+        own.prune()
+        state.mine = own.to_dict()
+        pair.store.save(state)
+        try:
+            self.ledger.set(self._address(pair, True, own.epoch, own.page), own.pages[str(own.page)])
+        except LedgerError as exc:
+            log.warning("publishing a new receive key deferred: %s", exc)
 
     # -- reading -------------------------------------------------------------------------------
-
-    def _my_lane(self, friend: Friend) -> _Lane:
-        return _Lane(ME, self.my_fingerprint, self.identity.public_key, friend.fingerprint)
-
-    def _friend_lane(self, friend: Friend) -> _Lane:
-        return _Lane(friend.nickname, friend.fingerprint, self._friend_key(friend), self.my_fingerprint)
-
-    def _discover_top(
-        self, conversation: str, lane: _Lane, hint: int, view: _LaneView, prefetched: bool = False
-    ) -> int:
-        """The newest page of ``lane``: the hint is trusted only as a starting point."""
-        base = max(hint, 1)
-        if not prefetched:
-            numbers = sorted({max(base - 1, 1), base, base + 1, base + 2})
-            self._fetch(conversation, lane, numbers, view)
-        top = max((n for n, v in view.pages.items() if v is not None), default=0)
-        if top <= base:
-            # The lane has not grown past the hint (its next two pages are absent): one round was enough.
-            return top
-        while True:
-            probes = [top + step for step in _GALLOP]
-            for number in probes:
-                # A page found missing in an earlier update may exist now: ask again, never trust a miss.
-                if number in view.pages and view.pages[number] is None:
-                    del view.pages[number]
-            self._fetch(conversation, lane, probes, view)
-            found = max((n for n in probes if view.pages.get(n) is not None), default=0)
-            if found == 0:
-                return top
-            top = found
-
-    def _fetch(self, conversation: str, lane: _Lane, numbers: Sequence[int], view: _LaneView) -> None:
-        wanted = [n for n in numbers if n >= 1 and n not in view.pages]
-        if not wanted:
-            return
-        keys = {n: page_key(conversation, lane.owner_fingerprint, n) for n in wanted}
-        values = self.ledger.get_many(list(keys.values()))
-        for number, key in keys.items():
-            view.pages[number] = values.get(key)
-
-    def _fetch_both(
-        self, conversation: str, lanes: list[tuple[_Lane, _LaneView, Sequence[int]]]
-    ) -> None:
-        """One concurrent round of reads over both lanes (re-reading pages already in the session)."""
-        keys: dict[str, tuple[_LaneView, int]] = {}
-        for lane, view, numbers in lanes:
-            for number in numbers:
-                if number >= 1:
-                    keys[page_key(conversation, lane.owner_fingerprint, number)] = (view, number)
-        if not keys:
-            return
-        values = self.ledger.get_many(list(keys))
-        for key, (view, number) in keys.items():
-            view.pages[number] = values.get(key)
-
-    def _read_lane(
-        self, conversation: str, lane: _Lane, pages: dict[int, str | None]
-    ) -> tuple[list[_Verified], list[IntegrityProblem]]:
-        """Parse, authenticate and order the records of some pages of one lane."""
-        problems: list[IntegrityProblem] = []
-        candidates: list[_Verified] = []
-        present = sorted(n for n, v in pages.items() if v is not None)
-        for number in present:
-            value = pages[number]
-            assert value is not None
-            try:
-                page = self._read_page(value)
-            except PageFormatError as exc:
-                problems.append(IntegrityProblem(lane.owner, "damaged", f"page {number} is unreadable: {exc}"))
-                continue
-            if (page.conversation, page.sender, page.number) != (conversation, lane.owner_fingerprint, number):
-                problems.append(
-                    IntegrityProblem(lane.owner, "forged", f"page {number} belongs to another lane or place")
-                )
-                continue
-            for record in page.all_messages():
-                digest = record.digest(conversation, lane.owner_fingerprint, page.wrap_digest)
-                candidates.append(_Verified(record, digest, page))
-        if present:
-            holes = [n for n in range(present[0], present[-1]) if n not in present]
-            for number in holes:
-                problems.append(IntegrityProblem(lane.owner, "gap", f"page {number} is missing from the ledger"))
-        return self._authenticate(conversation, lane, candidates, problems)
-
-    def _authenticate(
-        self, conversation: str, lane: _Lane, candidates: list[_Verified], problems: list[IntegrityProblem]
-    ) -> tuple[list[_Verified], list[IntegrityProblem]]:
-        # Newest first: a record whose successor is authentic and names it as ``prev`` is
-        # authenticated by the successor's signature through the hash chain, so a whole genuine lane
-        # costs one signature check, and a forged record costs one failed check.
-        by_seq: dict[int, list[_Verified]] = {}
-        for cand in candidates:
-            by_seq.setdefault(cand.record.seq, []).append(cand)
-        authentic: dict[int, _Verified] = {}
-        for seq in sorted(by_seq, reverse=True):
-            successor = authentic.get(seq + 1)
-            chosen: _Verified | None = None
-            seen_digests: set[bytes] = set()
-            for cand in by_seq[seq]:
-                if cand.digest in seen_digests:
-                    problems.append(IntegrityProblem(
-                        lane.owner, "replay", f"a copy of message #{seq} was ignored", cand.record.timestamp,
-                    ))
-                    continue
-                seen_digests.add(cand.digest)
-                ok = (
-                    cand.digest in self._verified
-                    or (successor is not None and successor.record.prev == cand.digest)
-                    or self._check_signature(conversation, lane, cand)
-                )
-                if ok and cand.record.receiver != lane.receiver_fingerprint:
-                    ok = False
-                if not ok:
-                    problems.append(IntegrityProblem(
-                        lane.owner, "forged", f"a record claiming to be message #{seq} failed verification "
-                        "and is hidden", None,
-                    ))
-                elif chosen is None:
-                    chosen = cand
-                elif chosen.digest != cand.digest:
-                    problems.append(IntegrityProblem(
-                        lane.owner, "fork", f"two different signed versions of message #{seq} exist",
-                        cand.record.timestamp,
-                    ))
-            if chosen is not None:
-                self._verified.add(chosen.digest)
-                authentic[seq] = chosen
-        ordered = [authentic[s] for s in sorted(authentic)]
-        for older, newer in itertools.pairwise(ordered):
-            if newer.record.seq != older.record.seq + 1:
-                missing = newer.record.seq - older.record.seq - 1
-                problems.append(IntegrityProblem(
-                    lane.owner, "gap",
-                    f"{missing} message(s) missing (#{older.record.seq + 1}-#{newer.record.seq - 1})",
-                    newer.record.timestamp,
-                ))
-            elif newer.record.prev != older.digest:
-                problems.append(IntegrityProblem(
-                    lane.owner, "fork", f"message #{newer.record.seq} does not follow #{older.record.seq}",
-                    newer.record.timestamp,
-                ))
-        return ordered, problems
-
-    def _check_signature(self, conversation: str, lane: _Lane, cand: _Verified) -> bool:
-        signed = cand.record.signed_bytes(conversation, lane.owner_fingerprint, cand.page.wrap_digest)
-        return crypto.verify(lane.owner_key, signed, cand.record.signature)
-
-    def _decrypt(self, conversation: str, lane: _Lane, item: _Verified) -> bytes | None:
-        cached = self._plaintext.get(item.digest)
-        if cached is not None:
-            return cached
-        record = item.record
-        try:
-            if lane.owner == ME:
-                body = crypto.decrypt_message(
-                    self._self_key(conversation), record.for_sender,
-                    self._aad(conversation, lane.owner_fingerprint, record.seq, "s"),
-                )
-            else:
-                key = self._unwrap(conversation, item.page.wrapped_key)
-                if key is None:
-                    return None
-                body = crypto.decrypt_message(
-                    key, record.for_receiver, self._aad(conversation, lane.owner_fingerprint, record.seq, "r")
-                )
-        except ValueError:
-            return None
-        self._plaintext[item.digest] = body
-        return body
 
     def get_update(self, nickname: str) -> ConversationView:
         """Read what is new in the conversation with ``nickname`` and return the loaded window."""
@@ -655,204 +373,501 @@ class ChatService:
         """The whole conversation, from page 1 of both lanes."""
         return self._load(nickname, older=False, everything=True)
 
+    def _candidates(self, state: ConversationState) -> list[tuple[int, kem.ReceiveKey]]:
+        keys: list[tuple[int, kem.ReceiveKey]] = []
+        for entry in sorted(state.receive_keys, key=lambda e: -e.index):
+            try:
+                keys.append((entry.index, kem.ReceiveKey.from_dict(entry.key)))
+            except kem.KemError:
+                continue
+        keys.append((0, self.identity.statics))
+        return keys
+
+    def _open(
+        self, pair: _Pair, state: ConversationState, mine: bool, epoch: int, number: int, value: str,
+        used_keys: dict[tuple[int, int], int],
+    ) -> OpenPage | Problem:
+        """Open one page of either lane, or say why not (remembered: a refused page costs once)."""
+        owner = ME if mine else pair.friend.nickname
+        writer = self.my_fingerprint if mine else pair.fingerprint
+        cache_key = (writer, epoch, number, value)
+        cached = self._opened.get(cache_key)
+        if cached is not None:
+            return cached
+        result: OpenPage | Problem
+        try:
+            sealed = SealedPage.from_string(value)
+            pid = page_id(epoch, number)
+            stored = (OwnLane.from_dict(state.mine).secrets if mine else state.theirs.secrets).get(pid)
+            if stored:
+                secret, key_index = bytes.fromhex(stored), -1
+            elif mine:
+                raise _Unopenable("its key is not in this profile (written before this profile's last restart)")
+            else:
+                found = find_page_secret(sealed, self._candidates(state))
+                if found is None:
+                    raise _Unopenable("no key of ours opens it")
+                secret, key_index = found
+            result = open_page(
+                value, sealed, secret, conversation=pair.conversation, writer=writer,
+                writer_key=self.identity.public_key if mine else pair.key, epoch=epoch, number=number,
+                verified=self._verified,
+            )
+            used_keys[(epoch, number)] = key_index
+        except _Unopenable as exc:
+            result = Problem(owner, "undecryptable", f"page {number} cannot be opened: {exc}")
+        except PageFormatError as exc:
+            kind = "old-format" if "old format" in str(exc) else "damaged"
+            if "signature" in str(exc) or "signed as" in str(exc) or "another conversation" in str(exc) \
+                    or "does not follow" in str(exc) or "does not open" in str(exc) or "replaced" in str(exc):
+                kind = "forged"
+            result = Problem(owner, kind, f"page {number}: {exc}")
+        if len(self._opened) > 512:
+            self._opened.clear()
+        self._opened[cache_key] = result
+        return result
+
     def _load(self, nickname: str, *, older: bool, everything: bool) -> ConversationView:
-        friend = self.friends.get_friend(nickname)
-        conversation = self._conversation(friend)
-        session = self._sessions.setdefault(conversation, _Session())
-        friend_lane, my_lane = self._friend_lane(friend), self._my_lane(friend)
-        state = self._load_state(conversation)
-        fv, mv = session.friend_lane, session.my_lane
-        opening = fv.low == 0
+        pair = self._pair(nickname)
+        friend = pair.friend
+        session = self._sessions.setdefault(pair.conversation, _Session())
+        state = pair.store.load()
+        own = OwnLane.from_dict(state.mine)
+        theirs_view = session.theirs
+        opening = theirs_view.low == 0
+        problems: list[Problem] = []
+        used_keys: dict[tuple[int, int], int] = {}
 
         # Round 1: everything an ordinary update needs, in one concurrent batch.
-        hint = max(friend.lane_page, fv.top, 1)
-        friend_numbers = [hint, hint + 1, hint + 2] + ([hint - 1] if opening else [])
-        if opening:
-            # The probes past the newest known page join the first batch, so that opening a chat whose
-            # lane has not grown since the hint costs one round of reads, not two (later updates find
-            # the probes in the session's memory).
-            friend_numbers += [hint + step for step in _GALLOP]
-        my_top = state.page if state and state.page else 0
-        my_numbers: list[int] = []
-        if state is None or my_top == 0:
-            my_numbers = [1, 2, 3] + ([1 + step for step in _GALLOP] if opening else [])
+        session.fresh = set()
+        f_epoch = theirs_view.epoch or state.theirs.epoch or 1
+        if theirs_view.epoch == f_epoch and theirs_view.top:
+            f_base = theirs_view.top
         else:
-            my_numbers = sorted(int(n) for n in state.pages if state.page_last_seq(n) > state.confirmed_seq)
-            if opening and my_top > 1 and str(my_top - 1) not in state.pages:
-                my_numbers.append(my_top - 1)
-        self._fetch_both(conversation, [(friend_lane, fv, friend_numbers), (my_lane, mv, my_numbers)])
-        ftop = self._discover_top(conversation, friend_lane, hint, fv, prefetched=True)
-        if state is None or my_top == 0:
-            my_top = self._discover_top(conversation, my_lane, 1, mv, prefetched=True)
-        fv.top, mv.top = ftop, my_top
-        for view, top in ((fv, ftop), (mv, my_top)):
-            if everything:
-                view.low = 1
-            elif view.low == 0:
-                view.low = max(top - 1, 1)
-            elif older:
-                view.low = max(view.low - 1, 1)
-        for view, top in ((fv, ftop), (mv, my_top)):
-            for number in range(view.low, top + 1):
-                if number in view.pages and view.pages[number] is None:
-                    del view.pages[number]  # missed by an earlier probe, inside the window now: ask again
-        self._fetch(conversation, friend_lane, range(fv.low, ftop + 1), fv)
-        missing_mine = [n for n in range(mv.low, my_top + 1) if state is None or str(n) not in state.pages]
-        self._fetch(conversation, my_lane, missing_mine, mv)
+            f_base = state.theirs.top if state.theirs.epoch == f_epoch else 0
+        wanted: dict[str, tuple[bool, int, int]] = {}
 
-        problems: list[IntegrityProblem] = []
-        friend_pages = {n: fv.pages.get(n) for n in range(fv.low, ftop + 1)}
-        theirs, lane_problems = self._read_lane(conversation, friend_lane, friend_pages)
-        problems += lane_problems
-        problems += self._check_high_water(friend, theirs, ftop)
+        def want(mine: bool, epoch: int, numbers: Iterable[int]) -> None:
+            for number in numbers:
+                if number >= 1:
+                    wanted[self._address(pair, mine, epoch, number)] = (mine, epoch, number)
 
-        local_pages = state.pages if state else {}
-        my_pages = {n: local_pages.get(str(n)) or mv.pages.get(n) for n in range(mv.low, my_top + 1)}
-        mine, lane_problems = self._read_lane(conversation, my_lane, my_pages)
-        problems += lane_problems
-        confirmed = self._confirm(conversation, friend, state, mv) if state is not None else 0
+        if f_base:
+            want(False, f_epoch, [f_base - 1, f_base, f_base + 1, f_base + 2])
+        else:
+            want(False, f_epoch, [1, 2, 3])
+        if opening:
+            want(False, f_epoch, [max(f_base, 1) + step for step in _GALLOP])
+        want(False, f_epoch + 1, [1])
+        if not state.theirs.epoch:
+            for epoch in range(2, _MAX_EPOCH_PROBE + 1):
+                want(False, epoch, [1])
+        rotation = self._rotation_numbers(state, f_base)
+        want(False, f_epoch, rotation)
+        if own.epoch:
+            want(True, own.epoch, [*own.unconfirmed(), own.page + 1])
+            want(True, own.epoch + 1, [1])
+            if opening:
+                want(True, own.epoch, [own.page - 1, own.page])
+        self._fetch(wanted, session)
+
+        # The friend's lane: a restart first, then the newest page that verifies.
+        restarted = self._follow_restarts(pair, state, session, f_epoch, problems, used_keys)
+        if restarted != f_epoch:
+            f_base, theirs_view.low = 0, 0
+        f_epoch = theirs_view.epoch = restarted
+        top = self._discover_top(pair, state, session, False, f_epoch, f_base, used_keys)
+        theirs_view.top = top
+        checkpoint_page = state.theirs.top if state.theirs.epoch == f_epoch else 0
+        if everything:
+            theirs_view.low = 1
+        elif theirs_view.low == 0:
+            theirs_view.low = max(top - 1, 1)
+        elif older:
+            theirs_view.low = max(theirs_view.low - 1, 1)
+        if checkpoint_page and top - checkpoint_page > 1:
+            # Connect the new pages to the checkpoint: the pages in between are read too (bounded).
+            theirs_view.low = min(theirs_view.low, max(checkpoint_page, top - MAX_CATCH_UP_PAGES))
+            if top - checkpoint_page > MAX_CATCH_UP_PAGES:
+                problems.append(Problem(friend.nickname, "skipped",
+                                        f"pages {checkpoint_page}-{top - MAX_CATCH_UP_PAGES - 1} are read later"))
+        low = theirs_view.low if top else 0
+        self._refetch_window(pair, session, False, f_epoch, low, top)
+
+        friend_pages: dict[int, OpenPage | None] = {}
+        for number in range(low, top + 1) if top else ():
+            friend_pages[number] = self._page_or_problem(pair, state, session, False, f_epoch, number,
+                                                         problems, used_keys)
+        for number in rotation:
+            if number not in friend_pages:
+                opened = self._page_or_problem(pair, state, session, False, f_epoch, number, problems, used_keys)
+                if opened is not None:
+                    friend_pages[number] = opened
+        kept = {int(k.split(":")[1]): bytes.fromhex(v) for k, v in state.theirs.digests.items()
+                if k.startswith(f"{f_epoch}:")}
+        checkpoint = Checkpoint(
+            seq=state.theirs.seq if state.theirs.epoch == f_epoch else 0,
+            digest=bytes.fromhex(state.theirs.digest) if state.theirs.digest else b"", kept=kept,
+        )
+        window = {n: p for n, p in friend_pages.items() if low <= n <= top}
+        result = check_lane(friend.nickname, window, checkpoint, complete_to=top)
+        extra: dict[int, OpenPage | None] = {
+            n: p for n, p in friend_pages.items() if not low <= n <= top and p is not None
+        }
+        rotated = check_lane(friend.nickname, extra, checkpoint) if extra else None
+        problems += result.problems
+        if rotated is not None:
+            problems += [p for p in rotated.problems if p.kind == "rewritten"]
+
+        # Our own lane.
+        my_messages, my_has_older = self._read_own(pair, state, own, session, older, everything, problems)
+
+        # Save what was verified, publish a new receive key if we consumed an old one.
+        self._remember(pair, friend_pages, result, f_epoch, top, rotation, used_keys, problems)
 
         messages: list[ChatMessage] = []
         new_messages: list[ChatMessage] = []
-        for lane, items in ((friend_lane, theirs), (my_lane, mine)):
-            for item in items:
-                body = self._decrypt(conversation, lane, item)
-                if body is None:
-                    problems.append(IntegrityProblem(
-                        lane.owner, "undecryptable", f"message #{item.record.seq} could not be decrypted",
-                        item.record.timestamp,
-                    ))
-                    continue
-                outgoing = lane.owner == ME
-                message = ChatMessage(
-                    sender=ME if outgoing else friend.nickname,
-                    receiver=friend.nickname if outgoing else ME,
-                    time=item.record.timestamp,
-                    type=item.record.type,
-                    type_ext=item.record.type_ext,
-                    body=body,
-                    seq=item.record.seq,
-                    status=("delivered" if item.record.seq <= confirmed else "pending") if outgoing else None,
-                )
-                messages.append(message)
-                if not outgoing and item.digest not in session.returned:
-                    session.returned.add(item.digest)
-                    new_messages.append(message)
+        now = self.clock()
+        for record, _digest in result.records:
+            message = ChatMessage(
+                sender=friend.nickname, receiver=ME, time=record.timestamp, type=record.type,
+                type_ext=record.type_ext, body=record.body, seq=record.seq, epoch=f_epoch,
+                clock_ahead=record.timestamp - now > CLOCK_AHEAD,
+            )
+            messages.append(message)
+            if (f_epoch, record.seq) not in session.returned:
+                session.returned.add((f_epoch, record.seq))
+                new_messages.append(message)
+        messages += my_messages
         messages.sort(key=lambda m: (m.time, m.outgoing, m.seq))
+        self._count_unread(friend, result, f_epoch)
         return ConversationView(
-            friend=friend.nickname,
-            messages=messages,
-            problems=_unique(problems),
-            new_messages=new_messages,
-            has_older=fv.low > 1 or mv.low > 1,
+            friend=friend.nickname, messages=messages, problems=_unique(problems), new_messages=new_messages,
+            has_older=(theirs_view.low > 1 and top > 0) or my_has_older,
         )
 
-    def _check_high_water(self, friend: Friend, theirs: list[_Verified], top: int) -> list[IntegrityProblem]:
-        """Compare the friend's lane with the newest state we ever verified; then raise the marks."""
-        problems: list[IntegrityProblem] = []
-        newest = theirs[-1] if theirs else None
-        if friend.hw_seq and (newest is None or newest.record.seq < friend.hw_seq):
-            shown = newest.record.seq if newest else 0
-            problems.append(IntegrityProblem(
-                friend.nickname, "rollback",
-                f"the ledger shows an older state of this lane (newest #{shown}, already seen #{friend.hw_seq})",
-            ))
-        for item in theirs:
-            if item.record.seq == friend.hw_seq and friend.hw_hash and item.digest.hex() != friend.hw_hash:
-                problems.append(IntegrityProblem(
-                    friend.nickname, "fork", f"message #{item.record.seq} differs from the one seen before",
-                ))
-        if newest is not None and newest.record.seq > friend.hw_seq:
-            self.friends.update(
-                friend.nickname, hw_seq=newest.record.seq, hw_hash=newest.digest.hex(),
-                lane_page=lambda old: max(old, top),
-            )
-        elif top > friend.lane_page:
-            self.friends.update_page_num(friend.nickname, top)
-        return problems
+    def _rotation_numbers(self, state: ConversationState, base: int) -> list[int]:
+        """The next ``rotation_pages`` older pages of the friend's lane to re-read, in rotation."""
+        older = base - 2  # pages below the usual window
+        if older < 1 or self.rotation_pages < 1:
+            return []
+        start = state.theirs.rotation % older
+        return sorted({(start + i) % older + 1 for i in range(min(self.rotation_pages, older))})
 
-    def _confirm(self, conversation: str, friend: Friend, state: LaneState, view: _LaneView) -> int:
-        """Mark own messages delivered when a ledger read returned them; re-send overdue ones."""
-        seen: set[int] = set()  # our sequence numbers that this round's reads returned
+    def _fetch(self, wanted: dict[str, tuple[bool, int, int]], session: _Session) -> None:
+        if not wanted:
+            return
+        values = self.ledger.get_many(list(wanted))
+        for key, (mine, epoch, number) in wanted.items():
+            view = session.mine if mine else session.theirs
+            view.pages[(epoch, number)] = values.get(key)
+            if not mine:
+                session.fresh.add((epoch, number))
+
+    def _refetch_window(self, pair: _Pair, session: _Session, mine: bool, epoch: int, low: int, top: int) -> None:
+        view = session.mine if mine else session.theirs
+        wanted: dict[str, tuple[bool, int, int]] = {}
+        for number in range(max(low, 1), top + 1):
+            if (epoch, number) not in view.pages:
+                wanted[self._address(pair, mine, epoch, number)] = (mine, epoch, number)
+        self._fetch(wanted, session)
+
+    def _page_or_problem(
+        self, pair: _Pair, state: ConversationState, session: _Session, mine: bool, epoch: int, number: int,
+        problems: list[Problem], used_keys: dict[tuple[int, int], int],
+    ) -> OpenPage | None:
+        view = session.mine if mine else session.theirs
+        value = view.pages.get((epoch, number))
+        if value is None:
+            return None
+        opened = self._open(pair, state, mine, epoch, number, value, used_keys)
+        if isinstance(opened, Problem):
+            problems.append(opened)
+            return None
+        return opened
+
+    def _present(
+        self, pair: _Pair, state: ConversationState, session: _Session, mine: bool, epoch: int, number: int,
+        used_keys: dict[tuple[int, int], int],
+    ) -> bool:
+        """True when page ``number`` of ``epoch`` is on the ledger and verifies (junk does not count)."""
+        view = session.mine if mine else session.theirs
+        value = view.pages.get((epoch, number))
+        if value is None:
+            return False
+        return isinstance(self._open(pair, state, mine, epoch, number, value, used_keys), OpenPage)
+
+    def _discover_top(
+        self, pair: _Pair, state: ConversationState, session: _Session, mine: bool, epoch: int, base: int,
+        used_keys: dict[tuple[int, int], int],
+    ) -> int:
+        """The newest page of a lane's epoch that verifies; the stored hint is only a starting point."""
+        view = session.mine if mine else session.theirs
+        top = base if base and self._present(pair, state, session, mine, epoch, base, used_keys) else 0
+        if not top:
+            # The hint's page is gone or junk: the newest verified page below it, from what was read.
+            candidates = [n for (e, n) in view.pages if e == epoch and n < max(base, 1) + 3]
+            for number in sorted(candidates, reverse=True):
+                if self._present(pair, state, session, mine, epoch, number, used_keys):
+                    top = number
+                    break
+        while True:
+            probes = [top + step for step in _GALLOP]
+            if (epoch, top + 1) in session.fresh and not self._present(
+                pair, state, session, mine, epoch, top + 1, used_keys
+            ):
+                # Pages are written in order: with the next one absent, the lane has not grown.
+                return top
+            # A page found missing in an earlier update may exist now: never trust an old miss.
+            self._fetch({
+                self._address(pair, mine, epoch, n): (mine, epoch, n)
+                for n in probes if (epoch, n) not in session.fresh
+            }, session)
+            found = max((n for n in probes if self._present(pair, state, session, mine, epoch, n, used_keys)),
+                        default=0)
+            if found == 0:
+                return top
+            top = found
+
+    def _follow_restarts(
+        self, pair: _Pair, state: ConversationState, session: _Session, epoch: int, problems: list[Problem],
+        used_keys: dict[tuple[int, int], int],
+    ) -> int:
+        """The friend's current epoch: a verified page 1 of the next epoch is an honest restart."""
+        view = session.theirs
+        if not state.theirs.epoch:
+            # No checkpoint: the newest epoch whose first page verifies.
+            found = [e for e in range(1, _MAX_EPOCH_PROBE + 1)
+                     if self._present(pair, state, session, False, e, 1, used_keys)]
+            epoch = max(found, default=1)
+        while True:
+            key = self._address(pair, False, epoch + 1, 1)
+            if (epoch + 1, 1) not in view.pages:
+                self._fetch({key: (False, epoch + 1, 1)}, session)
+            if not self._present(pair, state, session, False, epoch + 1, 1, used_keys):
+                break
+            epoch += 1
+            if state.theirs.epoch and epoch > state.theirs.epoch:
+                problems.append(Problem(pair.friend.nickname, "restart",
+                                        f"{pair.friend.nickname} restarted their side of the conversation"))
+        return epoch
+
+    def _read_own(
+        self, pair: _Pair, state: ConversationState, own: OwnLane, session: _Session, older: bool,
+        everything: bool, problems: list[Problem],
+    ) -> tuple[list[ChatMessage], bool]:
+        """Our own messages in the window, with their delivery status; re-send what is overdue."""
+        view = session.mine
+        if own.epoch == 0:
+            return [], False
+        # Another copy of this identity wrote past our state (a backup restored, a second machine):
+        # never write over it; the next send restarts the lane in a new epoch.
+        ahead = [(own.epoch, own.page + 1), (own.epoch + 1, 1)]
+        if any(view.pages.get(pid) is not None for pid in ahead) and not own.restart_needed:
+            with pair.store.lock():
+                fresh = pair.store.load()
+                fresh_own = OwnLane.from_dict(fresh.mine)
+                # Unless this profile's other process wrote it since this update began.
+                if (fresh_own.epoch, fresh_own.page) == (own.epoch, own.page):
+                    fresh_own.restart_needed = own.restart_needed = "another copy of this profile wrote here"
+                    fresh.mine = fresh_own.to_dict()
+                    pair.store.save(fresh)
+                    problems.append(Problem(
+                        ME, "restart", "this profile is behind its own lane (restored from a backup, or used "
+                        "on another machine): your next message starts a new epoch",
+                    ))
+        if everything:
+            view.low = 1
+        elif view.low == 0 or view.epoch != own.epoch:
+            view.low = max(own.page - 1, 1)
+        elif older:
+            view.low = max(view.low - 1, 1)
+        view.epoch, view.top = own.epoch, own.page
+        missing = [n for n in range(view.low, own.page + 1) if str(n) not in own.pages]
+        self._refetch_window(pair, session, True, own.epoch, min(missing, default=1), max(missing, default=0))
+        confirmed = self._confirm(pair, own, session)
+        messages: list[ChatMessage] = []
+        used: dict[tuple[int, int], int] = {}
+        for number in range(view.low, own.page + 1):
+            value = own.pages.get(str(number)) or view.pages.get((own.epoch, number))
+            if value is None:
+                problems.append(Problem(ME, "gap", f"your page {number} is missing from the ledger"))
+                continue
+            opened = self._open(pair, state, True, own.epoch, number, value, used)
+            if isinstance(opened, Problem):
+                problems.append(opened)
+                continue
+            for record in opened.records:
+                status = "delivered" if record.seq <= confirmed else "pending"
+                messages.append(ChatMessage(
+                    sender=ME, receiver=pair.friend.nickname, time=record.timestamp, type=record.type,
+                    type_ext=record.type_ext, body=record.body, seq=record.seq, status=status, epoch=own.epoch,
+                ))
+        return messages, view.low > 1
+
+    def _confirm(self, pair: _Pair, own: OwnLane, session: _Session) -> int:
+        """Mark own messages delivered when a ledger read returned them; re-send overdue pages."""
+        seen: set[int] = set()
         overdue: list[str] = []
         now = self.clock()
-        for number, local_value in sorted(state.pages.items(), key=lambda kv: int(kv[0])):
-            local = self._read_page(local_value).all_messages()
-            if not local or local[-1].seq <= state.confirmed_seq:
-                continue
-            remote_value = view.pages.get(int(number))
-            remote_seqs: set[tuple[int, bytes]] = set()
+        for page_number in own.unconfirmed():
+            local = SealedPage.from_string(own.pages[str(page_number)])
+            first = own.last_seq[str(page_number)] - len(local.records) + 1
+            remote_value = session.mine.pages.get((own.epoch, page_number))
+            remote: list[bytes] = []
             if remote_value is not None:
                 try:
-                    remote_seqs = {(r.seq, r.signature) for r in self._read_page(remote_value).all_messages()}
+                    remote = SealedPage.from_string(remote_value).records
                 except PageFormatError:
-                    remote_seqs = set()
-            confirmed_here = [r.seq for r in local if (r.seq, r.signature) in remote_seqs]
-            seen.update(confirmed_here)
-            if len(confirmed_here) != len(local):
-                written = state.written_at.get(number)
+                    remote = []
+            matching = [first + i for i, rec in enumerate(local.records) if i < len(remote) and remote[i] == rec]
+            seen.update(matching)
+            if len(matching) != len(local.records):
+                written = own.written_at.get(str(page_number))
                 if written is None or now - parse_timestamp(written) >= self.resend_after:
-                    overdue.append(number)
-        # Confirmed means every message up to here was returned by a read: a later page that arrived
-        # says nothing about an earlier page whose write was lost, which must stay in the outbox.
-        newly_confirmed = state.confirmed_seq
-        while newly_confirmed + 1 in seen:
-            newly_confirmed += 1
-        if newly_confirmed == state.confirmed_seq and not overdue:
-            return state.confirmed_seq
-        with self._lane_lock(conversation):
-            fresh = self._load_state(conversation) or state
-            fresh.confirmed_seq = max(fresh.confirmed_seq, newly_confirmed)
+                    overdue.append(str(page_number))
+        newly = own.confirmed
+        while newly + 1 in seen:
+            newly += 1
+        if newly == own.confirmed and not overdue:
+            return own.confirmed
+        with pair.store.lock():
+            state = pair.store.load()
+            fresh = OwnLane.from_dict(state.mine)
+            if fresh.epoch != own.epoch:
+                return own.confirmed
+            fresh.confirmed = max(fresh.confirmed, newly)
             for number in overdue:
                 value = fresh.pages.get(number)
                 if value is None:
                     continue
                 try:
-                    self.ledger.set(page_key(conversation, self.my_fingerprint, int(number)), value)
+                    self.ledger.set(self._address(pair, True, fresh.epoch, int(number)), value)
                     fresh.written_at[number] = format_timestamp(self.clock())
                 except LedgerError as exc:
                     log.warning("re-send failed: %s", exc)
-            self._prune_state(fresh)
-            self._save_state(conversation, fresh)
-            for number in overdue:
                 # Re-read re-sent pages next time instead of trusting this session's old copy.
-                view.pages.pop(int(number), None)
-            return fresh.confirmed_seq
+                session.mine.pages.pop((fresh.epoch, int(number)), None)
+            fresh.prune()
+            state.mine = fresh.to_dict()
+            pair.store.save(state)
+            own.confirmed = fresh.confirmed
+            return fresh.confirmed
+
+    def _remember(
+        self, pair: _Pair, pages: dict[int, OpenPage | None], result: object, epoch: int, top: int,
+        rotation: Sequence[int], used_keys: dict[tuple[int, int], int], problems: list[Problem],
+    ) -> None:
+        """Keep what this update verified: checkpoint, digests, page secrets, the friend's newest key."""
+        from reschat.lane import LaneResult
+
+        assert isinstance(result, LaneResult)
+        opened = {n: p for n, p in pages.items() if p is not None}
+        publish = False
+        with pair.store.lock():
+            state = pair.store.load()
+            theirs = state.theirs
+            changed = False
+            if theirs.epoch != epoch and epoch >= theirs.epoch:
+                if theirs.epoch:
+                    theirs.restarts_seen += 1
+                theirs.epoch, theirs.top, theirs.seq, theirs.digest = epoch, 0, 0, ""
+                changed = True
+            for number, page in opened.items():
+                pid = page_id(epoch, number)
+                if theirs.secrets.get(pid) != page.page_secret.hex():
+                    theirs.secrets[pid] = page.page_secret.hex()
+                    changed = True
+            rewritten = {p.detail for p in problems if p.kind == "rewritten"}
+            for record, digest in result.records:
+                key = f"{epoch}:{record.seq}"
+                if key not in theirs.digests:
+                    theirs.digests[key] = digest.hex()
+                    changed = True
+            if result.newest and result.newest[0] > theirs.seq and not rewritten:
+                theirs.seq, theirs.digest = result.newest[0], result.newest[1].hex()
+                changed = True
+            if top and top > theirs.top and top in opened:
+                theirs.top = top
+                changed = True
+            newest_page = opened.get(top) if top else None
+            if newest_page is not None and theirs.receive_key != newest_page.header.next_receive_key.hex():
+                theirs.receive_key = newest_page.header.next_receive_key.hex()
+                theirs.receive_key_at = page_id(epoch, top)
+                changed = True
+            if rotation:
+                theirs.rotation += len(rotation)
+                changed = True
+            # Receive keys the friend has moved past are deleted: their pages now use a newer one.
+            used = [used_keys[(epoch, n)] for n in sorted(opened) if (epoch, n) in used_keys]
+            newest_used = max((i for i in used if i > 0), default=0)
+            if newest_used:
+                before = len(state.receive_keys)
+                state.receive_keys = [e for e in state.receive_keys if e.index >= newest_used]
+                changed = changed or len(state.receive_keys) != before
+            # A reader who only reads still moves on: a page keyed to our card's static keys, or to
+            # an older receive key than our newest, gets a fresh key announced in our lane.
+            newest_own = max((e.index for e in state.receive_keys), default=0)
+            for number in sorted(opened):
+                index = used_keys.get((epoch, number))
+                pid = page_id(epoch, number)
+                if index is None or index < 0 or pid in state.moved_on:
+                    continue
+                if index == 0 or index < newest_own:
+                    state.moved_on = [*state.moved_on[-63:], pid]
+                    publish = True
+                    changed = True
+            if publish:
+                self._publish_receive_key(pair, state)
+            elif changed:
+                pair.store.save(state)
+
+    def _count_unread(self, friend: Friend, result: object, epoch: int) -> None:
+        from reschat.lane import LaneResult
+
+        assert isinstance(result, LaneResult)
+        read_epoch, read_seq = (int(x) for x in friend.read.split(":"))
+        unread = sum(1 for r, _d in result.records if (epoch, r.seq) > (read_epoch, read_seq))
+        newest = f"{epoch}:{result.newest[0]}" if result.newest else friend.seen
+        if unread != friend.unread or newest != friend.seen:
+            self.friends.update(friend.nickname, unread=unread, seen=newest,
+                                updated=format_timestamp(self.clock()))
 
     def mark_read(self, nickname: str) -> None:
         """Everything received from ``nickname`` so far has been shown."""
-        newest = self.friends.get_friend(nickname).hw_seq
-        self.friends.update(nickname, read_seq=lambda old: max(old, newest))
+        friend = self.friends.get_friend(nickname)
+        self.friends.update(nickname, read=friend.seen, unread=0)
 
     def unread_counts(self) -> dict[str, int]:
-        """Unread messages per friend, from one concurrent round of reads of each friend's lane head."""
-        return peek_unread_counts(self.identity.public_key, self.friends, self.ledger)
+        """Unread messages per friend, from one verified update of each friend's lane."""
+        counts: dict[str, int] = {}
+        for friend in self.friends.all_friends():
+            try:
+                self.get_update(friend.nickname)
+            except (KeyFormatError, ProfileError, LedgerError) as exc:
+                log.warning("cannot update %s: %s", friend.nickname, exc)
+            counts[friend.nickname] = self.friends.get_friend(friend.nickname).unread
+        return counts
 
     # -- files (the format is described in files.py) ------------------------------------------------
 
     def send_file(self, nickname: str, path: Path) -> SendResult:
         """Send the file at ``path`` (at most 5 MiB) to ``nickname``: encrypted chunks, then a signed manifest."""
-        return files.send_file(self, nickname, path)
+        self.friends.get_friend(nickname)  # an unknown friend fails before anything is written
+        prepared = files.prepare_file(path, self.randfunc)
+        files.store_chunks(self.ledger, prepared.chunks)
+        return self.send_message(prepared.manifest, nickname, msg_type=files.FILE_TYPE, type_ext=prepared.type_ext)
 
     def save_file(self, message: ChatMessage, downloads_dir: Path) -> Path:
         """Verify the file of a ``file`` message and save it as a new file in ``downloads_dir``."""
-        return files.save_file(self, message, downloads_dir)
+        return files.save_file(self.ledger, message, downloads_dir)
 
 
-def _newest_seq(value: str | None, conversation: str, sender: str) -> int:
-    """The highest sequence number a page claims, for unread counts (verified when the chat opens)."""
-    if value is None:
-        return 0
-    try:
-        page = Page.from_string(value)
-    except PageFormatError:
-        return 0
-    if page.conversation != conversation or page.sender != sender:
-        return 0
-    return max((r.seq for r in page.all_messages()), default=0)
+class _Unopenable(Exception):
+    pass
 
 
-def _unique(problems: list[IntegrityProblem]) -> list[IntegrityProblem]:
+def _unique(problems: list[Problem]) -> list[Problem]:
     seen: set[tuple[str, str, str]] = set()
     result = []
     for problem in problems:
@@ -863,33 +878,19 @@ def _unique(problems: list[IntegrityProblem]) -> list[IntegrityProblem]:
     return result
 
 
-def peek_unread_counts(own_key: RSA.RsaKey, friends: FriendStore, ledger: Ledger) -> dict[str, int]:
-    """Unread counts like ``ChatService.unread_counts``, with only the public key (no password).
-
-    For listings that should not need the private key; the counts are what the friends' pages
-    claim, verified only when the conversation is opened.
-    """
-    heads: list[tuple[Friend, str, list[str]]] = []
-    for friend in friends.all_friends():
-        conversation = crypto.conversation_id(own_key, friend.key)
-        numbers = (friend.lane_page, friend.lane_page + 1)
-        heads.append((friend, conversation, [page_key(conversation, friend.fingerprint, n) for n in numbers]))
-    values = ledger.get_many([key for _f, _c, keys in heads for key in keys]) if heads else {}
-    counts: dict[str, int] = {}
-    for friend, conversation, keys in heads:
-        newest = max([friend.hw_seq] + [_newest_seq(values.get(k), conversation, friend.fingerprint) for k in keys])
-        counts[friend.nickname] = max(0, newest - friend.read_seq)
-    return counts
+def peek_unread_counts(friends: FriendStore) -> dict[str, int]:
+    """Unread counts without the password: those of each friend's last verified update."""
+    return {friend.nickname: friend.unread for friend in friends.all_friends()}
 
 
 __all__ = [
+    "GENESIS_HASH",
     "MAX_TEXT_BYTES",
     "ChatMessage",
     "ChatService",
     "ConversationView",
     "IntegrityProblem",
     "SendResult",
-    "page_key",
+    "peek_unread_counts",
     "utc_now",
 ]
-

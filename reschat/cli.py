@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from reschat import __version__, crypto, files
-from reschat.app import ProfilePaths, build_ledger, open_chat, open_friend_store
+from reschat.app import ProfilePaths, open_chat, open_friend_store
 from reschat.chat import ChatMessage, IntegrityProblem, peek_unread_counts
 from reschat.config import Settings, load_settings
 from reschat.doctor import format_report, run_doctor
-from reschat.errors import LedgerError, MessageError, PageFormatError, ProfileError, ReschatError
+from reschat.errors import MessageError, PageFormatError, ProfileError, ReschatError
 from reschat.render import format_conversation, neutralize
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,6 @@ def message_json(message: ChatMessage) -> dict[str, Any]:
         "size": len(message.body),
         "seq": message.seq,
         "status": message.status,
-        "verified": message.verified,
     }
     if is_file:
         try:
@@ -285,7 +284,11 @@ def cmd_init(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
 
 def cmd_whoami(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     key = crypto.load_public_key(settings.home)
-    print(crypto.make_card(crypto.load_name(settings.home), key))
+    card = crypto.load_card(settings.home)
+    if card is None:
+        # An identity made before cards carried static keys gains them at its next unlock.
+        card = _unlock(args, settings, env).card
+    print(card)
     print(crypto.fingerprint(key))
     return ExitStatus.OK
 
@@ -310,7 +313,7 @@ def _card_text(card: str) -> str:
 def cmd_add(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     friends = open_friend_store(settings)
     contact = crypto.parse_contact(_card_text(args.card))
-    friend = friends.add_friend(args.nick, contact.public_key, contact.name)
+    friend = friends.add_friend(args.nick, contact)
     card_name = f" (name on the card: {neutralize(contact.name)})" if contact.name else ""
     print(f"Added {neutralize(friend.nickname)}{card_name}")
     print(f"Fingerprint: {crypto.fingerprint(contact.public_key)}")
@@ -320,11 +323,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]
 def cmd_friends(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     store = open_friend_store(settings)
     friends = store.all_friends()
-    try:
-        counts = peek_unread_counts(crypto.load_public_key(settings.home), store, build_ledger(settings))
-    except LedgerError as exc:
-        print(f"reschat: warning: {neutralize(str(exc))}; unread counts are as of the last update", file=sys.stderr)
-        counts = {friend.nickname: friend.unread for friend in friends}
+    # Fresh counts need the private keys; without the password these are the last verified ones.
+    counts = peek_unread_counts(store)
     rows: list[dict[str, Any]] = [
         {
             "nickname": friend.nickname,

@@ -1,31 +1,25 @@
 """Files in a conversation: encrypted once, stored as chunks, announced by a signed ``file`` message.
 
-The format, version 1
+The format, version 2
 ---------------------
 Sending a file of at most ``MAX_FILE_BYTES`` (5 MiB):
 
 1. A fresh random 256-bit *file key* encrypts the whole file once with AES-256-GCM
-   (``crypto.encrypt_message``: ``nonce (12) || ciphertext || tag (16)``, AAD ``reschat-file/1``).
-   The key is used for this one file only, so the blob needs nothing else bound to it.
-2. The blob is cut into pieces of ``CHUNK_BYTES``; each piece becomes one ledger value
-   ``reschat-chunk/1:<base64>``, which is printable ASCII within the ledger's value limit and says
-   what it is to anyone listing the ledger. An empty file still makes one chunk (nonce and tag).
-3. Each chunk is stored under ``reschat1f-<SHA-256 of the chunk value, hex>``. Content addressing
-   gives keys that are deterministic from the manifest, unguessable before the file is sent (they hash
-   random ciphertext), never collide with another file's, and make a chunk that someone overwrote
-   (anyone may write any key) detectable before anything is decrypted.
+   (``crypto.encrypt_message``: ``nonce (12) || ciphertext || tag (16)``, AAD ``reschat-file/2``).
+2. The blob is cut into pieces of ``CHUNK_BYTES``; the last piece is padded with zeros, so every
+   chunk of every file has the same size. Each piece becomes one ledger value ``reschat2:<base64>``.
+3. Chunk i is stored under ``schedule.chunk_address(file key, i)``: an address only the holders of
+   the file key can compute, shaped like every other ResChat address.
 4. Only then the *manifest* is sent as the message body with type ``file`` and the file's extension
-   as type extension, so it is signed and sealed like any message (the chunk keys, the file key and
-   the name never appear in clear). It is compact JSON::
+   as type extension, so it is signed and sealed like any message. It is compact JSON::
 
-       {"v":1,"name":"report.pdf","size":1234,"sha256":"<hex of the plaintext>",
+       {"v":2,"name":"report.pdf","size":1234,"sha256":"<hex of the plaintext>",
         "key":"<base64 of the file key>","chunks":["<hex SHA-256 of chunk 1's value>", ...]}
-
-   A 5 MiB file makes 54 chunks and a manifest of about 4 KiB.
 
 Receiving reads every chunk in one ``get_many``, checks each chunk's hash (a missing or altered
 chunk is an IntegrityError that names it), decrypts, checks length and SHA-256 of the plaintext, and
 only then writes a new file (mode 0600, never over an existing one) in the downloads directory.
+This module knows nothing of conversations: ``chat`` announces and reads the messages.
 """
 
 from __future__ import annotations
@@ -44,23 +38,29 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from reschat import crypto
+from reschat import crypto, schedule
 from reschat.errors import IntegrityError, MessageError, PageFormatError
 from reschat.ledger.base import MAX_VALUE_BYTES, Ledger
 
-if TYPE_CHECKING:
-    from reschat.chat import ChatMessage, ChatService, SendResult
-
 FILE_TYPE = "file"
 MAX_FILE_BYTES = 5 * 1024 * 1024
-FORMAT_VERSION = 1
-CHUNK_PREFIX = f"reschat-chunk/{FORMAT_VERSION}:"
-KEY_PREFIX = "reschat1f-"
+FORMAT_VERSION = 2
+CHUNK_PREFIX = "reschat2:"
 #: The most plaintext-blob bytes one ledger value holds after base64 (a multiple of 3: no padding).
 CHUNK_BYTES = (MAX_VALUE_BYTES - len(CHUNK_PREFIX)) // 4 * 3
-_AAD = b"reschat-file/1"
+_AAD = b"reschat-file/2"
+
+
+class FileMessage(Protocol):
+    """What this module needs of a message: its type and its (decrypted) body."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def body(self) -> bytes: ...
 _SEAL_OVERHEAD = 12 + 16  # GCM nonce and tag around the ciphertext
 #: Upper bound on the chunks a manifest may list: what the largest file needs, with slack for a
 #: future, smaller chunk size. It keeps a damaged manifest from asking for thousands of reads.
@@ -93,16 +93,11 @@ class FileInfo:
     @property
     def chunk_keys(self) -> list[str]:
         """The ledger keys of the chunks, in order."""
-        return [chunk_key(digest) for digest in self.chunks]
+        return [schedule.chunk_address(self.key, index) for index in range(len(self.chunks))]
 
     @property
     def extension(self) -> str:
         return file_extension(self.name)
-
-
-def chunk_key(digest: str) -> str:
-    """The ledger key of the chunk whose value has SHA-256 ``digest``."""
-    return KEY_PREFIX + digest
 
 
 # --- names -------------------------------------------------------------------------------------
@@ -178,7 +173,7 @@ def file_label(info: FileInfo) -> str:
     return f"file {info.name} ({human_size(info.size)})"
 
 
-def message_label(message: ChatMessage) -> str:
+def message_label(message: FileMessage) -> str:
     """``file_label`` of a ``file`` message, or a short note when its manifest is damaged."""
     try:
         return file_label(describe(message))
@@ -229,13 +224,16 @@ def _too_large(path: Path, size: int, limit: int) -> str:
 
 
 def encrypt_file(data: bytes, randfunc: crypto.RandFunc | None = None) -> tuple[bytes, list[str]]:
-    """Encrypt ``data`` under a fresh file key; returns the key and the chunk values, in order."""
+    """Encrypt ``data`` under a fresh file key; returns the key and the chunk values, in order.
+
+    Every chunk is ``CHUNK_BYTES`` long (the last one padded with zeros), so that the ledger shows
+    only how many chunks a file has, not its size.
+    """
     key = crypto.new_symmetric_key(randfunc)
     blob = crypto.encrypt_message(key, data, _AAD, randfunc)
-    values = [
-        CHUNK_PREFIX + base64.b64encode(blob[start : start + CHUNK_BYTES]).decode("ascii")
-        for start in range(0, len(blob), CHUNK_BYTES)
-    ]
+    pieces = [blob[start : start + CHUNK_BYTES] for start in range(0, len(blob), CHUNK_BYTES)]
+    pieces[-1] = pieces[-1] + bytes(CHUNK_BYTES - len(pieces[-1]))
+    values = [CHUNK_PREFIX + base64.b64encode(piece).decode("ascii") for piece in pieces]
     return key, values
 
 
@@ -256,12 +254,16 @@ def _value_digest(value: str) -> str:
     return hashlib.sha256(value.encode("ascii")).hexdigest()
 
 
-def store_chunks(ledger: Ledger, values: Sequence[str], *, max_workers: int | None = None) -> None:
-    """Write every chunk under its content address; concurrent, since a remote ``set`` is a round trip.
+def chunk_items(key: bytes, values: Sequence[str]) -> list[tuple[str, str]]:
+    """(ledger key, value) of each chunk of the file sealed with ``key``."""
+    return [(schedule.chunk_address(key, index), value) for index, value in enumerate(values)]
+
+
+def store_chunks(ledger: Ledger, items: Sequence[tuple[str, str]], *, max_workers: int | None = None) -> None:
+    """Write every chunk under its address; concurrent, since a remote ``set`` is a round trip.
 
     A LedgerError from any write is raised (after the others finished), before anything is announced.
     """
-    items = [(chunk_key(_value_digest(value)), value) for value in values]
     workers = max(1, min(len(items), max_workers or ledger.max_concurrency))
     if workers == 1:
         for key, value in items:
@@ -273,29 +275,28 @@ def store_chunks(ledger: Ledger, values: Sequence[str], *, max_workers: int | No
             future.result()
 
 
-def send_file(
-    chat: ChatService, nickname: str, path: Path, *, max_workers: int | None = None
-) -> SendResult:
-    """Send the file at ``path`` to ``nickname``: chunks first, then the signed ``file`` message.
+@dataclass(frozen=True)
+class PreparedFile:
+    """A file ready to send: its manifest (the message body), type extension and chunks."""
 
-    Raises MessageError for a path that cannot be sent (missing, a directory, unreadable, over
-    5 MiB), UnknownFriendError for an unknown nickname and LedgerError when a chunk cannot be
-    written; the returned SendResult is the announcing message's (``body`` is the manifest).
-    """
+    manifest: bytes
+    type_ext: str
+    chunks: list[tuple[str, str]]
+
+
+def prepare_file(path: Path, randfunc: crypto.RandFunc | None = None) -> PreparedFile:
+    """Read and encrypt the file at ``path``; MessageError for a path that cannot be sent."""
     path = Path(path).expanduser()
-    chat.friends.get_friend(nickname)  # an unknown friend fails before anything is written
     data = read_local_file(path)
     name = sanitize_filename(path.name)
-    key, values = encrypt_file(data, chat.randfunc)
-    manifest = make_manifest(name, data, key, values)
-    store_chunks(chat.ledger, values, max_workers=max_workers)
-    return chat.send_message(manifest, nickname, msg_type=FILE_TYPE, type_ext=file_extension(name))
+    key, values = encrypt_file(data, randfunc)
+    return PreparedFile(make_manifest(name, data, key, values), file_extension(name), chunk_items(key, values))
 
 
 # --- receiving ------------------------------------------------------------------------------------
 
 
-def describe(message: ChatMessage) -> FileInfo:
+def describe(message: FileMessage) -> FileInfo:
     """Parse the manifest of a ``file`` message; PageFormatError when it is damaged or unknown."""
     if message.type != FILE_TYPE:
         raise MessageError("that message is not a file")
@@ -343,11 +344,12 @@ def parse_manifest(body: bytes) -> FileInfo:
 
 def fetch_file(ledger: Ledger, info: FileInfo) -> bytes:
     """Read, verify and decrypt the file ``info`` describes; IntegrityError on any mismatch."""
-    values = ledger.get_many(info.chunk_keys)
+    keys = info.chunk_keys
+    values = ledger.get_many(keys)
     total = len(info.chunks)
     parts: list[bytes] = []
     for index, digest in enumerate(info.chunks, start=1):
-        value = values.get(chunk_key(digest))
+        value = values.get(keys[index - 1])
         if value is None:
             raise IntegrityError(
                 f"chunk {index} of {total} of {info.name} is missing from the ledger "
@@ -360,6 +362,9 @@ def fetch_file(ledger: Ledger, info: FileInfo) -> bytes:
             raise IntegrityError(f"chunk {index} of {total} of {info.name} is not a ResChat file chunk")
         parts.append(base64.b64decode(body))
     blob = b"".join(parts)
+    if len(blob) < info.size + _SEAL_OVERHEAD or any(blob[info.size + _SEAL_OVERHEAD :]):
+        raise IntegrityError(f"{info.name}: the chunks do not add up to the announced size")
+    blob = blob[: info.size + _SEAL_OVERHEAD]
     if len(blob) != info.size + _SEAL_OVERHEAD:
         raise IntegrityError(f"{info.name}: the chunks do not add up to the announced size")
     try:
@@ -371,14 +376,14 @@ def fetch_file(ledger: Ledger, info: FileInfo) -> bytes:
     return data
 
 
-def save_file(chat: ChatService, message: ChatMessage, downloads_dir: Path) -> Path:
+def save_file(ledger: Ledger, message: FileMessage, downloads_dir: Path) -> Path:
     """Fetch, verify and save the file of ``message`` in ``downloads_dir``; returns the new file's path.
 
     Works for both directions (the sender can read back its own files). Nothing is written unless
     every check passed; an existing file is never replaced: ``name (1).ext``, ``name (2).ext``...
     """
     info = describe(message)
-    data = fetch_file(chat.ledger, info)
+    data = fetch_file(ledger, info)
     return write_new_file(Path(downloads_dir), info.name, data)
 
 
@@ -432,7 +437,7 @@ __all__ = [
     "CHUNK_BYTES",
     "MAX_FILE_BYTES",
     "FileInfo",
-    "chunk_key",
+    "PreparedFile",
     "describe",
     "fetch_file",
     "file_extension",
@@ -440,7 +445,8 @@ __all__ = [
     "human_size",
     "message_label",
     "parse_manifest",
+    "prepare_file",
     "sanitize_filename",
     "save_file",
-    "send_file",
+    "store_chunks",
 ]

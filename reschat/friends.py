@@ -1,4 +1,4 @@
-"""The friend store: nickname -> pinned public key, lane page hints and integrity high-water marks.
+"""The friend store: nickname -> pinned card (RSA key, static keys), and the counts of the last update.
 
 Backed by TinyDB, as the seed's "local json database". The storage below replaces the file
 atomically on every write and each change runs under an inter-process lock, so a crash or a second
@@ -22,8 +22,9 @@ from tinydb import Query, TinyDB
 from tinydb.storages import MemoryStorage, Storage
 from tinydb.table import Table
 
-from reschat.crypto import fingerprint_bytes, public_key_to_string, string_to_public_key
+from reschat.crypto import Contact, fingerprint_bytes, public_key_to_string, string_to_public_key
 from reschat.errors import DuplicateFriendError, KeyFormatError, ProfileError, UnknownFriendError
+from reschat.kem import KemError, ReceivePublic
 from reschat.storage import atomic_write, file_lock
 
 MAX_NICKNAME_CHARS = 32
@@ -65,11 +66,13 @@ class Friend:
     public_key: str  # PEM, pinned when the friend was added
     fingerprint: str  # 64 lowercase hex digits: SHA-256 of the key's DER
     name: str | None = None  # the name their contact card carried
-    lane_page: int = 1  # hint: the newest page of their lane seen so far
-    hw_seq: int = 0  # high-water mark: the newest sequence number verified in their lane
-    hw_hash: str = ""  # ...and that record's hash, to detect rollbacks and forks
-    read_seq: int = 0  # the newest of their messages the user has seen
-    own_confirmed_seq: int = 0  # the newest of our own messages a ledger read has returned
+    statics: str = ""  # hex of their card's signed static hybrid public key (kem.ReceivePublic)
+    location: str = ""  # the ledger location their card named, if any
+    issued: int = 0  # when their card was issued
+    unread: int = 0  # unread messages as of the last verified update
+    seen: str = "0:0"  # "epoch:seq" of the newest of their messages verified so far
+    read: str = "0:0"  # "epoch:seq" of the newest of their messages the user has seen
+    updated: str = ""  # when ``unread`` was last computed from verified data
     added: str = ""
 
     @property
@@ -77,8 +80,12 @@ class Friend:
         return string_to_public_key(self.public_key)
 
     @property
-    def unread(self) -> int:
-        return max(0, self.hw_seq - self.read_seq)
+    def receive_public(self) -> ReceivePublic:
+        """Their card's static keys; KeyFormatError for a friend added from an old card."""
+        try:
+            return ReceivePublic.from_bytes(bytes.fromhex(self.statics))
+        except (ValueError, KemError) as exc:
+            raise KeyFormatError(f"{self.nickname}'s card has no static keys: ask for a new card") from exc
 
 
 def validate_nickname(nickname: str) -> str:
@@ -131,10 +138,10 @@ class FriendStore:
     def _same(a: str, b: str) -> bool:
         return a.casefold() == b.casefold()
 
-    def add_friend(self, nickname: str, public_key: str | RSA.RsaKey, name: str | None = None) -> Friend:
-        """Pin ``public_key`` under ``nickname``; reject duplicates, our own key and malformed keys."""
+    def add_friend(self, nickname: str, contact: Contact, name: str | None = None) -> Friend:
+        """Pin ``contact``'s card under ``nickname``; reject duplicates, our own key and malformed keys."""
         nickname = validate_nickname(nickname)
-        key = string_to_public_key(public_key) if isinstance(public_key, str) else public_key
+        key = contact.public_key
         fpr = fingerprint_bytes(key).hex()
         if self.own_fingerprint is not None and fpr == self.own_fingerprint:
             raise DuplicateFriendError("that is your own key: add your friend's key instead")
@@ -148,7 +155,10 @@ class FriendStore:
                 nickname=nickname,
                 public_key=public_key_to_string(key),
                 fingerprint=fpr,
-                name=name,
+                name=name if name is not None else contact.name,
+                statics=contact.statics.to_bytes().hex(),
+                location=contact.location,
+                issued=contact.issued,
                 added=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             )
             self._table.insert(asdict(friend))
@@ -168,10 +178,6 @@ class FriendStore:
 
     def all_friends(self) -> list[Friend]:
         return self._all()
-
-    def update_page_num(self, nickname: str, page: int) -> Friend:
-        """Raise the hint for the newest page of the friend's lane (never lowers it)."""
-        return self.update(nickname, lane_page=lambda old: max(old, page))
 
     def update(self, nickname: str, **changes: Any) -> Friend:
         """Change fields of one friend under the lock; a callable value maps the old value to the new."""

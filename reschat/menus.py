@@ -329,7 +329,7 @@ class Menus:
             "Compare it with the one your friend sees (for example on the phone) before you confirm.",
         )
         if self.confirm(f"Add {nickname} with this key? [y/n]: "):
-            friends.add_friend(nickname, contact.public_key, contact.name)
+            friends.add_friend(nickname, contact)
             self.say(f"Added {neutralize(nickname)}.")
         else:
             self.say("Not added.")

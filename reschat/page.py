@@ -1,9 +1,24 @@
-"""Page: the seed's container of 20 messages, and its one-line string form for the ledger.
+"""Page: the seed's container of 20 messages, sealed for the ledger (protocol 2, no I/O).
 
-A page belongs to one lane: the messages one sender wrote in one conversation. ``msg`` keeps the
-seed's six fields per message (receiver, type, timestamp, type extension, message for the sender,
-message for the receiver); ``integrity`` holds what makes a lane a signed hash chain (sequence number,
-hash of the previous record, signature). No I/O and no crypto beyond hashing happen here.
+What the ledger stores for a page is one line of printable ASCII::
+
+    reschat2:<base64 of: version | slot count | slots | sealed header | record count | sealed records>
+
+To a stranger all of it is opaque: each *slot* is a hybrid KEM encapsulation to one reader and the
+page secret wrapped under it; the *header* and every *record* are AES-256-GCM under keys derived from
+that page secret (``schedule``). Inside, the header names the conversation, the writer, the epoch,
+the page number, the link to the lane's previous record, a digest of the slots and the writer's next
+receive key, and is signed (RSA-PSS) by the writer. Each record holds the seed's fields (type,
+timestamp, type extension, text) with its sequence number, the hash of the lane's previous record and
+the causal mark (the newest record of the friend's lane its writer had seen), padded to a size bucket
+and followed by its RSA-PSS signature padded to 512 bytes (whatever the signer's key size). The
+signature covers the header's digest, so a record cannot be moved to another page, place or lane.
+
+In memory ``Page.msg`` keeps the seed's six columns (receiver, type, timestamp, type extension,
+message for the sender, message for the receiver) for the records that are open. One page secret
+serves the writer and every reader, so the message for the sender and the message for the receiver
+are the same sealed record: the seed needed two ciphertexts only because it encrypted to one RSA key
+at a time.
 """
 
 from __future__ import annotations
@@ -11,269 +26,405 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
-import re
+import struct
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
+from Crypto.Cipher import AES
 
+from reschat import schedule
 from reschat.errors import PageFormatError
+from reschat.kem import ENC_BYTES, PUBLIC_BYTES
 
 PAGE_CAPACITY = 20
 #: The longest page the ledger takes (one argv string for ``kv_service_tools``).
 MAX_PAGE_BYTES = 131_071
-FORMAT_VERSION = 1
-_PREFIX = f"reschat-page/{FORMAT_VERSION}:"
+FORMAT_VERSION = 2
+PREFIX = "reschat2:"
+OLD_PREFIXES = ("reschat-page/",)
+MAX_SLOTS = 32
 
-#: Column names of ``Page.msg`` (the seed's six fields) and ``Page.integrity``.
+#: Column names of ``Page.msg`` (the seed's six fields).
 MSG_FIELDS = ("receiver", "type", "timestamp", "type_ext", "for_sender", "for_receiver")
-INTEGRITY_FIELDS = ("seq", "prev", "signature")
-
+MESSAGE_TYPES = ("text", "file", "setting")
 GENESIS_HASH = bytes(32)
-MESSAGE_TYPES = ("text", "file")
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_TYPE_EXT = re.compile(r"[A-Za-z0-9._+-]{0,32}")
-_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
-_MAX_SEQ = 2**53
+SIGNATURE_SLOT = 512
+_WRAP_BYTES = 32 + 16
+SLOT_BYTES = ENC_BYTES + _WRAP_BYTES
+_TAG = 16
+_NONCE = bytes(12)  # every key seals exactly one plaintext: a fixed nonce is safe and saves 12 bytes
+_HEADER_FMT = ">B32s32sIIQ32sB32s"  # version, conversation, writer, epoch, number, first seq, link, kind, slots
+_HEADER_FIXED = struct.calcsize(_HEADER_FMT)
+HEADER_PLAIN_BYTES = _HEADER_FIXED + PUBLIC_BYTES + 8 + 2 + SIGNATURE_SLOT
+_RECORD_FMT = ">BQ32sqIQB"  # type, seq, prev, timestamp (us), causal epoch, causal seq, ext length
+_RECORD_FIXED = struct.calcsize(_RECORD_FMT)
+MAX_TYPE_EXT = 32
+MAX_SEQ = 2**53
+MAX_EPOCH = 2**31
+
+#: Timestamps outside this range are refused when parsed: they cannot be real, and far dates
+#: overflow local-time conversions.
+MIN_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
+MAX_TIME = datetime(2100, 1, 1, tzinfo=timezone.utc)
+_EPOCH0 = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return (moment - _EPOCH0) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    """The moment ``micros`` after 1970 UTC; PageFormatError outside 2000-01-01 to 2100-01-01."""
+    if not to_micros(MIN_TIME) <= micros < to_micros(MAX_TIME):
+        raise PageFormatError("a timestamp is outside 2000-2100")
+    return _EPOCH0 + timedelta(microseconds=micros)
 
 
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 in UTC with microseconds and a Z, so that text order is time order."""
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    # isoformat pads the year to four digits on every platform; strftime("%Y") does not on Linux.
     return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_timestamp(text: str) -> datetime:
-    if not _TIMESTAMP.fullmatch(text):
+    """Inverse of ``format_timestamp`` for local files; ASCII digits only, 2000-2100 only."""
+    if (
+        not isinstance(text, str) or len(text) != 27 or not text.isascii() or text[-1] != "Z"
+        or text[4] != "-" or text[7] != "-" or text[10] != "T" or text[19] != "."
+    ):
+        raise PageFormatError(f"bad timestamp {str(text)[:40]!r}")
+    digits = text[0:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16] + text[17:19] + text[20:26]
+    if not digits.isdigit() or text[13] != ":" or text[16] != ":":
         raise PageFormatError(f"bad timestamp {text[:40]!r}")
     try:
-        # The pattern fixed every field's place; building the datetime from them is ~10x faster than
-        # strptime, which mattered when a chat opens (two timestamps parsed per record).
-        return datetime(
+        moment = datetime(
             int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
             int(text[17:19]), int(text[20:26]), tzinfo=timezone.utc,
         )
     except ValueError as exc:
         raise PageFormatError(f"bad timestamp {text[:40]!r}") from exc
+    if not MIN_TIME <= moment < MAX_TIME:
+        raise PageFormatError(f"timestamp {text[:40]!r} is outside 2000-2100")
+    return moment
 
 
 def valid_type_ext(type_ext: str) -> bool:
-    """A type extension is a short token (a file's extension, for example)."""
-    return bool(_TYPE_EXT.fullmatch(type_ext))
+    """A type extension is a short token of letters, digits and ._+- (a file's extension, say)."""
+    return (
+        len(type_ext) <= MAX_TYPE_EXT and type_ext.isascii()
+        and all(ch.isalnum() or ch in "._+-" for ch in type_ext)
+    )
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    cipher = AES.new(key, AES.MODE_GCM, nonce=_NONCE, mac_len=_TAG)
+    cipher.update(aad)
+    body, tag = cipher.encrypt_and_digest(plaintext)
+    return bytes(body + tag)
 
 
-def _unb64(text: object, what: str) -> bytes:
-    if not isinstance(text, str) or not _B64.fullmatch(text) or len(text) % 4:
-        raise PageFormatError(f"{what} is not base64")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise PageFormatError(f"{what} is not base64") from exc
+def unseal(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """Inverse of ``seal``; ValueError when the key, data or aad do not match."""
+    if len(sealed) < _TAG:
+        raise ValueError("sealed data too short")
+    cipher = AES.new(key, AES.MODE_GCM, nonce=_NONCE, mac_len=_TAG)
+    cipher.update(aad)
+    return bytes(cipher.decrypt_and_verify(sealed[:-_TAG], sealed[-_TAG:]))
 
 
-def _hex64(text: object, what: str) -> str:
-    if not isinstance(text, str) or not _HEX64.fullmatch(text):
-        raise PageFormatError(f"{what} is not a 64-digit lowercase hex string")
-    return text
+def _pad_signature(signature: bytes) -> bytes:
+    if not 0 < len(signature) <= SIGNATURE_SLOT:
+        raise ValueError("signature does not fit its slot")
+    return len(signature).to_bytes(2, "big") + signature + bytes(SIGNATURE_SLOT - len(signature))
+
+
+def _unpad_signature(data: bytes) -> bytes:
+    size = int.from_bytes(data[:2], "big")
+    if not 0 < size <= SIGNATURE_SLOT or len(data) != 2 + SIGNATURE_SLOT or any(data[2 + size :]):
+        raise PageFormatError("bad signature slot")
+    return data[2 : 2 + size]
+
+
+# --- the header --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a page says about itself, all of it signed by its writer."""
+
+    conversation: bytes
+    writer: bytes  # SHA-256 fingerprint of the writer's RSA key
+    epoch: int
+    number: int
+    first_seq: int  # the sequence number its first record has (or will have)
+    link: bytes  # digest of the lane's record before this page; GENESIS_HASH at an epoch's start
+    kind: int  # 0: a pair's lane (groups use other kinds)
+    slots_digest: bytes
+    next_receive_key: bytes  # the writer's newest hybrid public key (kem.ReceivePublic bytes)
+    created: int  # microseconds since 1970, UTC
+    signature: bytes = b""
+
+    def signed_bytes(self) -> bytes:
+        fixed = struct.pack(
+            _HEADER_FMT, FORMAT_VERSION, self.conversation, self.writer, self.epoch, self.number,
+            self.first_seq, self.link, self.kind, self.slots_digest,
+        )
+        return b"reschat2-header" + fixed + self.next_receive_key + self.created.to_bytes(8, "big")
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.signed_bytes()).digest()
+
+    @property
+    def restart(self) -> bool:
+        """The first page of an epoch after the first: its writer restarted the lane."""
+        return self.epoch > 1 and self.number == 1
+
+    def to_plain(self) -> bytes:
+        return self.signed_bytes()[len(b"reschat2-header") :] + _pad_signature(self.signature)
+
+    @classmethod
+    def from_plain(cls, data: bytes) -> Header:
+        if len(data) != HEADER_PLAIN_BYTES:
+            raise PageFormatError("page header has the wrong size")
+        version, conversation, writer, epoch, number, first_seq, link, kind, slots_digest = struct.unpack(
+            _HEADER_FMT, data[:_HEADER_FIXED]
+        )
+        if version != FORMAT_VERSION:
+            raise PageFormatError("page header of an unknown version")
+        if not 1 <= epoch < MAX_EPOCH or not 1 <= number < MAX_SEQ or not 1 <= first_seq < MAX_SEQ:
+            raise PageFormatError("bad page header numbers")
+        rest = data[_HEADER_FIXED:]
+        created = int.from_bytes(rest[PUBLIC_BYTES : PUBLIC_BYTES + 8], "big")
+        return cls(
+            conversation=conversation, writer=writer, epoch=epoch, number=number, first_seq=first_seq,
+            link=link, kind=kind, slots_digest=slots_digest, next_receive_key=bytes(rest[:PUBLIC_BYTES]),
+            created=created, signature=_unpad_signature(rest[PUBLIC_BYTES + 8 :]),
+        )
+
+
+# --- records ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Record:
-    """One message of a lane, as stored: every field public, the texts sealed."""
+    """One message of a lane, open."""
 
-    receiver: str  # the receiver's fingerprint, 64 lowercase hex digits
     type: str
-    timestamp: datetime
-    type_ext: str
-    for_sender: bytes  # the text sealed for the sender
-    for_receiver: bytes  # the text sealed for the receiver
     seq: int
-    prev: bytes  # SHA-256 of the previous record of this lane (GENESIS_HASH before the first)
+    prev: bytes  # digest of the lane's previous record (GENESIS_HASH before the first of an epoch)
+    timestamp: datetime
+    causal: tuple[int, int]  # (epoch, seq) of the newest record of the friend's lane its writer had seen
+    type_ext: str
+    body: bytes
     signature: bytes = b""
 
-    def signed_bytes(self, conversation: str, sender: str, wrap_digest: bytes) -> bytes:
-        """Everything that identifies this record, in one unambiguous encoding, for signing and hashing."""
-        fields = [
-            "reschat-record/1",
-            conversation,
-            sender,
-            self.receiver,
-            self.seq,
-            self.prev.hex(),
-            format_timestamp(self.timestamp),
-            self.type,
-            self.type_ext,
-            _b64(self.for_sender),
-            _b64(self.for_receiver),
-            wrap_digest.hex(),
-        ]
-        return json.dumps(fields, separators=(",", ":")).encode("ascii")
+    def content(self) -> bytes:
+        ext = self.type_ext.encode("ascii")
+        fixed = struct.pack(
+            _RECORD_FMT, MESSAGE_TYPES.index(self.type), self.seq, self.prev, to_micros(self.timestamp),
+            self.causal[0], self.causal[1], len(ext),
+        )
+        return fixed + ext + len(self.body).to_bytes(4, "big") + self.body
 
-    def digest(self, conversation: str, sender: str, wrap_digest: bytes) -> bytes:
+    def signed_bytes(self, header_digest: bytes, index: int) -> bytes:
+        """Everything that identifies this record, in its page, place and lane."""
+        return b"reschat2-record" + header_digest + bytes([index]) + self.content()
+
+    def digest(self, header_digest: bytes, index: int) -> bytes:
         """The hash the next record of the lane names as ``prev``."""
-        return hashlib.sha256(self.signed_bytes(conversation, sender, wrap_digest)).digest()
-
-    def to_row(self) -> tuple[list[str], list[object]]:
-        msg = [
-            self.receiver,
-            self.type,
-            format_timestamp(self.timestamp),
-            self.type_ext,
-            _b64(self.for_sender),
-            _b64(self.for_receiver),
-        ]
-        return msg, [self.seq, self.prev.hex(), _b64(self.signature)]
+        return hashlib.sha256(self.signed_bytes(header_digest, index)).digest()
 
     @classmethod
-    def from_row(cls, msg: list[object], integrity: list[object]) -> Record:
-        receiver, mtype, timestamp, type_ext, for_sender, for_receiver = msg
-        seq, prev, signature = integrity
-        if mtype not in MESSAGE_TYPES:
-            raise PageFormatError(f"unknown message type {str(mtype)[:20]!r}")
-        if not isinstance(type_ext, str) or not _TYPE_EXT.fullmatch(type_ext):
-            raise PageFormatError("bad type extension")
-        if not isinstance(timestamp, str):
-            raise PageFormatError("bad timestamp")
-        if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= _MAX_SEQ:
+    def from_content(cls, data: bytes, signature: bytes) -> Record:
+        if len(data) < _RECORD_FIXED + 4:
+            raise PageFormatError("record too short")
+        type_index, seq, prev, micros, causal_epoch, causal_seq, ext_len = struct.unpack(
+            _RECORD_FMT, data[:_RECORD_FIXED]
+        )
+        if type_index >= len(MESSAGE_TYPES):
+            raise PageFormatError("unknown message type")
+        if not 1 <= seq < MAX_SEQ or causal_seq >= MAX_SEQ or causal_epoch >= MAX_EPOCH:
             raise PageFormatError("bad sequence number")
+        rest = data[_RECORD_FIXED:]
+        if ext_len > MAX_TYPE_EXT or len(rest) < ext_len + 4:
+            raise PageFormatError("bad type extension")
+        try:
+            type_ext = rest[:ext_len].decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise PageFormatError("bad type extension") from exc
+        if not valid_type_ext(type_ext):
+            raise PageFormatError("bad type extension")
+        size = int.from_bytes(rest[ext_len : ext_len + 4], "big")
+        body = rest[ext_len + 4 :]
+        if size != len(body):
+            raise PageFormatError("record body has the wrong length")
         return cls(
-            receiver=_hex64(receiver, "receiver"),
-            type=str(mtype),
-            timestamp=parse_timestamp(timestamp),
-            type_ext=type_ext,
-            for_sender=_unb64(for_sender, "message for the sender"),
-            for_receiver=_unb64(for_receiver, "message for the receiver"),
-            seq=seq,
-            prev=bytes.fromhex(_hex64(prev, "previous hash")),
-            signature=_unb64(signature, "signature"),
+            type=MESSAGE_TYPES[type_index], seq=seq, prev=bytes(prev), timestamp=from_micros(micros),
+            causal=(causal_epoch, causal_seq), type_ext=type_ext, body=bytes(body), signature=signature,
         )
 
 
-class Page:
-    """Up to 20 records of one lane, with the header that names the lane and its wrapped lane key."""
+def seal_record(record: Record, message_key: bytes, header_digest: bytes, index: int) -> bytes:
+    plain = schedule.pad(record.content()) + _pad_signature(record.signature)
+    return seal(message_key, plain, header_digest + bytes([index]))
 
-    def __init__(self, conversation: str, sender: str, number: int, wrapped_key: bytes) -> None:
-        if number < 1:
-            raise ValueError("page numbers start at 1")
-        self.conversation = conversation
-        self.sender = sender
-        self.number = number
-        #: The lane key wrapped with RSA-OAEP for the receiver (see chat.py for why there is one).
-        self.wrapped_key = wrapped_key
+
+def open_record(sealed: bytes, message_key: bytes, header_digest: bytes, index: int) -> Record:
+    """The record in ``sealed``; ValueError when it does not open, PageFormatError when it is malformed."""
+    plain = unseal(message_key, sealed, header_digest + bytes([index]))
+    if len(plain) < 2 + SIGNATURE_SLOT:
+        raise PageFormatError("record too short")
+    try:
+        content = schedule.unpad(plain[: -(2 + SIGNATURE_SLOT)])
+    except ValueError as exc:
+        raise PageFormatError(str(exc)) from exc
+    return Record.from_content(content, _unpad_signature(plain[-(2 + SIGNATURE_SLOT) :]))
+
+
+def sealed_record_size(payload_bytes: int) -> int:
+    """Bytes a record with a content of ``payload_bytes`` takes when sealed."""
+    framed = payload_bytes + 4
+    bucket = next((b for b in schedule.PAD_BUCKETS if framed <= b), None)
+    if bucket is None:
+        raise ValueError("payload over the largest bucket")
+    return bucket + 2 + SIGNATURE_SLOT + _TAG
+
+
+def record_content_size(type_ext: str, body_bytes: int) -> int:
+    return _RECORD_FIXED + len(type_ext) + 4 + body_bytes
+
+
+# --- the page as stored -----------------------------------------------------------------------------
+
+
+@dataclass
+class SealedPage:
+    """A page as a stranger sees it: slots, a sealed header and sealed records."""
+
+    slots: list[bytes]
+    header: bytes
+    records: list[bytes]
+
+    @property
+    def slots_digest(self) -> bytes:
+        return hashlib.sha256(b"".join(self.slots)).digest()
+
+    def to_bytes(self) -> bytes:
+        parts = [bytes([FORMAT_VERSION, len(self.slots)]), *self.slots]
+        parts.append(len(self.header).to_bytes(4, "big") + self.header)
+        parts.append(bytes([len(self.records)]))
+        parts += [len(r).to_bytes(4, "big") + r for r in self.records]
+        return b"".join(parts)
+
+    def to_string(self) -> str:
+        text = PREFIX + base64.b64encode(self.to_bytes()).decode("ascii")
+        if len(text) > MAX_PAGE_BYTES:
+            raise ValueError("page exceeds the ledger's size limit")
+        return text
+
+    def size_with(self, extra_record_bytes: int) -> int:
+        """Length of ``to_string`` with one more record of ``extra_record_bytes``."""
+        raw = len(self.to_bytes()) + 4 + extra_record_bytes
+        return len(PREFIX) + 4 * ((raw + 2) // 3)
+
+    @classmethod
+    def from_string(cls, text: object) -> SealedPage:
+        """Parse ``to_string``'s output; anything else raises PageFormatError and nothing else."""
+        if not isinstance(text, str):
+            raise PageFormatError("a page must be text")
+        if not text.startswith(PREFIX):
+            if text.startswith(OLD_PREFIXES):
+                raise PageFormatError("old format: a protocol-1 page, never trusted")
+            raise PageFormatError("not a ResChat page")
+        if len(text) > MAX_PAGE_BYTES:
+            raise PageFormatError("page is over the size limit")
+        try:
+            raw = base64.b64decode(text[len(PREFIX) :], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise PageFormatError("page is not base64") from exc
+        return cls.from_bytes(raw)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SealedPage:
+        try:
+            if len(raw) < 2 or raw[0] != FORMAT_VERSION:
+                raise PageFormatError("page of an unknown format version")
+            count, offset = raw[1], 2
+            if not 1 <= count <= MAX_SLOTS:
+                raise PageFormatError("bad slot count")
+            slots = []
+            for _ in range(count):
+                slots.append(bytes(raw[offset : offset + SLOT_BYTES]))
+                offset += SLOT_BYTES
+            header_len = int.from_bytes(raw[offset : offset + 4], "big")
+            if header_len != HEADER_PLAIN_BYTES + _TAG:
+                raise PageFormatError("bad header size")
+            header = bytes(raw[offset + 4 : offset + 4 + header_len])
+            offset += 4 + header_len
+            record_count = raw[offset]
+            offset += 1
+            if record_count > PAGE_CAPACITY:
+                raise PageFormatError("too many records")
+            records = []
+            for _ in range(record_count):
+                size = int.from_bytes(raw[offset : offset + 4], "big")
+                if size > len(raw) - offset - 4 or size < _TAG:
+                    raise PageFormatError("a record is truncated")
+                records.append(bytes(raw[offset + 4 : offset + 4 + size]))
+                offset += 4 + size
+        except IndexError as exc:
+            raise PageFormatError("page is truncated") from exc
+        if offset != len(raw) or len(slots[-1]) != SLOT_BYTES or len(header) != header_len:
+            raise PageFormatError("page is truncated or has trailing data")
+        return cls(slots=slots, header=header, records=records)
+
+
+# --- the page, open --------------------------------------------------------------------------------
+
+
+class Page:
+    """Up to 20 records of one lane with its header, open (the seed's Page)."""
+
+    def __init__(self, header: Header, sealed: SealedPage, receiver: str = "") -> None:
+        self.header = header
+        self.sealed = sealed
+        self.receiver = receiver
         self.msg = np.full((PAGE_CAPACITY, len(MSG_FIELDS)), "", dtype=object)
-        self.integrity = np.full((PAGE_CAPACITY, len(INTEGRITY_FIELDS)), None, dtype=object)
         self.message_count = 0
-        # The parsed records, kept beside the rows so that reading them back does not parse them again.
         self._records: list[Record] = []
 
     @property
-    def wrap_digest(self) -> bytes:
-        return hashlib.sha256(self.wrapped_key).digest()
+    def number(self) -> int:
+        return self.header.number
 
-    def _header(self) -> dict[str, object]:
-        return {
-            "conversation": self.conversation,
-            "sender": self.sender,
-            "page": self.number,
-            "wrapped_key": _b64(self.wrapped_key),
-        }
-
-    def _rows(self) -> list[list[object]]:
-        return [
-            [*self.msg[i].tolist(), *self.integrity[i].tolist()] for i in range(self.message_count)
-        ]
-
-    def is_full(self, next_record: Record | None = None) -> bool:
-        """True when no more records fit: 20 of them, or the next one would pass the size limit."""
-        if self.message_count >= PAGE_CAPACITY:
-            return True
-        if next_record is None:
-            return False
-        return len(self._serialize(extra=next_record)) > MAX_PAGE_BYTES
+    @property
+    def epoch(self) -> int:
+        return self.header.epoch
 
     def add_message(self, record: Record) -> None:
-        """Append ``record``; the caller checks ``is_full(record)`` first."""
-        if self.is_full(record):
+        """Keep an open record beside its sealed form (index = its place in the page)."""
+        if self.message_count >= PAGE_CAPACITY:
             raise ValueError("page is full")
-        msg, integrity = record.to_row()
-        self.msg[self.message_count] = msg
-        self.integrity[self.message_count] = integrity
+        sealed = base64.b64encode(self.sealed.records[self.message_count]).decode("ascii")
+        self.msg[self.message_count] = [
+            self.receiver, record.type, format_timestamp(record.timestamp), record.type_ext, sealed, sealed,
+        ]
         self.message_count += 1
         self._records.append(record)
 
     def all_messages(self) -> list[Record]:
-        """The records of this page, in the order they were added."""
+        """The open records of this page, in the order they were written."""
         return list(self._records)
 
     def sort_by_time(self) -> None:
         """Order the records by timestamp, then sequence number (ISO UTC text sorts as time)."""
         count = self.message_count
-        order = sorted(range(count), key=lambda i: (self.msg[i][2], self.integrity[i][0]))
+        order = sorted(range(count), key=lambda i: (self.msg[i][2], self._records[i].seq))
         self.msg[:count] = self.msg[order]
-        self.integrity[:count] = self.integrity[order]
         self._records = [self._records[i] for i in order]
-
-    def _serialize(self, extra: Record | None = None) -> str:
-        rows = self._rows()
-        if extra is not None:
-            msg, integrity = extra.to_row()
-            rows.append([*msg, *integrity])
-        body = {**self._header(), "records": rows}
-        return _PREFIX + json.dumps(body, separators=(",", ":"), ensure_ascii=True)
-
-    def to_string(self) -> str:
-        """One line of printable ASCII, starting with the format name and version."""
-        text = self._serialize()
-        if len(text) > MAX_PAGE_BYTES:
-            raise ValueError("page exceeds the ledger's size limit")
-        return text
-
-    @classmethod
-    def from_string(cls, text: str) -> Page:
-        """Parse ``to_string``'s output; anything else raises PageFormatError and nothing else."""
-        if not isinstance(text, str):
-            raise PageFormatError("a page must be text")
-        if not text.startswith(_PREFIX):
-            if text.startswith("reschat-page/"):
-                raise PageFormatError("page written by another ResChat version (unknown format version)")
-            raise PageFormatError("not a ResChat page")
-        if len(text) > MAX_PAGE_BYTES:
-            raise PageFormatError("page is over the size limit")
-        try:
-            body = json.loads(text[len(_PREFIX) :])
-        except (ValueError, RecursionError) as exc:
-            raise PageFormatError("page is truncated or not valid JSON") from exc
-        if not isinstance(body, dict) or set(body) != {"conversation", "sender", "page", "wrapped_key", "records"}:
-            raise PageFormatError("page has missing or unexpected fields")
-        number = body["page"]
-        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= _MAX_SEQ:
-            raise PageFormatError("bad page number")
-        page = cls(
-            conversation=_hex64(body["conversation"], "conversation"),
-            sender=_hex64(body["sender"], "sender"),
-            number=number,
-            wrapped_key=_unb64(body["wrapped_key"], "wrapped key"),
-        )
-        records = body["records"]
-        if not isinstance(records, list) or len(records) > PAGE_CAPACITY:
-            raise PageFormatError("page holds a bad list of records")
-        width = len(MSG_FIELDS) + len(INTEGRITY_FIELDS)
-        for row in records:
-            if not isinstance(row, list) or len(row) != width:
-                raise PageFormatError("a record has the wrong number of fields")
-            record = Record.from_row(row[: len(MSG_FIELDS)], row[len(MSG_FIELDS) :])
-            msg, integrity = record.to_row()
-            page.msg[page.message_count] = msg
-            page.integrity[page.message_count] = integrity
-            page.message_count += 1
-            page._records.append(record)
-        return page

@@ -86,9 +86,6 @@ def format_message(message: ChatMessage, tz: tzinfo | None = None) -> list[str]:
     Own messages carry ``…`` while pending and ``✓`` once delivered. Continuation lines of a
     multi-line message are indented behind a bar so that text can never pose as another message.
     """
-    if not message.verified:
-        # The engine hides unverified records; should one ever get here it is never shown as genuine.
-        return [f"{PROBLEM_MARK} unverified record hidden ({local_time(message.time, tz)})"]
     if message.outgoing:
         mark = DELIVERED_MARK if message.status == "delivered" else PENDING_MARK
         sender = ME

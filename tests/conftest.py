@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from Crypto.PublicKey import RSA
 
-from reschat import crypto
+from reschat import crypto, kem
 from reschat.chat import ChatService
 from reschat.friends import FriendStore
 from reschat.ledger import Ledger, LocalLedger, MemoryLedger, ResilientDBLedger
@@ -19,6 +20,7 @@ from tests.standin import StandInCluster
 #: Low scrypt cost for tests that create identities; one test checks the real default separately.
 TEST_SCRYPT_N = 2**10
 _KEY_CACHE: list[RSA.RsaKey] = []
+_STATICS_CACHE: list[kem.ReceiveKey] = []
 
 
 def rsa_key(index: int) -> RSA.RsaKey:
@@ -26,6 +28,19 @@ def rsa_key(index: int) -> RSA.RsaKey:
     while len(_KEY_CACHE) <= index:
         _KEY_CACHE.append(RSA.generate(crypto.RSA_BITS))
     return _KEY_CACHE[index]
+
+
+def statics_key(index: int) -> kem.ReceiveKey:
+    while len(_STATICS_CACHE) <= index:
+        _STATICS_CACHE.append(kem.ReceiveKey.generate())
+    return _STATICS_CACHE[index]
+
+
+def make_identity(name: str, key_index: int) -> crypto.Identity:
+    """An unlocked identity without a profile on disk: RSA key, static keys and a fresh store key."""
+    return crypto.Identity(
+        name=name, private_key=rsa_key(key_index), statics=statics_key(key_index), store_key=os.urandom(32),
+    )
 
 
 @dataclass
@@ -44,7 +59,7 @@ class Person:
 
 
 def make_person(name: str, key_index: int, home: Path, ledger: Ledger, **chat_options: object) -> Person:
-    identity = crypto.Identity(name=name, private_key=rsa_key(key_index))
+    identity = make_identity(name, key_index)
     friends = FriendStore(home / "friends.json", own_fingerprint=crypto.fingerprint_bytes(identity.public_key).hex())
     chat = ChatService(identity, friends, ledger, home / "lanes", **chat_options)  # type: ignore[arg-type]
     return Person(name, home, identity, friends, chat)
@@ -77,8 +92,8 @@ def memory_pair(root: Path) -> tuple[MemoryLedger, Person, Person]:
 
 
 def befriend(a: Person, b: Person) -> None:
-    a.friends.add_friend(b.name, b.identity.public_key)
-    b.friends.add_friend(a.name, a.identity.public_key)
+    a.friends.add_friend(b.name, crypto.parse_contact(b.card))
+    b.friends.add_friend(a.name, crypto.parse_contact(a.card))
 
 
 def make_ledger(kind: str, root: Path) -> Ledger:

@@ -1,0 +1,150 @@
+"""The local key and history store: what a profile keeps per conversation, sealed, never in plaintext.
+
+Each conversation has one file ``lanes/<id>.state``: JSON sealed with AES-256-GCM under the store key
+from the vault (``crypto``), which the password protects through scrypt. It holds:
+
+- ``mine``: our own lane, the outbox (``outbox.OwnLane``): the current page, pages not yet confirmed,
+  and the page secrets of our own pages (to read our own history back from the ledger);
+- ``theirs``: the friend's lane as verified (``FriendLane``): its epoch, the newest verified page,
+  the checkpoint (newest verified record), the digests of every record read (to notice a rewrite),
+  the page secrets of its pages (history), and the friend's newest announced receive key;
+- ``receive_keys``: our own hybrid receive keys that a future page of the friend may still use.
+
+Changes go through ``ConversationStore.update`` under an inter-process lock, so two ``reschat``
+processes of one profile never lose each other's changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from Crypto.Random import get_random_bytes
+
+from reschat.errors import ProfileError
+from reschat.page import seal, unseal
+from reschat.storage import atomic_write, file_lock
+
+_AAD = b"reschat-store/1|"
+
+
+def _subkey(store_key: bytes, path_name: str) -> bytes:
+    # One key per file, so that one file's sealed content cannot be swapped for another's.
+    return hashlib.sha256(b"reschat-store-file|" + store_key + path_name.encode("utf-8")).digest()
+
+
+def write_sealed(path: Path, store_key: bytes, value: Any) -> None:
+    # seal() uses a fixed nonce, which is safe only for a key used once: each write draws a random
+    # 32-byte salt, stored in front, and seals under a key derived from it.
+
+    plain = json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    nonce_key = get_random_bytes(32)
+    key = hashlib.sha256(_subkey(store_key, path.name) + nonce_key).digest()
+    atomic_write(path, nonce_key + seal(key, plain, _AAD + path.name.encode("utf-8")))
+
+
+def read_sealed(path: Path, store_key: bytes) -> Any:
+    """The JSON value sealed in ``path``, or None when the file does not exist."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ProfileError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) < 32:
+        raise ProfileError(f"{path} is damaged")
+    key = hashlib.sha256(_subkey(store_key, path.name) + data[:32]).digest()
+    try:
+        return json.loads(unseal(key, data[32:], _AAD + path.name.encode("utf-8")))
+    except ValueError as exc:
+        raise ProfileError(f"{path} is damaged or belongs to another identity") from exc
+
+
+@dataclass
+class FriendLane:
+    """The friend's lane, as far as we verified it."""
+
+    epoch: int = 0  # 0: nothing verified yet
+    top: int = 0  # the newest verified page of that epoch (a hint, only ever from verified data)
+    seq: int = 0  # the checkpoint: newest verified record...
+    digest: str = ""  # ...and its digest
+    digests: dict[str, str] = field(default_factory=dict)  # "epoch:seq" -> digest of every record read
+    secrets: dict[str, str] = field(default_factory=dict)  # "epoch:page" -> page secret (history keys)
+    receive_key: str = ""  # the friend's newest announced hybrid public key (hex)
+    receive_key_at: str = ""  # "epoch:page" where it was announced
+    rotation: int = 0  # the next older page the rotating re-read checks
+    restarts_seen: int = 0
+
+
+@dataclass
+class ReceiveKeyEntry:
+    index: int
+    key: dict[str, str]  # kem.ReceiveKey.to_dict()
+
+
+@dataclass
+class ConversationState:
+    mine: dict[str, Any] = field(default_factory=dict)  # outbox.OwnLane as a dict
+    theirs: FriendLane = field(default_factory=FriendLane)
+    receive_keys: list[ReceiveKeyEntry] = field(default_factory=list)
+    moved_on: list[str] = field(default_factory=list)  # friend pages we already published a new key for
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> ConversationState:
+        if not isinstance(data, dict):
+            return cls()
+        try:
+            theirs = FriendLane(**data.get("theirs", {}))
+            keys = [ReceiveKeyEntry(**entry) for entry in data.get("receive_keys", [])]
+            return cls(
+                mine=dict(data.get("mine", {})), theirs=theirs, receive_keys=keys,
+                moved_on=list(data.get("moved_on", [])), settings=dict(data.get("settings", {})),
+            )
+        except TypeError as exc:
+            raise ProfileError("a conversation's key store is damaged") from exc
+
+
+class ConversationStore:
+    """One conversation's sealed state file, with a lock for read-modify-write."""
+
+    def __init__(self, directory: Path, conversation: bytes, store_key: bytes) -> None:
+        self.directory = Path(directory)
+        self.name = conversation.hex()[:32]
+        self.store_key = store_key
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self.name}.state"
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.directory / f"{self.name}.lock")
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> ConversationState:
+        return ConversationState.from_json(read_sealed(self.path, self.store_key))
+
+    def save(self, state: ConversationState) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_sealed(self.path, self.store_key, state.to_json())
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[ConversationState]:
+        """Load, let the caller change, and save, all under the lock."""
+        with self.lock():
+            state = self.load()
+            yield state
+            self.save(state)
+
+
+__all__ = ["ConversationState", "ConversationStore", "FriendLane", "ReceiveKeyEntry", "read_sealed", "write_sealed"]

@@ -1,0 +1,279 @@
+"""Lanes of protocol 2: sealing pages for the ledger, opening them, and verifying a lane (no I/O).
+
+A lane is one writer's stream in one conversation: epochs of pages, each page up to 20 records, each
+record naming the digest of the one before it (a hash chain across pages), each page's header naming
+the digest of the lane's record before the page (its *link*). A writer signs the header of every
+page and every record; a reader checks the newest record of each page (whose signature covers the
+header, and through the chain every earlier record of the page) or, for a page with no record, its
+header. ``check_lane`` then compares what was read with the reader's checkpoint and the digests it
+kept, and names every problem it finds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from Crypto.PublicKey import RSA
+from Crypto.Random import get_random_bytes
+
+from reschat import crypto, kem, schedule
+from reschat.errors import PageFormatError
+from reschat.page import (
+    GENESIS_HASH,
+    SLOT_BYTES,
+    Header,
+    Record,
+    SealedPage,
+    open_record,
+    seal,
+    seal_record,
+    unseal,
+)
+
+Signer = Callable[[bytes], bytes]
+_SLOT_LABEL = b"reschat2 page slot"
+_HEADER_AAD = b"reschat2 header"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something in a lane that is not a genuine message: shown to the user, never as a message."""
+
+    lane: str  # "me" or the friend's nickname: whose lane it was found in
+    kind: str  # damaged | old-format | undecryptable | forged | gap | rollback | rewritten | restart | skipped
+    detail: str
+    time: datetime | None = None  # where it belongs in the conversation, when known (verified data only)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def new_page(
+    *,
+    conversation: bytes,
+    writer: bytes,
+    epoch: int,
+    number: int,
+    first_seq: int,
+    link: bytes,
+    readers: Sequence[kem.ReceivePublic],
+    next_receive_key: kem.ReceivePublic,
+    created: int,
+    signer: Signer,
+    kind: int = 0,
+) -> tuple[SealedPage, Header, bytes]:
+    """A new, empty page: one KEM slot per reader, a signed sealed header; returns its page secret."""
+    page_secret = get_random_bytes(schedule.KEY_BYTES)
+    slots = []
+    for reader in readers:
+        enc, secret = kem.encapsulate(reader, _SLOT_LABEL)
+        slots.append(enc + seal(schedule.slot_key(secret), page_secret, enc))
+    sealed = SealedPage(slots=slots, header=b"", records=[])
+    header = Header(
+        conversation=conversation, writer=writer, epoch=epoch, number=number, first_seq=first_seq, link=link,
+        kind=kind, slots_digest=sealed.slots_digest, next_receive_key=next_receive_key.to_bytes(), created=created,
+    )
+    header = replace(header, signature=signer(header.signed_bytes()))
+    sealed.header = seal(schedule.header_key(page_secret), header.to_plain(), _HEADER_AAD)
+    return sealed, header, page_secret
+
+
+def add_record(
+    sealed: SealedPage, header: Header, page_secret: bytes, record: Record, signer: Signer
+) -> tuple[SealedPage, Record, bytes]:
+    """``sealed`` with ``record`` signed and sealed at the next index; returns (page, record, digest)."""
+    index = len(sealed.records)
+    key = schedule.message_key(schedule.chain_key_at(schedule.chain_start(page_secret), 0, index))
+    signed = replace(record, signature=signer(record.signed_bytes(header.digest, index)))
+    page = SealedPage(slots=sealed.slots, header=sealed.header, records=[*sealed.records, b""])
+    page.records[index] = seal_record(signed, key, header.digest, index)
+    return page, signed, signed.digest(header.digest, index)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def open_header(sealed: SealedPage, page_secret: bytes) -> Header:
+    """The header of ``sealed``; ValueError when ``page_secret`` does not open it."""
+    return Header.from_plain(unseal(schedule.header_key(page_secret), sealed.header, _HEADER_AAD))
+
+
+def find_page_secret(
+    sealed: SealedPage, candidates: Sequence[tuple[int, kem.ReceiveKey]]
+) -> tuple[bytes, int] | None:
+    """(page secret, index of the receive key that opened a slot), or None when no key opens one."""
+    for slot in sealed.slots:
+        enc, wrapped = slot[: kem.ENC_BYTES], slot[kem.ENC_BYTES :]
+        if len(slot) != SLOT_BYTES:
+            continue
+        for index, key in candidates:
+            try:
+                secret = kem.decapsulate(key, enc, _SLOT_LABEL)
+                page_secret = unseal(schedule.slot_key(secret), wrapped, enc)
+                open_header(sealed, page_secret)
+            except (ValueError, PageFormatError):
+                continue
+            return page_secret, index
+    return None
+
+
+@dataclass
+class OpenPage:
+    """One page of a lane, opened and checked on its own."""
+
+    value: str
+    header: Header
+    page_secret: bytes
+    records: list[Record] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
+
+    @property
+    def number(self) -> int:
+        return self.header.number
+
+    @property
+    def last_digest(self) -> bytes:
+        """Digest of the lane's newest record up to the end of this page."""
+        return self.digests[-1] if self.digests else self.header.link
+
+    @property
+    def last_seq(self) -> int:
+        return self.records[-1].seq if self.records else self.header.first_seq - 1
+
+
+def open_page(
+    value: str,
+    sealed: SealedPage,
+    page_secret: bytes,
+    *,
+    conversation: bytes,
+    writer: bytes,
+    writer_key: RSA.RsaKey,
+    epoch: int,
+    number: int,
+    verified: set[bytes],
+) -> OpenPage:
+    """Open and check one page; PageFormatError names what is wrong (its detail says why).
+
+    ``verified`` holds digests whose signature was already checked: a page read again costs no RSA.
+    """
+    try:
+        header = open_header(sealed, page_secret)
+    except ValueError as exc:
+        raise PageFormatError("its header does not open") from exc
+    if header.slots_digest != sealed.slots_digest:
+        raise PageFormatError("its key slots were replaced")
+    if (header.conversation, header.writer) != (conversation, writer):
+        raise PageFormatError("it belongs to another conversation or writer")
+    if (header.epoch, header.number) != (epoch, number):
+        raise PageFormatError(f"it was signed as page {header.number} of epoch {header.epoch}")
+    page = OpenPage(value=value, header=header, page_secret=page_secret)
+    chain = schedule.chain_start(page_secret)
+    previous = header.link
+    for index, sealed_record in enumerate(sealed.records):
+        try:
+            record = open_record(sealed_record, schedule.message_key(chain), header.digest, index)
+        except ValueError as exc:
+            raise PageFormatError(f"record {index + 1} does not open") from exc
+        chain = schedule.next_chain_key(chain)
+        if record.seq != header.first_seq + index or record.prev != previous:
+            raise PageFormatError(f"record {index + 1} does not follow the one before it")
+        previous = record.digest(header.digest, index)
+        page.records.append(record)
+        page.digests.append(previous)
+    # One signature per page: the newest record's covers the header and, through the chain, every
+    # record before it; a page with no record yet is vouched for by its header's own signature.
+    if page.records:
+        last = page.records[-1]
+        checked = page.digests[-1]
+        signed = last.signed_bytes(header.digest, len(page.records) - 1)
+        signature = last.signature
+    else:
+        checked, signed, signature = header.digest, header.signed_bytes(), header.signature
+    if checked not in verified:
+        if not crypto.verify(writer_key, signed, signature):
+            raise PageFormatError("its signature does not verify")
+        verified.add(checked)
+    return page
+
+
+# --- the lane as a whole -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a reader keeps of a lane between updates."""
+
+    seq: int = 0
+    digest: bytes = b""
+    kept: dict[int, bytes] = field(default_factory=dict)  # seq -> digest of every record read before
+
+
+@dataclass
+class LaneResult:
+    records: list[tuple[Record, bytes]]  # verified (record, digest), oldest first
+    problems: list[Problem]
+    newest: tuple[int, bytes] | None  # (seq, digest) of the newest verified record
+
+
+def check_lane(
+    owner: str, pages: dict[int, OpenPage | None], checkpoint: Checkpoint, *, complete_to: int = 0
+) -> LaneResult:
+    """Join the opened pages of one epoch, compare them with the checkpoint, and name every problem.
+
+    ``pages`` maps page numbers to opened pages (None: missing or refused, already reported).
+    ``complete_to`` is the newest page number that exists, so that a missing page below it is a gap.
+    """
+    problems: list[Problem] = []
+    present = sorted(n for n, p in pages.items() if p is not None)
+    records: list[tuple[Record, bytes]] = []
+    for number in present:
+        page = pages[number]
+        assert page is not None
+        records += list(zip(page.records, page.digests, strict=True))
+    for older, newer in itertools.pairwise(present):
+        low, high = pages[older], pages[newer]
+        assert low is not None and high is not None
+        if newer != older + 1:
+            continue
+        if high.header.link != low.last_digest or high.header.first_seq != low.last_seq + 1:
+            problems.append(Problem(owner, "rewritten", f"page {newer} does not follow page {older}",
+                                    high.records[0].timestamp if high.records else None))
+    if present:
+        wanted = range(min(present), max(present[-1], complete_to) + 1)
+        missing = [n for n in wanted if pages.get(n) is None and n in pages]
+        for number in missing:
+            problems.append(Problem(
+                owner, "gap", f"page {number} is missing or unreadable: its messages are not shown",
+            ))
+    rewritten = [(r, d) for r, d in records if r.seq in checkpoint.kept and checkpoint.kept[r.seq] != d]
+    for record, _digest in rewritten:
+        problems.append(Problem(owner, "rewritten", f"message #{record.seq} differs from the one read before; "
+                                "the new version is hidden", record.timestamp))
+    hidden = {id(r) for r, _d in rewritten}
+    shown = [(r, d) for r, d in records if id(r) not in hidden]
+    newest = (records[-1][0].seq, records[-1][1]) if records else None
+    if present and checkpoint.seq and (newest is None or newest[0] < checkpoint.seq):
+        newest_seq = newest[0] if newest else 0
+        problems.append(Problem(owner, "rollback",
+                                f"the ledger shows an older state of this lane (newest #{newest_seq}, "
+                                f"already read #{checkpoint.seq})"))
+    return LaneResult(records=shown, problems=problems, newest=newest)
+
+
+__all__ = [
+    "GENESIS_HASH",
+    "Checkpoint",
+    "LaneResult",
+    "OpenPage",
+    "Problem",
+    "add_record",
+    "check_lane",
+    "find_page_secret",
+    "new_page",
+    "open_header",
+    "open_page",
+]
