@@ -208,6 +208,14 @@ class ChatService:
         self._pairs[friend.fingerprint] = pair
         return pair
 
+    def own_lane(self, nickname: str) -> OwnLane:
+        """A copy of what we keep of our own lane with ``nickname`` (the outbox), for inspection."""
+        return OwnLane.from_dict(self._pair(nickname).store.load().mine)
+
+    def conversation_state(self, nickname: str) -> ConversationState:
+        """A copy of the key and history store of the conversation with ``nickname``, for inspection."""
+        return self._pair(nickname).store.load()
+
     def lane_address(self, nickname: str, *, mine: bool, number: int, epoch: int = 1) -> str:
         """The ledger key of page ``number`` of ``epoch`` of our lane (``mine``) or the friend's."""
         return self._address(self._pair(nickname), mine, epoch, number)
@@ -539,12 +547,52 @@ class ChatService:
                 session.returned.add((f_epoch, record.seq))
                 new_messages.append(message)
         messages += my_messages
+        if everything:
+            messages += self._read_old_epochs(pair, state, session, False, f_epoch, problems)
+            messages += self._read_old_epochs(pair, state, session, True, own.epoch, problems)
         messages.sort(key=lambda m: (m.time, m.outgoing, m.seq))
         self._count_unread(friend, result, f_epoch)
         return ConversationView(
             friend=friend.nickname, messages=messages, problems=_unique(problems), new_messages=new_messages,
             has_older=(theirs_view.low > 1 and top > 0) or my_has_older,
         )
+
+    def _read_old_epochs(
+        self, pair: _Pair, state: ConversationState, session: _Session, mine: bool, current: int,
+        problems: list[Problem],
+    ) -> list[ChatMessage]:
+        """Every message of a lane's epochs before ``current`` (for reading a whole conversation)."""
+        messages: list[ChatMessage] = []
+        owner = ME if mine else pair.friend.nickname
+        used: dict[tuple[int, int], int] = {}
+        unopenable = 0
+        for epoch in range(1, current):
+            session.fresh = set()
+            self._fetch({self._address(pair, mine, epoch, 1): (mine, epoch, 1)}, session)
+            top = self._discover_top(pair, state, session, mine, epoch, 0, used)
+            if not top and (session.mine if mine else session.theirs).pages.get((epoch, 1)) is not None:
+                unopenable += 1
+                continue
+            self._refetch_window(pair, session, mine, epoch, 1, top)
+            pages = {n: self._page_or_problem(pair, state, session, mine, epoch, n, [], used)
+                     for n in range(1, top + 1)}
+            kept = {} if mine else {int(k.split(":")[1]): bytes.fromhex(v) for k, v in state.theirs.digests.items()
+                                    if k.startswith(f"{epoch}:")}
+            result = check_lane(owner, pages, Checkpoint(kept=kept), complete_to=top)
+            problems += result.problems
+            for record, _digest in result.records:
+                messages.append(ChatMessage(
+                    sender=owner, receiver=ME if not mine else pair.friend.nickname, time=record.timestamp,
+                    type=record.type, type_ext=record.type_ext, body=record.body, seq=record.seq, epoch=epoch,
+                    status="delivered" if mine else None,
+                ))
+            first = pages.get(1)
+            if not mine and first is not None and epoch + 1 <= current:
+                problems.append(Problem(owner, "restart", f"{owner} restarted their side of the conversation"))
+        if unopenable:
+            problems.append(Problem(owner, "undecryptable", f"{unopenable} earlier epoch(s) of this lane cannot be "
+                                    "opened here: their keys were not kept by this profile"))
+        return messages
 
     def _rotation_numbers(self, state: ConversationState, base: int) -> list[int]:
         """The next ``rotation_pages`` older pages of the friend's lane to re-read, in rotation."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +37,10 @@ def statics_key(index: int) -> kem.ReceiveKey:
 
 
 def make_identity(name: str, key_index: int) -> crypto.Identity:
-    """An unlocked identity without a profile on disk: RSA key, static keys and a fresh store key."""
+    """An unlocked identity without a profile on disk: RSA key, static keys and store key of ``key_index``."""
     return crypto.Identity(
-        name=name, private_key=rsa_key(key_index), statics=statics_key(key_index), store_key=os.urandom(32),
+        name=name, private_key=rsa_key(key_index), statics=statics_key(key_index),
+        store_key=hashlib.sha256(f"test store key {key_index}".encode()).digest(),
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reschat.chat import ChatMessage, ChatService
-from reschat.errors import MessageError, UnknownFriendError
+from reschat.errors import MessageError, ProfileError, UnknownFriendError
 from reschat.ledger import Ledger, MemoryLedger
 from reschat.page import PAGE_CAPACITY
 from tests.conftest import Person, befriend, make_person, memory_pair, private_key_operations
@@ -34,7 +34,7 @@ def test_45_messages_both_directions_across_rollover(people: Callable[..., tuple
     assert view.problems == []
     assert [(m.sender if m.sender != "me" else "bob", m.text) for m in view.messages] == sent
     # alice wrote 30 messages: two pages of her lane, the second one started by rollover
-    assert alice.chat._load_state(alice.chat._conversation(alice.friends.get_friend("bob"))).page == 2
+    assert alice.chat.own_lane("bob").page == 2
     view_a = alice.chat.load_all("bob")
     assert [(m.sender if m.sender != "me" else "alice", m.text) for m in view_a.messages] == sent
 
@@ -203,32 +203,37 @@ def test_lost_outbox_state_is_rebuilt_from_the_ledger(tmp_path: object, ledger: 
     befriend(alice, bob)
     for i in range(25):
         alice.chat.send_message(f"m{i}", "bob")
+    assert [m.text for m in bob.chat.get_update("alice").messages][-1] == "m24"
     shutil.rmtree(alice.home / "lanes")  # e.g. the profile was restored without its outbox
     again = make_person("alice", 0, alice.home, ledger)
     again.chat.send_message("after", "bob")
-    view = bob.chat.load_all("alice")
-    assert view.problems == []
-    assert [m.text for m in view.messages] == [f"m{i}" for i in range(25)] + ["after"]
+    assert again.chat.own_lane("bob").epoch == 2  # a new epoch: no sequence number is written twice
+    view = bob.chat.get_update("alice")
+    assert [(p.kind, p.detail) for p in view.problems] == [("restart", "alice restarted their side of the conversation")]
+    assert [m.text for m in view.new_messages] == ["after"]
+    everything = bob.chat.load_all("alice")
+    assert [p.kind for p in everything.problems] == ["restart"]
+    assert [m.text for m in everything.messages] == [f"m{i}" for i in range(25)] + ["after"]
 
 
 def test_a_new_session_opens_the_chat_without_a_private_key_operation(tmp_path: Path) -> None:
     ledger, alice, bob = memory_pair(tmp_path)
     alice.chat.send_message("hi", "bob")
     assert [m.text for m in bob.chat.get_update("alice").messages] == ["hi"]
-    kept = list((tmp_path / "bob" / "lanes").glob("*.keys.json"))
-    assert len(kept) == 1 and "hi" not in kept[0].read_text()
+    kept = list((tmp_path / "bob" / "lanes").glob("*.state"))
+    assert len(kept) == 1 and b"hi" not in kept[0].read_bytes() and b"secret" not in kept[0].read_bytes()
 
-    # The same profile opened again: the lane key comes from the sealed copy, not from RSA.
+    # The same profile opened again: the page secret comes from the sealed key store, no RSA at all.
     again = ChatService(bob.identity, bob.friends, ledger, tmp_path / "bob" / "lanes")
     with private_key_operations(bob.identity.private_key) as count:
         assert [m.text for m in again.get_update("alice").messages] == ["hi"]
         assert count == [0]
 
-    # A damaged copy is ignored: the key is unwrapped again and the message still reads.
-    entries = json.loads(kept[0].read_text())
-    kept[0].write_text(json.dumps({digest: "00" * 60 for digest in entries}))
+    # A damaged key store is a clear error, never a traceback or a silent loss.
+    kept[0].write_bytes(kept[0].read_bytes()[:-1] + b"x")
     third = ChatService(bob.identity, bob.friends, ledger, tmp_path / "bob" / "lanes")
-    assert [m.text for m in third.get_update("alice").messages] == ["hi"]
+    with pytest.raises(ProfileError, match="damaged"):
+        third.get_update("alice")
 
 
 def test_update_after_the_friend_wrote_many_pages_misses_nothing(tmp_path: Path) -> None:

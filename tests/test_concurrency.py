@@ -83,9 +83,10 @@ def test_two_friends_and_a_second_terminal_send_at_once(tmp_path: Path, shared_l
     expected = {tag: [f"{tag} {i}" for i in range(count)] for tag in ("a1", "a2", "b1")}
     check_conversation(bob, "alice", expected)
     check_conversation(alice, "bob", expected)
-    # alice's 100 messages fill exactly 5 pages of her lane: page numbers never drifted
-    state = alice.chat._load_state(alice.chat._conversation(alice.friends.get_friend("bob")))
-    assert state is not None and state.page == 5 and state.seq == 100
+    # alice's 100 messages fill exactly 5 pages of her lane, and reading bob's pages (keyed to her
+    # card's static keys) made her announce a fresh receive key on a sixth: numbers never drifted
+    state = alice.chat.own_lane("bob")
+    assert (state.epoch, state.page, state.seq) == (1, 6, 100)
 
 
 @pytest.mark.parametrize(("kind", "senders"), [("local", 4), ("resilientdb", 2)])

@@ -54,7 +54,7 @@ def test_file_round_trip(people: People, ledger: Ledger, tmp_path: Path, size: i
     alice, bob = people()
     data = os.urandom(size)
     source = write(tmp_path / "out" / "report.pdf", data)
-    result = files.send_file(alice.chat, "bob", source)
+    result = alice.chat.send_file("bob", source)
     assert result.error is None
     assert result.message.type == "file" and result.message.type_ext == "pdf"
 
@@ -66,8 +66,8 @@ def test_file_round_trip(people: People, ledger: Ledger, tmp_path: Path, size: i
     for key in info.chunk_keys:
         value = ledger.get(key)
         assert value is not None and len(value) <= MAX_VALUE_BYTES
-        assert value.startswith("reschat-chunk/1:")
-    saved = files.save_file(bob.chat, message, tmp_path / "bob-downloads")
+        assert value.startswith("reschat2:")
+    saved = bob.chat.save_file(message, tmp_path / "bob-downloads")
     assert saved == tmp_path / "bob-downloads" / "report.pdf"
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
@@ -76,7 +76,7 @@ def test_file_round_trip(people: People, ledger: Ledger, tmp_path: Path, size: i
 def test_one_chunk_exactly_fills_a_ledger_value_as_far_as_base64_allows(people: People, tmp_path: Path) -> None:
     alice, bob = people()
     source = write(tmp_path / "exact.bin", os.urandom(files.CHUNK_BYTES - _SEAL))
-    files.send_file(alice.chat, "bob", source)
+    alice.chat.send_file("bob", source)
     info = files.describe(received_file(bob, "alice"))
     assert len(info.chunks) == 1
     value = bob.chat.ledger.get(info.chunk_keys[0])
@@ -87,17 +87,17 @@ def test_one_chunk_exactly_fills_a_ledger_value_as_far_as_base64_allows(people: 
 def test_sender_can_save_its_own_file(people: People, tmp_path: Path) -> None:
     alice, _bob = people()
     data = b"my own notes\n"
-    files.send_file(alice.chat, "bob", write(tmp_path / "notes.txt", data))
+    alice.chat.send_file("bob", write(tmp_path / "notes.txt", data))
     mine = received_file(alice, "bob")
     assert mine.outgoing
-    saved = files.save_file(alice.chat, mine, tmp_path / "alice-downloads")
+    saved = alice.chat.save_file(mine, tmp_path / "alice-downloads")
     assert saved.read_bytes() == data
 
 
 def test_file_message_in_update_with_type_extension_and_label(people: People, tmp_path: Path) -> None:
     alice, bob = people()
     alice.chat.send_message("here it comes", "bob")
-    files.send_file(alice.chat, "bob", write(tmp_path / "archive.tar.gz", os.urandom(1536)))
+    alice.chat.send_file("bob", write(tmp_path / "archive.tar.gz", os.urandom(1536)))
     view = bob.chat.get_update("alice")
     assert [(m.type, m.type_ext) for m in view.messages] == [("text", ""), ("file", "gz")]
     assert [(m.type, m.type_ext) for m in view.new_messages] == [("text", ""), ("file", "gz")]
@@ -111,8 +111,8 @@ def test_file_message_in_update_with_type_extension_and_label(people: People, tm
 
 def test_a_name_without_a_usable_extension_gets_an_empty_type_extension(people: People, tmp_path: Path) -> None:
     alice, bob = people()
-    files.send_file(alice.chat, "bob", write(tmp_path / "Makefile", b"all:\n"))
-    files.send_file(alice.chat, "bob", write(tmp_path / "odd.ex t", b"x"))
+    alice.chat.send_file("bob", write(tmp_path / "Makefile", b"all:\n"))
+    alice.chat.send_file("bob", write(tmp_path / "odd.ex t", b"x"))
     view = bob.chat.get_update("alice")
     assert [m.type_ext for m in view.messages] == ["", ""]
 
@@ -123,7 +123,7 @@ def test_five_mib_plus_one_byte_is_refused(people: People, ledger: Ledger, tmp_p
     with big.open("wb") as handle:
         handle.truncate(files.MAX_FILE_BYTES + 1)
     with pytest.raises(MessageError, match=r"big\.bin is 5\.0 MiB \(5242881 bytes\); files are limited to"):
-        files.send_file(alice.chat, "bob", big)
+        alice.chat.send_file("bob", big)
     if isinstance(ledger, MemoryLedger):
         assert ledger.keys() == []
 
@@ -131,17 +131,17 @@ def test_five_mib_plus_one_byte_is_refused(people: People, ledger: Ledger, tmp_p
 def test_paths_that_are_not_sendable_files(people: People, tmp_path: Path) -> None:
     alice, _bob = people()
     with pytest.raises(MessageError, match="no such file"):
-        files.send_file(alice.chat, "bob", tmp_path / "missing.txt")
+        alice.chat.send_file("bob", tmp_path / "missing.txt")
     with pytest.raises(MessageError, match="is a directory"):
-        files.send_file(alice.chat, "bob", tmp_path)
+        alice.chat.send_file("bob", tmp_path)
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     with pytest.raises(MessageError, match="not a regular file"):
-        files.send_file(alice.chat, "bob", fifo)  # must not hang waiting for a writer
+        alice.chat.send_file("bob", fifo)  # must not hang waiting for a writer
     with pytest.raises(MessageError, match="cannot read"):
-        files.send_file(alice.chat, "bob", write(tmp_path / "plain.txt", b"p") / "inside")
+        alice.chat.send_file("bob", write(tmp_path / "plain.txt", b"p") / "inside")
     with pytest.raises(UnknownFriendError):
-        files.send_file(alice.chat, "carol", write(tmp_path / "a.txt", b"a"))
+        alice.chat.send_file("carol", write(tmp_path / "a.txt", b"a"))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
@@ -150,31 +150,31 @@ def test_an_unreadable_file_is_refused(people: People, tmp_path: Path) -> None:
     secret = write(tmp_path / "secret.txt", b"s")
     secret.chmod(0)
     with pytest.raises(MessageError, match="cannot read"):
-        files.send_file(alice.chat, "bob", secret)
+        alice.chat.send_file("bob", secret)
 
 
 def test_a_tampered_chunk_is_detected_and_nothing_is_saved(people: People, ledger: Ledger, tmp_path: Path) -> None:
     alice, bob = people()
-    files.send_file(alice.chat, "bob", write(tmp_path / "data.bin", os.urandom(3 * files.CHUNK_BYTES)))
+    alice.chat.send_file("bob", write(tmp_path / "data.bin", os.urandom(3 * files.CHUNK_BYTES)))
     message = received_file(bob, "alice")
     info = files.describe(message)
     assert len(info.chunks) == 4
     original = ledger.get(info.chunk_keys[1])
     assert original is not None
     # A valid-looking chunk of the same length, written over the real one (anyone may write any key).
-    forged = "reschat-chunk/1:" + base64.b64encode(os.urandom(files.CHUNK_BYTES)).decode("ascii")
+    forged = "reschat2:" + base64.b64encode(os.urandom(files.CHUNK_BYTES)).decode("ascii")
     ledger.set(info.chunk_keys[1], forged)
     downloads = tmp_path / "downloads"
     with pytest.raises(IntegrityError, match=r"chunk 2 of 4 of data\.bin was altered"):
-        files.save_file(bob.chat, message, downloads)
+        bob.chat.save_file(message, downloads)
     assert listing(downloads) == []
     ledger.set(info.chunk_keys[1], original)  # put back: the file is whole again
-    assert files.save_file(bob.chat, message, downloads).name == "data.bin"
+    assert bob.chat.save_file(message, downloads).name == "data.bin"
 
 
 def test_chunks_swapped_between_keys_are_detected(people: People, ledger: Ledger, tmp_path: Path) -> None:
     alice, bob = people()
-    files.send_file(alice.chat, "bob", write(tmp_path / "data.bin", os.urandom(2 * files.CHUNK_BYTES)))
+    alice.chat.send_file("bob", write(tmp_path / "data.bin", os.urandom(2 * files.CHUNK_BYTES)))
     message = received_file(bob, "alice")
     first, second = files.describe(message).chunk_keys[:2]
     one, two = ledger.get(first), ledger.get(second)
@@ -182,7 +182,7 @@ def test_chunks_swapped_between_keys_are_detected(people: People, ledger: Ledger
     ledger.set(first, two)
     ledger.set(second, one)
     with pytest.raises(IntegrityError, match="chunk 1 of 3"):
-        files.save_file(bob.chat, message, tmp_path / "downloads")
+        bob.chat.save_file(message, tmp_path / "downloads")
     assert listing(tmp_path / "downloads") == []
 
 
@@ -195,6 +195,7 @@ class LosingLedger(Ledger):
         self.inner = inner
         self.lose = set(lose)
         self.chunk_writes = 0
+        self.chunk_addresses: set[str] = set()  # the test tells which keys are chunks (addresses are secret)
 
     def get(self, key: str) -> str | None:
         return self.inner.get(key)
@@ -203,7 +204,7 @@ class LosingLedger(Ledger):
         return self.inner.get_many(keys)
 
     def set(self, key: str, value: str) -> None:
-        if key.startswith(files.KEY_PREFIX):
+        if key in self.chunk_addresses:
             self.chunk_writes += 1
             if self.chunk_writes in self.lose:
                 return
@@ -215,24 +216,28 @@ def test_a_missing_chunk_is_detected_and_nothing_is_saved(ledger: Ledger, tmp_pa
     alice = make_person("alice", 0, tmp_path / "alice", losing)
     bob = make_person("bob", 1, tmp_path / "bob", ledger)
     befriend(alice, bob)
-    files.send_file(alice.chat, "bob", write(tmp_path / "data.bin", os.urandom(3 * files.CHUNK_BYTES)), max_workers=1)
+    source = write(tmp_path / "data.bin", os.urandom(3 * files.CHUNK_BYTES))
+    prepared = files.prepare_file(source)
+    losing.chunk_addresses = {key for key, _value in prepared.chunks}
+    files.store_chunks(losing, prepared.chunks, max_workers=1)
+    alice.chat.send_message(prepared.manifest, "bob", msg_type="file", type_ext="bin")
     assert losing.chunk_writes == 4
     message = received_file(bob, "alice")
     with pytest.raises(IntegrityError, match=r"chunk 3 of 4 of data\.bin is missing"):
-        files.save_file(bob.chat, message, tmp_path / "downloads")
+        bob.chat.save_file(message, tmp_path / "downloads")
     assert listing(tmp_path / "downloads") == []
 
 
 def test_a_damaged_manifest_is_a_clear_error_not_a_traceback(people: People, tmp_path: Path) -> None:
     alice, bob = people()
-    good = files.make_manifest("a.txt", b"a", bytes(32), ["reschat-chunk/1:YQ=="])
+    good = files.make_manifest("a.txt", b"a", bytes(32), ["reschat2:YQ=="])
     bad_manifests = [
         b"not json",
         b"[1, 2]",
         b'{"v": 1}',
         b"\xff\xfe",
-        good.replace(b'"v":1', b'"v":2'),
-        good.replace(b'"v":1', b'"v":true'),
+        good.replace(b'"v":2', b'"v":1'),
+        good.replace(b'"v":2', b'"v":true'),
         good.replace(b'"size":1', b'"size":-1'),
         good.replace(b'"size":1', b'"size":5242881'),
         good.replace(b'"chunks":[', b'"chunks":["nothex",'),
@@ -248,7 +253,7 @@ def test_a_damaged_manifest_is_a_clear_error_not_a_traceback(people: People, tmp
         with pytest.raises(PageFormatError, match="file"):
             files.describe(message)
         with pytest.raises(PageFormatError):
-            files.save_file(bob.chat, message, tmp_path / "downloads")
+            bob.chat.save_file(message, tmp_path / "downloads")
         assert files.message_label(message).startswith("file (damaged")
     assert listing(tmp_path / "downloads") == []
 
@@ -266,15 +271,15 @@ def test_a_text_message_is_not_a_file(people: People) -> None:
 
 def test_saving_twice_never_overwrites(people: People, tmp_path: Path) -> None:
     alice, bob = people()
-    files.send_file(alice.chat, "bob", write(tmp_path / "photo.jpg", b"jpeg bytes"))
-    files.send_file(alice.chat, "bob", write(tmp_path / "backup.tar.gz", b"tarball"))
+    alice.chat.send_file("bob", write(tmp_path / "photo.jpg", b"jpeg bytes"))
+    alice.chat.send_file("bob", write(tmp_path / "backup.tar.gz", b"tarball"))
     downloads = tmp_path / "nested" / "downloads"
     photo, backup = [m for m in bob.chat.get_update("alice").messages if m.type == "file"]
-    first = files.save_file(bob.chat, photo, downloads)
-    second = files.save_file(bob.chat, photo, downloads)
-    third = files.save_file(bob.chat, photo, downloads)
-    files.save_file(bob.chat, backup, downloads)
-    files.save_file(bob.chat, backup, downloads)
+    first = bob.chat.save_file(photo, downloads)
+    second = bob.chat.save_file(photo, downloads)
+    third = bob.chat.save_file(photo, downloads)
+    bob.chat.save_file(backup, downloads)
+    bob.chat.save_file(backup, downloads)
     assert (first.name, second.name, third.name) == ("photo.jpg", "photo (1).jpg", "photo (2).jpg")
     assert listing(downloads) == ["backup (1).tar.gz", "backup.tar.gz", "photo (1).jpg", "photo (2).jpg", "photo.jpg"]
     assert first.read_bytes() == second.read_bytes() == third.read_bytes() == b"jpeg bytes"
@@ -306,7 +311,7 @@ def test_hostile_names_are_saved_inside_the_downloads_directory(people: People, 
         alice.chat.send_message(manifest_body, "bob", msg_type="file", type_ext="")
     downloads = tmp_path / "downloads"
     messages = [m for m in bob.chat.get_update("alice").messages if m.type == "file"]
-    saved = [files.save_file(bob.chat, m, downloads) for m in messages]
+    saved = [bob.chat.save_file(m, downloads) for m in messages]
     assert [p.name for p in saved] == ["passwd", "boot.ini", "file", "bashrc", "eviltxt.exe", "abcd", "_CON.txt"]
     assert all(p.parent == downloads and p.read_bytes() == b"payload" for p in saved)
     assert not (tmp_path / "etc").exists()
@@ -315,7 +320,7 @@ def test_hostile_names_are_saved_inside_the_downloads_directory(people: People, 
 def _manifest_for(sender: Person, name: str, data: bytes) -> bytes:
     """Store ``data`` as chunks and make a manifest that carries ``name`` raw, as a buggy client might."""
     key, values = files.encrypt_file(data)
-    files.store_chunks(sender.chat.ledger, values)
+    files.store_chunks(sender.chat.ledger, files.chunk_items(key, values))
     manifest = files.make_manifest("x", data, key, values)
 
     parsed = json.loads(manifest)
