@@ -226,14 +226,17 @@ def _too_large(path: Path, size: int, limit: int) -> str:
 def encrypt_file(data: bytes, randfunc: crypto.RandFunc | None = None) -> tuple[bytes, list[str]]:
     """Encrypt ``data`` under a fresh file key; returns the key and the chunk values, in order.
 
-    Every chunk is ``CHUNK_BYTES`` long (the last one padded with zeros), so that the ledger shows
-    only how many chunks a file has, not its size.
+    The plaintext is padded with zeros *before* it is sealed so that every chunk is ``CHUNK_BYTES``
+    long: the ledger shows only how many chunks a file has, and no two files share a byte pattern.
     """
     key = crypto.new_symmetric_key(randfunc)
-    blob = crypto.encrypt_message(key, data, _AAD, randfunc)
-    pieces = [blob[start : start + CHUNK_BYTES] for start in range(0, len(blob), CHUNK_BYTES)]
-    pieces[-1] = pieces[-1] + bytes(CHUNK_BYTES - len(pieces[-1]))
-    values = [CHUNK_PREFIX + base64.b64encode(piece).decode("ascii") for piece in pieces]
+    chunks = max(1, -(-(len(data) + _SEAL_OVERHEAD) // CHUNK_BYTES))
+    padded = data + bytes(chunks * CHUNK_BYTES - _SEAL_OVERHEAD - len(data))
+    blob = crypto.encrypt_message(key, padded, _AAD, randfunc)
+    values = [
+        CHUNK_PREFIX + base64.b64encode(blob[start : start + CHUNK_BYTES]).decode("ascii")
+        for start in range(0, len(blob), CHUNK_BYTES)
+    ]
     return key, values
 
 
@@ -362,15 +365,15 @@ def fetch_file(ledger: Ledger, info: FileInfo) -> bytes:
             raise IntegrityError(f"chunk {index} of {total} of {info.name} is not a ResChat file chunk")
         parts.append(base64.b64decode(body))
     blob = b"".join(parts)
-    if len(blob) < info.size + _SEAL_OVERHEAD or any(blob[info.size + _SEAL_OVERHEAD :]):
-        raise IntegrityError(f"{info.name}: the chunks do not add up to the announced size")
-    blob = blob[: info.size + _SEAL_OVERHEAD]
-    if len(blob) != info.size + _SEAL_OVERHEAD:
+    if len(blob) != len(info.chunks) * CHUNK_BYTES or len(blob) < info.size + _SEAL_OVERHEAD:
         raise IntegrityError(f"{info.name}: the chunks do not add up to the announced size")
     try:
-        data = crypto.decrypt_message(info.key, blob, _AAD)
+        padded = crypto.decrypt_message(info.key, blob, _AAD)
     except ValueError as exc:
         raise IntegrityError(f"{info.name} does not decrypt: the file is damaged") from exc
+    data, padding = padded[: info.size], padded[info.size :]
+    if any(padding):
+        raise IntegrityError(f"{info.name}: the file does not have the announced size")
     if hashlib.sha256(data).hexdigest() != info.sha256:
         raise IntegrityError(f"{info.name}: the SHA-256 of the received file does not match the announced one")
     return data

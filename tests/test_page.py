@@ -1,177 +1,159 @@
-"""Page: the 20 x 6 container, its one-line format, and a parser that only ever raises PageFormatError."""
+"""Page (protocol 2): the sealed one-line format, its padding, and parsers that only raise PageFormatError."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timedelta, timezone
+import base64
+import contextlib
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reschat import crypto, kem, schedule
 from reschat.errors import PageFormatError
-from reschat.page import MAX_PAGE_BYTES, MSG_FIELDS, PAGE_CAPACITY, Page, Record
+from reschat.lane import add_record, find_page_secret, new_page, open_header, open_page
+from reschat.page import (
+    MAX_PAGE_BYTES,
+    MSG_FIELDS,
+    PAGE_CAPACITY,
+    Page,
+    Record,
+    SealedPage,
+    from_micros,
+    parse_timestamp,
+    to_micros,
+)
+from tests.conftest import make_identity
 
-CONV, SENDER, RECEIVER = "a" * 64, "b" * 64, "c" * 64
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+READER = kem.ReceiveKey.generate()
 
 
-def record(seq: int, size: int = 10, when: datetime | None = None) -> Record:
-    return Record(
-        receiver=RECEIVER, type="text", timestamp=when or T0 + timedelta(seconds=seq), type_ext="",
-        for_sender=b"s" * size, for_receiver=b"r" * size, seq=seq, prev=bytes(32), signature=b"\x01" * 384,
+def _signer(data: bytes) -> bytes:
+    return b"\x01" * 384  # placement and padding tests do not check signatures
+
+
+def sealed_page(texts: list[bytes]) -> tuple[SealedPage, bytes]:
+    sealed, header, secret = new_page(
+        conversation=b"c" * 32, writer=b"w" * 32, epoch=1, number=7, first_seq=1, link=bytes(32),
+        readers=[READER.public], next_receive_key=READER.public, created=to_micros(T0), signer=_signer,
     )
+    previous = bytes(32)
+    for seq, text in enumerate(texts, start=1):
+        record = Record("text", seq, previous, T0, (0, 0), "", text)
+        sealed, _signed, previous = add_record(sealed, header, secret, record, _signer)
+    return sealed, secret
 
 
-def full_page(count: int = 3) -> Page:
-    page = Page(CONV, SENDER, 7, b"w" * 384)
-    for seq in range(1, count + 1):
-        page.add_message(record(seq))
-    return page
+def test_a_page_is_one_printable_ascii_line_under_the_ledger_limit() -> None:
+    sealed, _secret = sealed_page([b"hello"] * PAGE_CAPACITY)
+    text = sealed.to_string()
+    assert text.startswith("reschat2:") and text.isascii() and text.isprintable() and "\n" not in text
+    assert len(text) <= MAX_PAGE_BYTES
+    again = SealedPage.from_string(text)
+    assert again.to_string() == text
 
 
-def test_msg_is_the_seeds_20_by_6_array() -> None:
-    page = full_page()
-    assert isinstance(page.msg, np.ndarray) and page.msg.shape == (PAGE_CAPACITY, len(MSG_FIELDS)) == (20, 6)
-    assert page.message_count == 3
-    assert page.msg[0][0] == RECEIVER and page.msg[0][1] == "text"
+def test_only_the_reader_key_opens_the_page_and_msg_keeps_the_seeds_six_columns() -> None:
+    sealed, secret = sealed_page([b"one", b"two"])
+    assert find_page_secret(sealed, [(1, kem.ReceiveKey.generate())]) is None
+    assert find_page_secret(sealed, [(1, kem.ReceiveKey.generate()), (2, READER)]) == (secret, 2)
+    page = Page(header=open_header(sealed, secret), sealed=sealed)
+    assert page.msg.shape == (PAGE_CAPACITY, len(MSG_FIELDS)) and page.msg.dtype == np.dtype(object)
 
 
-def test_round_trip_is_one_printable_ascii_line() -> None:
-    page = full_page(PAGE_CAPACITY)
-    text = page.to_string()
-    assert text.isascii() and text.isprintable() and "\n" not in text and not text.startswith("-")
-    assert text.startswith("reschat-page/1:")
-    again = Page.from_string(text)
-    assert again.all_messages() == page.all_messages()
-    assert (again.conversation, again.sender, again.number, again.wrapped_key) == (CONV, SENDER, 7, b"w" * 384)
-    assert again.is_full()
-    assert all(r.timestamp.tzinfo is not None for r in again.all_messages())
+def test_a_signed_page_opens_only_at_its_own_place() -> None:
+    identity = make_identity("w", 0)
+
+    def signer(data: bytes) -> bytes:
+        return crypto.sign(identity.private_key, data)
+
+    sealed, header, secret = new_page(
+        conversation=b"c" * 32, writer=b"w" * 32, epoch=1, number=7, first_seq=1, link=bytes(32),
+        readers=[READER.public], next_receive_key=READER.public, created=to_micros(T0), signer=signer,
+    )
+    sealed, _signed, _digest = add_record(sealed, header, secret, Record("text", 1, bytes(32), T0, (0, 0), "", b"hi"),
+                                          signer)
+    where = {"conversation": b"c" * 32, "writer": b"w" * 32, "writer_key": identity.public_key, "epoch": 1}
+    opened = open_page(sealed.to_string(), sealed, secret, number=7, verified=set(), **where)  # type: ignore[arg-type]
+    assert [r.body for r in opened.records] == [b"hi"]
+    with pytest.raises(PageFormatError, match="signed as page 7"):
+        open_page(sealed.to_string(), sealed, secret, number=8, verified=set(), **where)  # type: ignore[arg-type]
+    other = make_identity("x", 1)
+    with pytest.raises(PageFormatError, match="signature"):
+        open_page(sealed.to_string(), sealed, secret, number=7, verified=set(),
+                  **{**where, "writer_key": other.public_key})  # type: ignore[arg-type]
 
 
-def test_empty_page_round_trips() -> None:
-    page = Page(CONV, SENDER, 1, b"w")
-    assert Page.from_string(page.to_string()).all_messages() == []
+def test_yes_and_no_are_records_of_the_same_size() -> None:
+    yes, _ = sealed_page([b"yes"])
+    no, _ = sealed_page([b"no"])
+    short, _ = sealed_page([b"x" * 40])
+    assert len(yes.to_string()) == len(no.to_string()) == len(short.to_string())
+    longer, _ = sealed_page([b"x" * 200])
+    assert len(longer.to_string()) > len(yes.to_string())  # the next bucket
 
 
-def test_page_is_full_before_it_would_pass_the_size_limit() -> None:
-    page = Page(CONV, SENDER, 1, b"w" * 384)
-    big = 30_000
-    seq = 1
-    while not page.is_full(record(seq, big)):
-        page.add_message(record(seq, big))
-        seq += 1
-    assert page.message_count < PAGE_CAPACITY
-    assert len(page.to_string()) <= MAX_PAGE_BYTES
+@pytest.mark.parametrize("size", [0, 1, 100, 123, 124, 500, 8000, schedule.max_payload()])
+def test_padding_round_trips_into_a_bucket(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    padded = schedule.pad(payload)
+    assert len(padded) in schedule.PAD_BUCKETS
+    assert schedule.unpad(padded) == payload
+
+
+def test_padding_refuses_what_it_cannot_have_made() -> None:
     with pytest.raises(ValueError):
-        page.add_message(record(seq, big))
-
-
-def test_sort_by_time_orders_by_timestamp_then_seq() -> None:
-    page = Page(CONV, SENDER, 1, b"w")
-    for seq, minute in [(1, 5), (2, 1), (3, 3)]:
-        page.add_message(record(seq, when=T0 + timedelta(minutes=minute)))
-    page.sort_by_time()
-    assert [r.seq for r in page.all_messages()] == [2, 3, 1]
+        schedule.pad(bytes(schedule.max_payload() + 1))
+    bad = bytearray(schedule.pad(b"abc"))
+    bad[-1] = 1
+    with pytest.raises(ValueError):
+        schedule.unpad(bytes(bad))
 
 
 @pytest.mark.parametrize(
     "text",
-    [
-        "",
-        "fail",
-        "get value fail",
-        "reschat-page/2:{}",
-        "reschat-page/1:",
-        "reschat-page/1:{",
-        "reschat-page/1:[]",
-        "reschat-page/1:{\"conversation\":1}",
-        "reschat-page/1:" + "[" * 100_000,
-    ],
+    ["", "fail", "get value fail", "reschat2:", "reschat2:!!!", "reschat2:AAAA", "reschat-page/1:{}",
+     "reschat2:" + base64.b64encode(b"\x02\x01" + bytes(50)).decode()],
 )
 def test_garbage_raises_page_format_error(text: str) -> None:
     with pytest.raises(PageFormatError):
-        Page.from_string(text)
+        SealedPage.from_string(text)
 
 
-def test_every_field_is_validated() -> None:
-    good = json.loads(full_page(1).to_string().split(":", 1)[1])
-    mutations = [
-        ("page", 0), ("page", True), ("page", "1"), ("conversation", "A" * 64), ("sender", "x"),
-        ("wrapped_key", "!!"), ("records", {}), ("records", [[1, 2]]), ("extra", 1),
-    ]
-    for field, value in mutations:
-        body = dict(good)
-        body[field] = value
-        with pytest.raises(PageFormatError):
-            Page.from_string("reschat-page/1:" + json.dumps(body))
-    row = good["records"][0]
-    for index, value in [(0, "z" * 64), (1, "exe"), (2, "2026-11-25 12:00:00"), (2, "2026-13-45T99:00:00.000000Z"),
-                         (3, "a/b"), (4, "@@"), (6, 0), (6, 1.5), (7, "0"), (8, None)]:
-        bad_row = list(row)
-        bad_row[index] = value
-        body = dict(good, records=[bad_row])
-        with pytest.raises(PageFormatError):
-            Page.from_string("reschat-page/1:" + json.dumps(body))
-    body = dict(good, records=[row] * (PAGE_CAPACITY + 1))
-    with pytest.raises(PageFormatError):
-        Page.from_string("reschat-page/1:" + json.dumps(body))
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(max_size=300))
-def test_arbitrary_text_parses_or_raises_page_format_error(text: str) -> None:
-    for candidate in (text, "reschat-page/1:" + text):
-        try:
-            page = Page.from_string(candidate)
-        except PageFormatError:
-            continue
-        assert page.message_count <= PAGE_CAPACITY
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=70),
-    lambda inner: st.lists(inner, max_size=10) | st.dictionaries(st.text(max_size=15), inner, max_size=6),
-    max_leaves=40,
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(json_values)
-def test_arbitrary_json_parses_or_raises_page_format_error(value: object) -> None:
-    try:
-        page = Page.from_string("reschat-page/1:" + json.dumps(value))
-    except PageFormatError:
-        return
-    assert page.message_count <= PAGE_CAPACITY
+def test_a_protocol_1_page_is_named_old_format() -> None:
+    with pytest.raises(PageFormatError, match="old format"):
+        SealedPage.from_string('reschat-page/1:{"conversation":"aa"}')
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_mutated_real_pages_parse_or_raise_page_format_error(data: st.DataObject) -> None:
-    text = full_page(2).to_string()
-    start = data.draw(st.integers(0, len(text) - 1))
-    length = data.draw(st.integers(0, 20))
-    insert = data.draw(st.text(max_size=20))
-    mutated = text[:start] + insert + text[start + length :]
+@given(st.binary(max_size=4000))
+def test_any_bytes_parse_or_raise_page_format_error(raw: bytes) -> None:
+    with contextlib.suppress(PageFormatError):
+        SealedPage.from_string("reschat2:" + base64.b64encode(raw).decode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_timestamps_parse_only_ascii_digits_in_range(text: str) -> None:
     try:
-        page = Page.from_string(mutated)
+        moment = parse_timestamp(text)
     except PageFormatError:
         return
-    assert page.message_count <= 2 + 1
+    assert datetime(2000, 1, 1, tzinfo=timezone.utc) <= moment < datetime(2100, 1, 1, tzinfo=timezone.utc)
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.sampled_from(["text", "file"]), st.from_regex(r"[A-Za-z0-9._+-]{0,32}", fullmatch=True),
-                  st.binary(max_size=200), st.datetimes(timezones=st.just(timezone.utc))),
-        max_size=PAGE_CAPACITY,
-    )
-)
-def test_round_trip_of_arbitrary_records(rows: list[tuple[str, str, bytes, datetime]]) -> None:
-    page = Page(CONV, SENDER, 3, b"w" * 10)
-    for seq, (mtype, ext, blob, when) in enumerate(rows, start=1):
-        page.add_message(Record(RECEIVER, mtype, when, ext, blob, blob[::-1], seq, bytes(range(32)), blob))
-    assert Page.from_string(page.to_string()).all_messages() == page.all_messages()
+@pytest.mark.parametrize("text", ["9999-12-31T00:00:00.000000Z", "0001-01-01T00:00:00.000000Z",
+                                  "２０２６-11-25T12:00:00.000000Z", "1999-12-31T23:59:59.999999Z"])
+def test_far_or_non_ascii_timestamps_are_refused(text: str) -> None:
+    with pytest.raises(PageFormatError):
+        parse_timestamp(text)
+
+
+def test_record_times_outside_2000_to_2100_are_refused() -> None:
+    assert from_micros(to_micros(T0)) == T0
+    for moment in (datetime(1999, 12, 31, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc)):
+        with pytest.raises(PageFormatError):
+            from_micros(to_micros(moment))
