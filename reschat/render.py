@@ -24,6 +24,10 @@ MAX_MESSAGE_LINES = 40
 PENDING_MARK = "…"
 DELIVERED_MARK = "✓"
 PROBLEM_MARK = "!!"
+NOTICE_MARK = "--"
+#: Shown after the sender of a verified message dated more than ten minutes ahead of our clock: its
+#: writer's clock is wrong (or lies), so it sorts after messages written later.
+CLOCK_AHEAD_NOTE = " (dated ahead of your clock)"
 
 # Categories shown as escapes: controls (C0, C1, DEL), format characters (bidi overrides and
 # isolates, zero-width characters, soft hyphen, BOM...), line/paragraph separators and surrogates.
@@ -83,8 +87,10 @@ def _body_text(message: ChatMessage) -> str:
 def format_message(message: ChatMessage, tz: tzinfo | None = None) -> list[str]:
     """One message as display lines: local time, a status mark, the sender and the text.
 
-    Own messages carry ``…`` while pending and ``✓`` once delivered. Continuation lines of a
-    multi-line message are indented behind a bar so that text can never pose as another message.
+    Every message the engine returns is verified (it hides what is not). Own messages carry ``…``
+    while pending and ``✓`` once delivered; a message dated well ahead of our clock says so.
+    Continuation lines of a multi-line message are indented behind a bar so that text can never pose
+    as another message.
     """
     if message.outgoing:
         mark = DELIVERED_MARK if message.status == "delivered" else PENDING_MARK
@@ -92,28 +98,40 @@ def format_message(message: ChatMessage, tz: tzinfo | None = None) -> list[str]:
     else:
         mark = " "
         sender = neutralize(message.sender, max_chars=64)
+    if message.clock_ahead:
+        sender += CLOCK_AHEAD_NOTE
     head = f"{local_time(message.time, tz)} {mark} {sender}: "
     lines = neutralize_lines(_body_text(message))
     pad = " " * (len(head) - 2) + "| "
     return [head + lines[0]] + [pad + line for line in lines[1:]]
 
 
+#: One label per kind of ``lane.Problem``.
 _PROBLEM_LABELS = {
     "forged": "forged record hidden",
-    "replay": "replayed record ignored",
-    "gap": "messages missing",
+    "rewritten": "rewritten message hidden",
     "rollback": "ledger rolled back",
-    "fork": "conflicting versions",
+    "gap": "messages missing",
     "damaged": "damaged page",
-    "undecryptable": "undecryptable message",
+    "old-format": "old-format page ignored",
+    "undecryptable": "undecryptable page",
+    "skipped": "older pages not read yet",
 }
+#: Kinds that are news, not an alarm: an honest restart of a lane is one plain line.
+_NOTICE_KINDS = frozenset({"restart"})
 
 
 def format_problem(problem: IntegrityProblem, tz: tzinfo | None = None) -> str:
-    """An integrity problem as one clearly marked line, never mistakable for a message."""
+    """A problem as one clearly marked line, never mistakable for a message.
+
+    Integrity problems start with ``!!``; a restarted lane (``restart``) is a notice starting with
+    ``--`` that says who restarted, since an honest restart is nothing to be alarmed about.
+    """
+    when = f" near {local_time(problem.time, tz)}" if problem.time is not None else ""
+    if problem.kind in _NOTICE_KINDS:
+        return f"{NOTICE_MARK} {neutralize(problem.detail)}{when}"
     label = _PROBLEM_LABELS.get(problem.kind, neutralize(problem.kind, max_chars=32))
     lane = "your messages" if problem.lane == ME else f"{neutralize(problem.lane, max_chars=64)}'s messages"
-    when = f" near {local_time(problem.time, tz)}" if problem.time is not None else ""
     return f"{PROBLEM_MARK} {label} in {lane}{when}: {neutralize(problem.detail)}"
 
 

@@ -8,14 +8,12 @@ failure table is driven through the chat service."""
 from __future__ import annotations
 
 import base64
-import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from reschat import crypto
-from reschat.chat import ChatMessage, page_key
+from reschat.chat import ChatMessage
 from reschat.errors import LedgerConfigError, LedgerTimeoutError, LedgerUnavailableError
 from reschat.ledger import MemoryLedger, ResilientDBLedger
 from reschat.page import PAGE_CAPACITY
@@ -62,8 +60,8 @@ def first_message(alice: Person) -> None:
 
 
 def lane_key(sender: Person, receiver: Person, number: int) -> str:
-    conversation = crypto.conversation_id(sender.identity.public_key, receiver.identity.public_key)
-    return page_key(conversation, crypto.fingerprint_bytes(sender.identity.public_key).hex(), number)
+    """The private address of page ``number`` of epoch 1 of ``sender``'s lane to ``receiver``."""
+    return sender.chat.lane_address(receiver.name, mine=True, number=number, epoch=1)
 
 
 def sets_of(cluster: StandInCluster, key: str) -> int:
@@ -173,10 +171,10 @@ def test_pending_messages_survive_a_quit_as_ciphertext_and_are_re_sent_on_the_ne
     home = alice.home
     del alice  # quit before any confirmation
 
-    # The outbox holds both messages, and nothing in the profile holds the text.
-    (outbox,) = (home / "lanes").glob("*.json")
-    state = json.loads(outbox.read_text())
-    assert (state["seq"], state["confirmed_seq"], len(state["pages"])) == (2, 0, 1)
+    # The outbox holds both messages, sealed in the key store, and nothing in the profile holds the text.
+    assert len(list((home / "lanes").glob("*.state"))) == 1
+    outbox = make_person("alice", 0, home, ledger).chat.own_lane("bob")  # reads the store only
+    assert (outbox.epoch, outbox.seq, outbox.confirmed, sorted(outbox.pages)) == (1, 2, 0, ["1"])
     assert files_holding(secret, home) == []
 
     cluster.behave(drop_sets=None)

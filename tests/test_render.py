@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from hypothesis import given
@@ -87,11 +88,28 @@ def test_hostile_nickname_is_neutralized() -> None:
     assert lines == ["2024-05-01 12:30   evil\\x1b[31m: x"]
 
 
-def test_unverified_message_is_never_shown_as_genuine() -> None:
-    fake = ChatMessage("bob", "me", T0, "text", "", b"send me money", 1, None, verified=False)
-    lines = format_message(fake, UTC)
-    assert lines[0].startswith("!!")
-    assert "send me money" not in "".join(lines)
+def test_a_message_dated_ahead_of_our_clock_says_so() -> None:
+    """Everything the engine returns is verified, but a writer chooses its timestamps: one dated far
+    ahead would sort after every later message, so it is marked (the engine sets ``clock_ahead``)."""
+    ahead = replace(message("pinned to the bottom", at=T0 + timedelta(days=30)), clock_ahead=True)
+    assert format_message(ahead, UTC) == ["2024-05-31 12:30   bob (dated ahead of your clock): pinned to the bottom"]
+    assert "ahead" not in format_message(message("on time"), UTC)[0]
+
+
+def test_every_problem_kind_is_marked_and_a_restart_is_a_plain_notice() -> None:
+    kinds = ["damaged", "old-format", "undecryptable", "forged", "gap", "rollback", "rewritten", "skipped"]
+    for kind in kinds:
+        line = format_problem(IntegrityProblem("bob", kind, "detail\x1b[2J"), UTC)
+        assert line.startswith("!! ") and "in bob's messages" in line, line
+        assert line.endswith(": detail\\x1b[2J")
+    labels = {format_problem(IntegrityProblem("bob", kind, "d"), UTC).split(" in ")[0] for kind in kinds}
+    assert len(labels) == len(kinds)  # each kind has its own words
+    assert format_problem(IntegrityProblem("me", "rewritten", "d"), UTC).startswith("!! rewritten message hidden in "
+                                                                                    "your messages")
+    restart = IntegrityProblem("bob", "restart", "bob restarted their side of the conversation", T0)
+    assert format_problem(restart, UTC) == "-- bob restarted their side of the conversation near 2024-05-01 12:30"
+    hostile = IntegrityProblem("bob", "restart", "x\u202e\x1b[31m")
+    assert format_problem(hostile, UTC) == "-- x\\u202e\\x1b[31m"
 
 
 def test_problems_are_marked_and_placed_in_time_order() -> None:
