@@ -1,10 +1,16 @@
-"""A third party who can write any key: forged, copied, replayed, reordered, garbage, rolled-back and
-erased records are reported as such, and every genuine message is still shown (prototype defect 4)."""
+"""A third party who can write any key it has seen, and a malicious friend who can write anywhere in
+their own lane: junk, protocol-1 values, copied, renumbered, rolled-back, rewritten and erased pages
+are reported as such, never shown as messages, and every genuine page is still shown (prototype
+defect 4, on protocol 2)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import base64
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -12,13 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reschat import crypto
-from reschat.chat import page_key
+from reschat.errors import PageFormatError
+from reschat.lane import add_record, open_header, open_page
 from reschat.ledger import MemoryLedger
 from reschat.ledger.base import MAX_VALUE_BYTES
-from reschat.page import Page
-from tests.conftest import Person, befriend, make_person, rsa_key
-
-PREFIX = "reschat-page/1:"
+from reschat.page import PAGE_CAPACITY, PREFIX, Record, SealedPage, from_micros, to_micros
+from tests.conftest import Person, befriend, make_person
 
 
 @pytest.fixture
@@ -34,128 +39,175 @@ def pair(tmp_path: Path, ledger: MemoryLedger) -> tuple[Person, Person]:
     return alice, bob
 
 
-def lane_key(sender: Person, receiver: Person, number: int) -> str:
-    conversation = crypto.conversation_id(sender.identity.public_key, receiver.identity.public_key)
-    return page_key(conversation, crypto.fingerprint_bytes(sender.identity.public_key).hex(), number)
-
-
-def edit_page(ledger: MemoryLedger, key: str, change: Callable[[dict[str, object]], None]) -> None:
-    value = ledger.get(key)
-    assert value is not None
-    body = json.loads(value[len(PREFIX):])
-    change(body)
-    ledger._data[key] = PREFIX + json.dumps(body, separators=(",", ":"))
+def lane_key(sender: Person, receiver: Person, number: int, epoch: int = 1) -> str:
+    """The private address of page ``number`` of ``sender``'s lane to ``receiver``."""
+    return sender.chat.lane_address(receiver.name, mine=True, number=number, epoch=epoch)
 
 
 def kinds(problems: list[object]) -> set[str]:
     return {p.kind for p in problems}  # type: ignore[attr-defined]
 
 
+def details(problems: list[object]) -> str:
+    return " | ".join(p.detail for p in problems)  # type: ignore[attr-defined]
+
+
 def genuine(person: Person, friend: str) -> list[str]:
     return [m.text for m in person.chat.get_update(friend).messages]
 
 
-def test_forged_record_is_hidden_and_reported(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+def fresh_session(person: Person, ledger: MemoryLedger) -> Person:
+    """A new session of the same profile: nothing cached, the sealed store's checkpoint kept."""
+    return make_person(person.name, {"alice": 0, "bob": 1}[person.name], person.home, ledger)
+
+
+def two_pages(alice: Person, count: int = PAGE_CAPACITY + 1) -> list[str]:
+    """alice fills page 1 of her lane to bob and starts page 2."""
+    texts = [f"m{i}" for i in range(count)]
+    for text in texts:
+        assert alice.chat.send_message(text, "bob").error is None
+    return texts
+
+
+# --- a ledger writer without keys ----------------------------------------------------------------
+
+
+JUNK = {
+    "not base64": PREFIX + "{garbage",
+    "base64 of junk": PREFIX + base64.b64encode(os.urandom(3000)).decode(),
+    "at the size limit": "x" * MAX_VALUE_BYTES,
+    "plain junk": "junk",
+}
+
+
+@pytest.mark.parametrize("junk", list(JUNK), ids=list(JUNK))
+def test_junk_at_a_known_address_is_damaged_and_the_rest_still_shows(
+    pair: tuple[Person, Person], ledger: MemoryLedger, junk: str
+) -> None:
     alice, bob = pair
-    for text in ["one", "two"]:
-        alice.chat.send_message(text, "bob")
-    key = lane_key(alice, bob, 1)
+    texts = two_pages(alice)
+    bob.chat.send_message("bob's own", "alice")
+    assert genuine(bob, "alice")[-2:] == [texts[-1], "bob's own"]
+    ledger._data[lane_key(alice, bob, 1)] = JUNK[junk]
+    for session in (bob, fresh_session(bob, ledger)):  # the same session, then a new one
+        view = session.chat.load_all("alice")
+        shown = [m.text for m in view.messages]
+        assert shown == [*texts[PAGE_CAPACITY:], "bob's own"]
+        assert "damaged" in kinds(view.problems)
+        assert all(m.text not in texts[:PAGE_CAPACITY] for m in view.messages)
 
-    def forge(body: dict[str, object]) -> None:
-        rows = body["records"]
-        assert isinstance(rows, list)
-        fake = list(rows[-1])
-        fake[6] = 3  # seq 3, as if alice wrote a third message
-        fake[2] = "2030-01-01T00:00:00.000000Z"
-        rows.append(fake)
 
-    edit_page(ledger, key, forge)
-    view = bob.chat.get_update("alice")
-    assert [m.text for m in view.messages] == ["one", "two"]
+@pytest.mark.xfail(strict=True, reason="engine: junk at the friend's only (newest) page is hidden without a problem: "
+                   "_discover_top drops it and check_lane only reports pages inside 1..top")
+def test_junk_at_the_friends_only_page_is_reported(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+    alice, bob = pair
+    alice.chat.send_message("real", "bob")
+    ledger._data[lane_key(alice, bob, 1)] = JUNK["plain junk"]
+    view = fresh_session(bob, ledger).chat.load_all("alice")
+    assert view.messages == []
+    assert "damaged" in kinds(view.problems)
+
+
+def test_a_protocol_1_value_at_a_protocol_2_address_is_old_format(
+    pair: tuple[Person, Person], ledger: MemoryLedger
+) -> None:
+    alice, bob = pair
+    texts = two_pages(alice)
+    old = 'reschat-page/1:{"records":[["bob","text","2030-01-01T00:00:00.000000Z","","aGk=","aGk=",1,"",""]]}'
+    ledger._data[lane_key(alice, bob, 1)] = old
+    view = fresh_session(bob, ledger).chat.load_all("alice")
+    assert [m.text for m in view.messages] == texts[PAGE_CAPACITY:]
+    assert "old-format" in kinds(view.problems)
+    assert "damaged" not in kinds(view.problems)
+
+
+def test_a_genuine_page_copied_over_another_address_is_forged(
+    pair: tuple[Person, Person], ledger: MemoryLedger
+) -> None:
+    alice, bob = pair
+    texts = two_pages(alice)
+    page2 = ledger.get(lane_key(alice, bob, 2))
+    assert page2 is not None
+    ledger._data[lane_key(alice, bob, 1)] = page2  # a writer who saw both addresses
+    # bob has never read page 1: the copy opens, and its signed header names another page.
+    view = bob.chat.load_all("alice")
+    assert [m.text for m in view.messages] == texts[PAGE_CAPACITY:]  # page 2 shown once, page 1 not at all
     assert "forged" in kinds(view.problems)
+    assert "signed as page 2" in details(view.problems)
+    # Once bob holds page 1's key, the copy does not even open: still refused, this session and a new one.
+    for session in (bob, fresh_session(bob, ledger)):
+        view = session.chat.load_all("alice")
+        assert [m.text for m in view.messages] == texts[PAGE_CAPACITY:]
+        assert "forged" in kinds(view.problems)
 
 
-def test_record_signed_by_a_stranger_is_never_shown_as_the_friend(tmp_path: Path, ledger: MemoryLedger) -> None:
-    alice = make_person("alice", 0, tmp_path / "alice", ledger)
-    bob = make_person("bob", 1, tmp_path / "bob", ledger)
-    befriend(alice, bob)
-    # mallory knows both public keys and builds a perfectly formed page in alice's lane, signed by herself
+def test_a_page_moved_to_the_next_number_is_not_shown_twice(
+    pair: tuple[Person, Person], ledger: MemoryLedger
+) -> None:
+    """The same page replayed under page 2 (only its friend could know that address): refused, never
+    counted as the lane's newest page, and the real page 2 still arrives."""
+    alice, bob = pair
+    alice.chat.send_message("one", "bob")
+    value = ledger.get(lane_key(alice, bob, 1))
+    assert value is not None
+    ledger.set(lane_key(alice, bob, 2), value)
+    view = bob.chat.get_update("alice")
+    assert [m.text for m in view.messages] == ["one"]
+    assert bob.chat.conversation_state("alice").theirs.top == 1
+    texts = ["one", *two_pages(alice, PAGE_CAPACITY)]  # the real page 2 overwrites the copy
+    assert genuine(bob, "alice") == texts
+
+
+def test_a_page_signed_by_a_stranger_is_never_shown_as_the_friend(
+    tmp_path: Path, pair: tuple[Person, Person], ledger: MemoryLedger
+) -> None:
+    alice, bob = pair
+    # mallory calls herself alice, knows bob's card, and builds a perfectly formed page of her own
     mallory = make_person("alice", 2, tmp_path / "mallory", ledger)
-    mallory.friends.add_friend("bob", bob.identity.public_key)
+    mallory.friends.add_friend("bob", crypto.parse_contact(bob.card))
     mallory.chat.send_message("send me your password", "bob")
     forged_value = ledger.get(lane_key(mallory, bob, 1))
     assert forged_value is not None
-    alice.chat.send_message("hello bob", "bob")
-    ledger._data[lane_key(alice, bob, 2)] = forged_value.replace(
-        crypto.fingerprint_bytes(mallory.identity.public_key).hex(),
-        crypto.fingerprint_bytes(alice.identity.public_key).hex(),
-    )
-    view = bob.chat.get_update("alice")
-    assert [m.text for m in view.messages] == ["hello bob"]
+    texts = two_pages(alice)
+    ledger._data[lane_key(alice, bob, 1)] = forged_value
+    view = fresh_session(bob, ledger).chat.load_all("alice")
+    assert [m.text for m in view.messages] == texts[PAGE_CAPACITY:]
     assert "send me your password" not in repr(view.messages)
-    assert view.problems  # the forged page is reported
+    assert kinds(view.problems) & {"forged", "undecryptable"}
 
 
-def test_record_copied_from_another_conversation_fails(tmp_path: Path, ledger: MemoryLedger) -> None:
+def test_a_page_copied_from_another_conversation_is_refused(tmp_path: Path, ledger: MemoryLedger) -> None:
     alice = make_person("alice", 0, tmp_path / "alice", ledger)
     bob = make_person("bob", 1, tmp_path / "bob", ledger)
     carol = make_person("carol", 2, tmp_path / "carol", ledger)
     befriend(alice, bob)
-    befriend(alice, carol)
+    alice.friends.add_friend("carol", crypto.parse_contact(carol.card))
+    carol.friends.add_friend("alice", crypto.parse_contact(alice.card))
     alice.chat.send_message("for carol only", "carol")
-    alice.chat.send_message("for bob", "bob")
+    texts = two_pages(alice)
     carol_value = ledger.get(lane_key(alice, carol, 1))
     assert carol_value is not None
-    carol_row = json.loads(carol_value[len(PREFIX):])["records"][0]
-
-    def transplant(body: dict[str, object]) -> None:
-        rows = body["records"]
-        assert isinstance(rows, list)
-        copied = list(carol_row)
-        copied[6] = 2
-        rows.append(copied)
-
-    edit_page(ledger, lane_key(alice, bob, 1), transplant)
-    view = bob.chat.get_update("alice")
-    assert [m.text for m in view.messages] == ["for bob"]
-    assert "forged" in kinds(view.problems)
-
-
-def test_replayed_and_reordered_records(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
-    alice, bob = pair
-    for text in ["a", "b", "c"]:
-        alice.chat.send_message(text, "bob")
-
-    def replay_and_shuffle(body: dict[str, object]) -> None:
-        rows = body["records"]
-        assert isinstance(rows, list)
-        body["records"] = [rows[2], rows[0], rows[1], rows[0]]
-
-    edit_page(ledger, lane_key(alice, bob, 1), replay_and_shuffle)
-    view = bob.chat.get_update("alice")
-    assert [m.text for m in view.messages] == ["a", "b", "c"]
-    assert kinds(view.problems) == {"replay"}
-
-
-def test_garbage_page_keeps_the_rest_readable(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
-    alice, bob = pair
-    for i in range(25):
-        alice.chat.send_message(f"m{i}", "bob")
-    bob.chat.send_message("bob's own", "alice")
-    ledger._data[lane_key(alice, bob, 1)] = "reschat-page/1:{garbage"
+    ledger._data[lane_key(alice, bob, 1)] = carol_value
     view = bob.chat.load_all("alice")
-    texts = [m.text for m in view.messages]
-    assert texts == [f"m{i}" for i in range(20, 25)] + ["bob's own"]
-    assert "damaged" in kinds(view.problems)
+    assert [m.text for m in view.messages] == texts[PAGE_CAPACITY:]
+    assert "for carol only" not in repr(view.messages)
+    assert kinds(view.problems) & {"forged", "undecryptable"}
 
 
-def test_value_at_the_size_limit_is_reported(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+def test_replayed_and_reordered_records_are_refused(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+    """Each record is sealed to its index and chained: a page with records replayed or reordered is forged."""
     alice, bob = pair
-    alice.chat.send_message("real", "bob")
-    ledger.set(lane_key(alice, bob, 2), "x" * MAX_VALUE_BYTES)
-    view = bob.chat.get_update("alice")
-    assert [m.text for m in view.messages] == ["real"]
-    assert "damaged" in kinds(view.problems)
+    texts = two_pages(alice)
+    key = lane_key(alice, bob, 1)
+    value = ledger.get(key)
+    assert value is not None
+    sealed = SealedPage.from_string(value)
+    rows = sealed.records
+    sealed.records = [rows[2], rows[0], rows[1], rows[0]]
+    ledger._data[key] = sealed.to_string()
+    view = bob.chat.load_all("alice")
+    assert [m.text for m in view.messages] == texts[PAGE_CAPACITY:]
+    assert "forged" in kinds(view.problems)
 
 
 def test_rollback_to_an_older_copy_is_detected(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
@@ -166,26 +218,24 @@ def test_rollback_to_an_older_copy_is_detected(pair: tuple[Person, Person], ledg
     assert genuine(bob, "alice") == ["one", "two"]
     assert old_copy is not None
     ledger._data[lane_key(alice, bob, 1)] = old_copy
-    later = make_person("bob", 1, bob.home, ledger)  # a fresh session of the same profile
-    view = later.chat.get_update("alice")
-    assert [m.text for m in view.messages] == ["one"]
-    assert "rollback" in kinds(view.problems)
+    for session in (bob, fresh_session(bob, ledger)):
+        view = session.chat.get_update("alice")
+        assert [m.text for m in view.messages] == ["one"]
+        assert "rollback" in kinds(view.problems)
+    assert bob.chat.conversation_state("alice").theirs.seq == 2  # the checkpoint never goes back
 
 
 def test_erased_page_shows_a_gap(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
     alice, bob = pair
-    for i in range(45):
-        alice.chat.send_message(f"m{i}", "bob")
+    texts = two_pages(alice, 2 * PAGE_CAPACITY + 5)
     del ledger._data[lane_key(alice, bob, 2)]  # e.g. lost by a restarted in-memory node
-    view = make_person("bob", 1, bob.home, ledger).chat.load_all("alice")
-    assert [m.text for m in view.messages] == [f"m{i}" for i in range(20)] + [f"m{i}" for i in range(40, 45)]
+    view = fresh_session(bob, ledger).chat.load_all("alice")
+    assert [m.text for m in view.messages] == texts[:PAGE_CAPACITY] + texts[2 * PAGE_CAPACITY:]
     assert "gap" in kinds(view.problems)
-    assert any("20 message(s) missing" in p.detail for p in view.problems)
+    assert "page 2 is missing" in details(view.problems)
 
 
 def test_overwritten_own_page_is_resent_by_its_sender(tmp_path: Path, ledger: MemoryLedger) -> None:
-    from datetime import timedelta
-
     alice = make_person("alice", 0, tmp_path / "alice", ledger, resend_after=timedelta(0))
     bob = make_person("bob", 1, tmp_path / "bob", ledger)
     befriend(alice, bob)
@@ -201,80 +251,154 @@ def test_overwritten_own_page_is_resent_by_its_sender(tmp_path: Path, ledger: Me
     assert genuine(bob, "alice") == ["important", "second"]
 
 
-def test_a_page_moved_to_another_number_is_rejected(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
-    alice, bob = pair
-    alice.chat.send_message("one", "bob")
-    value = ledger.get(lane_key(alice, bob, 1))
-    assert value is not None
-    ledger.set(lane_key(alice, bob, 2), value)  # same page, replayed under the next number
-    view = bob.chat.get_update("alice")
-    assert [m.text for m in view.messages] == ["one"]
-    assert view.problems
-
-
 def test_the_pages_are_ciphertext_only(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
     alice, bob = pair
     alice.chat.send_message("the eagle lands at noon", "bob")
     bob.chat.get_update("alice")
     everything = " ".join(ledger._data.values())
     assert "eagle" not in everything
+    assert all(key.startswith("reschat2-") and len(key) == len("reschat2-") + 48 for key in ledger._data)
     on_disk = b"".join(p.read_bytes() for p in alice.home.rglob("*") if p.is_file())
     on_disk += b"".join(p.read_bytes() for p in bob.home.rglob("*") if p.is_file())
     assert b"eagle" not in on_disk
-    page = Page.from_string(ledger._data[lane_key(alice, bob, 1)])
-    assert page.message_count == 1
-    assert rsa_key(0) is not None
+    sealed = SealedPage.from_string(ledger._data[lane_key(alice, bob, 1)])
+    assert len(sealed.records) == 1
+    assert b"eagle" not in sealed.to_bytes()
 
 
-_VERIFIER_BOB: list[tuple[Person, Person, MemoryLedger, str]] = []
+# --- a malicious friend: alice's own keys ---------------------------------------------------------
+
+
+def test_a_friend_rewriting_a_page_already_read_is_reported(
+    tmp_path: Path, pair: tuple[Person, Person], ledger: MemoryLedger
+) -> None:
+    """alice's second copy, with her keys and her state from before a send, writes another message 2."""
+    alice, bob = pair
+    alice.chat.send_message("zero", "bob")
+    shutil.copytree(alice.home / "lanes", tmp_path / "evil" / "lanes")
+    alice.chat.send_message("original", "bob")
+    assert genuine(bob, "alice") == ["zero", "original"]
+
+    evil = make_person("alice", 0, tmp_path / "evil", ledger)
+    befriend(evil, make_person("bob", 1, tmp_path / "unused-bob", ledger))
+    sent = evil.chat.send_message("evil twin", "bob")
+    assert (sent.message.epoch, sent.message.seq) == (1, 2)  # the same place as "original"
+    for session in (bob, fresh_session(bob, ledger)):
+        view = session.chat.get_update("alice")
+        assert "evil twin" not in [m.text for m in view.messages]
+        assert "rewritten" in kinds(view.problems)
+
+
+def test_junk_from_the_friend_above_the_top_does_not_stop_new_messages(
+    pair: tuple[Person, Person], ledger: MemoryLedger
+) -> None:
+    alice, bob = pair
+    alice.chat.send_message("first", "bob")
+    assert genuine(bob, "alice") == ["first"]
+    for number in (1 + 2, 1 + 5):  # alice can compute every address of her own lane
+        ledger.set(bob.chat.lane_address("alice", mine=False, number=number), PREFIX + "AAAA")
+    texts = ["first", *two_pages(alice, PAGE_CAPACITY + 2)]  # fills page 1, writes page 2
+    view = bob.chat.get_update("alice")
+    assert [m.text for m in view.messages][-len(texts) + PAGE_CAPACITY:] == texts[PAGE_CAPACITY:]
+    assert [m.text for m in bob.chat.load_all("alice").messages] == texts
+    assert bob.chat.conversation_state("alice").theirs.top == 2
+
+
+# --- dates a page cannot carry ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["UTC", "Asia/Tokyo", "America/St_Johns", "Pacific/Kiritimati"])
+def local_zone(request: pytest.FixtureRequest) -> Iterator[str]:
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    yield request.param
+    if saved is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = saved
+    time.tzset()
+
+
+def test_from_micros_refuses_dates_outside_2000_to_2100() -> None:
+    low = to_micros(datetime(2000, 1, 1, tzinfo=timezone.utc))
+    high = to_micros(datetime(2100, 1, 1, tzinfo=timezone.utc))
+    assert from_micros(low) == datetime(2000, 1, 1, tzinfo=timezone.utc)
+    assert from_micros(high - 1).year == 2099
+    for micros in (low - 1, high, -(2**63), 2**63 - 1, 0):
+        with pytest.raises(PageFormatError, match="outside 2000-2100"):
+            from_micros(micros)
+
+
+@pytest.mark.parametrize("when", [datetime(1, 1, 1, tzinfo=timezone.utc), datetime(9999, 12, 31, tzinfo=timezone.utc),
+                                  datetime(1999, 12, 31, 23, 59, tzinfo=timezone.utc)])
+def test_a_signed_record_with_an_impossible_date_is_refused_without_crashing(
+    pair: tuple[Person, Person], ledger: MemoryLedger, local_zone: str, when: datetime
+) -> None:
+    """Even the friend's own signature cannot carry such a date: the reader refuses the page, in any zone."""
+    alice, bob = pair
+    texts = two_pages(alice)
+    own = alice.chat.own_lane("bob")
+    secret = bytes.fromhex(own.secrets["1:1"])
+    value = ledger.get(lane_key(alice, bob, 1))
+    assert value is not None
+    sealed = SealedPage.from_string(value)
+    header = open_header(sealed, secret)
+    opened = open_page(value, sealed, secret, conversation=header.conversation, writer=header.writer,
+                       writer_key=alice.identity.public_key, epoch=1, number=1, verified=set())
+    last = PAGE_CAPACITY - 1
+    record = Record(type="text", seq=last + 1, prev=opened.digests[last - 1], timestamp=when, causal=(0, 0),
+                    type_ext="", body=b"from another century")
+    shorter = SealedPage(slots=sealed.slots, header=sealed.header, records=sealed.records[:last])
+    crafted, _record, _digest = add_record(shorter, header, secret, record, alice.chat._sign)
+    ledger._data[lane_key(alice, bob, 1)] = crafted.to_string()
+    view = bob.chat.load_all("alice")
+    assert "from another century" not in repr(view.messages)
+    assert [m.text for m in view.messages] == texts[PAGE_CAPACITY:]
+    assert view.problems, f"refused silently in {local_zone}"
+    assert "outside 2000-2100" in details(view.problems)
+
+
+# --- any altered byte ------------------------------------------------------------------------------
+
+
+_GENUINE: list[tuple[Person, bytes, str]] = []
 _FRESH = [0]
 
 
-def _fuzz_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Person, Person, MemoryLedger, str]:
-    if not _VERIFIER_BOB:
+def _fuzz_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Person, bytes, str]:
+    if not _GENUINE:
         root = tmp_path_factory.mktemp("fuzz")
         ledger = MemoryLedger()
         alice = make_person("alice", 0, root / "alice", ledger)
         bob = make_person("bob", 1, root / "bob", ledger)
         befriend(alice, bob)
-        for text in ["one", "two", "three"]:
-            alice.chat.send_message(text, "bob")
-        value = ledger.get(lane_key(alice, bob, 1))
-        assert value is not None
-        _VERIFIER_BOB.append((alice, bob, ledger, value))
-    return _VERIFIER_BOB[0]
+        two_pages(alice)
+        value, second = ledger.get(lane_key(alice, bob, 1)), ledger.get(lane_key(alice, bob, 2))
+        assert value is not None and second is not None
+        _GENUINE.append((alice, SealedPage.from_string(value).to_bytes(), second))
+    return _GENUINE[0]
 
 
-field_values = st.one_of(
-    st.none(), st.integers(-2, 2**60), st.text(max_size=80), st.booleans(),
-    st.sampled_from(["text", "file", "0" * 64, "2026-11-25T12:00:00.000000Z", "AAAA"]),
-)
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_the_record_verifier_never_accepts_an_altered_record(
+def test_the_page_verifier_never_accepts_an_altered_page(
     tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
 ) -> None:
-    """Any change to any field of any record: the reader shows only untouched genuine messages, and
-    reports what it hid, or raises nothing at all."""
-    alice, bob, ledger, genuine_value = _fuzz_setup(tmp_path_factory)
-    body = json.loads(genuine_value[len(PREFIX):])
-    row_index = data.draw(st.integers(0, 2))
-    field_index = data.draw(st.integers(0, 8))
-    replacement = data.draw(field_values)
-    rows = body["records"]
-    original = rows[row_index][field_index]
-    rows[row_index][field_index] = replacement
-    ledger._data[lane_key(alice, bob, 1)] = PREFIX + json.dumps(body)
+    """Any change to any byte of page 1: a reader shows none of its messages and reports it, never raises."""
+    alice, raw, second = _fuzz_setup(tmp_path_factory)
+    position = data.draw(st.integers(0, len(raw) - 1))
+    flip = data.draw(st.integers(1, 255))
+    altered = bytearray(raw)
+    altered[position] ^= flip
     _FRESH[0] += 1
-    reader = make_person("bob", 1, bob.home / f"fresh{_FRESH[0]}", ledger)  # nothing cached or verified yet
-    reader.friends.add_friend("alice", alice.identity.public_key)
-    view = reader.chat.get_update("alice")
-    texts = [m.text for m in view.messages]
-    assert set(texts) <= {"one", "two", "three"}
-    # An older record's signature is not needed: its successor's signature covers its hash.
-    covered_by_chain = field_index == 8 and row_index < 2
-    if replacement != original and not covered_by_chain:
-        assert view.problems, "an altered record must be reported"
-        assert ["one", "two", "three"][row_index] not in texts
+    ledger = MemoryLedger()
+    reader = make_person("bob", 1, alice.home.parent / f"fresh{_FRESH[0]}", ledger)  # nothing cached yet
+    reader.friends.add_friend("alice", crypto.parse_contact(alice.card))
+    ledger._data[reader.chat.lane_address("alice", mine=False, number=1)] = PREFIX + base64.b64encode(
+        bytes(altered)
+    ).decode()
+    ledger._data[reader.chat.lane_address("alice", mine=False, number=2)] = second
+    view = reader.chat.load_all("alice")
+    assert [m.text for m in view.messages] == [f"m{PAGE_CAPACITY}"]  # page 2 only
+    assert view.problems, f"a page altered at byte {position} was not reported"
