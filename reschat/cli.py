@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import timezone
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from reschat.config import Settings, load_settings
 from reschat.doctor import format_report, run_doctor
 from reschat.errors import LedgerError, MessageError, PageFormatError, ProfileError, ReschatError
 from reschat.render import format_conversation, neutralize
+from reschat.storage import make_private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,15 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = None) -> int:
-    """Run ``reschat`` with ``argv``; returns the exit status."""
-    env = os.environ if environ is None else environ
+def main(argv: list[str] | None = None, *, environ: MutableMapping[str, str] | None = None) -> int:
+    """Run ``reschat`` with ``argv``; returns the exit status.
+
+    ``environ`` (default: ``os.environ``) loses RESCHAT_PASSWORD as soon as it is read here, so that no
+    process started later inherits it; the commands see a private copy.
+    """
+    source = os.environ if environ is None else environ
+    env = dict(source)
+    source.pop(PASSWORD_ENV, None)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = N
         return int(exc.code) if isinstance(exc.code, int) else ExitStatus.USAGE
     debug: bool = args.debug
     try:
-        settings = load_settings(home=args.home, config=args.config, ledger=args.ledger, environ=dict(env))
+        settings = load_settings(home=args.home, config=args.config, ledger=args.ledger, environ=env)
         _setup_logging(settings.home, debug)
         log.info("reschat %s: %s", __version__, getattr(args.func, "__name__", "?"))
         status: int = args.func(args, settings, env)
@@ -168,7 +175,7 @@ def _fail(message: str, debug: bool) -> int:
 
 def _setup_logging(home: Path, debug: bool) -> None:
     try:
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(home)
         # The log holds no secret, but who you talk to and when is private: owner-only, like the rest.
         os.close(os.open(home / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         handler = logging.FileHandler(home / LOG_FILE, encoding="utf-8")
