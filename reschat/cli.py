@@ -26,6 +26,7 @@ from reschat.chat import ChatMessage, IntegrityProblem, peek_unread_counts
 from reschat.config import Settings, load_settings
 from reschat.doctor import format_report, run_doctor
 from reschat.errors import LedgerError, MessageError, PageFormatError, ProfileError, ReschatError
+from reschat.passwords import check_new_password
 from reschat.render import format_conversation, neutralize
 from reschat.storage import make_private_dirs
 
@@ -197,8 +198,17 @@ def _read_stdin() -> str:
     return sys.stdin.read()
 
 
-def _password(args: argparse.Namespace, env: Mapping[str, str], *, new: bool = False) -> str:
-    """The password: --password-file, else $RESCHAT_PASSWORD, else a hidden prompt on the terminal."""
+def _password(
+    args: argparse.Namespace, env: Mapping[str, str], *, new: bool = False, user_inputs: tuple[str, ...] = ()
+) -> str:
+    """The password: --password-file, else $RESCHAT_PASSWORD, else a hidden prompt on the terminal.
+
+    A ``new`` password must pass ``passwords.check_new_password`` (the prompt asks again until it does).
+    """
+    if new and (args.password_file or env.get(PASSWORD_ENV)):
+        password = _password(args, env)
+        check_new_password(password, user_inputs=user_inputs)
+        return password
     if args.password_file:
         path = Path(args.password_file).expanduser()
         try:
@@ -216,7 +226,7 @@ def _password(args: argparse.Namespace, env: Mapping[str, str], *, new: bool = F
     from reschat import menus  # prompt_toolkit is only loaded when something is prompted
 
     if new:
-        return menus.ask_new_password(lambda line: print(line, file=sys.stderr))
+        return menus.ask_new_password(lambda line: print(line, file=sys.stderr), user_inputs=user_inputs)
     return menus.ask_password()
 
 
@@ -284,7 +294,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
     name = crypto.validate_name(args.name)
     if crypto.identity_exists(settings.home):
         raise ProfileError(f"an identity already exists in {settings.home}; use another --home for a new one")
-    identity = crypto.create_keys(name, _password(args, env, new=True), settings.home)
+    identity = crypto.create_keys(name, _password(args, env, new=True, user_inputs=(name,)), settings.home)
     print(f"Created the identity of {neutralize(identity.name)} in {settings.home}")
     print(f"Fingerprint: {identity.fingerprint}")
     return ExitStatus.OK
