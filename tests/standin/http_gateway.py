@@ -54,6 +54,11 @@ class GatewayStandIn(ThreadingHTTPServer):
         #: as it is sent (never stored), with no Content-Length unless ``huge_values_declared``.
         self.huge_values_bytes = 0
         self.huge_values_declared = False
+        #: ... for every key, or only for keys that hold a value (a reader then sees a normal lane whose
+        #: every page is huge).
+        self.huge_values_stored_only = False
+        #: The keys a huge value was sent for, in order.
+        self.huge_values_served: list[str] = []
         #: When set, every request is answered with a 302 to this location.
         self.redirect_to: str | None = None
         self.lock = threading.Lock()
@@ -111,6 +116,8 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _stream_huge_value(self, key: str) -> None:
+        with self.server.lock:
+            self.server.huge_values_served.append(key)
         size = self.server.huge_values_bytes
         head = json.dumps({"id": key, "value": ""})[:-2].encode()  # up to the value's opening quote
         self.send_response(200)
@@ -161,10 +168,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(500, b"get value fail")
             return
         key = urllib.parse.unquote(self.path[len(READ_PREFIX) :])
-        if self.server.huge_values_bytes:
+        server = self.server
+        if server.huge_values_bytes and (key in server.store or not server.huge_values_stored_only):
             self._stream_huge_value(key)
             return
-        server = self.server
         with server.lock:
             recent = time.monotonic() - server.written_at.get(key, float("-inf")) < server.stale_window_s
             stale = recent and server.random.random() < server.stale_probability
