@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,9 @@ from reschat.chat import ChatMessage, IntegrityProblem, peek_unread_counts
 from reschat.config import Settings, load_settings
 from reschat.doctor import format_report, run_doctor
 from reschat.errors import MessageError, PageFormatError, ProfileError, ReschatError
+from reschat.passwords import check_new_password
 from reschat.render import format_conversation, neutralize
+from reschat.storage import make_private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +127,15 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = None) -> int:
-    """Run ``reschat`` with ``argv``; returns the exit status."""
-    env = os.environ if environ is None else environ
+def main(argv: list[str] | None = None, *, environ: MutableMapping[str, str] | None = None) -> int:
+    """Run ``reschat`` with ``argv``; returns the exit status.
+
+    ``environ`` (default: ``os.environ``) loses RESCHAT_PASSWORD as soon as it is read here, so that no
+    process started later inherits it; the commands see a private copy.
+    """
+    source = os.environ if environ is None else environ
+    env = dict(source)
+    source.pop(PASSWORD_ENV, None)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = N
         return int(exc.code) if isinstance(exc.code, int) else ExitStatus.USAGE
     debug: bool = args.debug
     try:
-        settings = load_settings(home=args.home, config=args.config, ledger=args.ledger, environ=dict(env))
+        settings = load_settings(home=args.home, config=args.config, ledger=args.ledger, environ=env)
         _setup_logging(settings.home, debug)
         log.info("reschat %s: %s", __version__, getattr(args.func, "__name__", "?"))
         status: int = args.func(args, settings, env)
@@ -168,7 +176,7 @@ def _fail(message: str, debug: bool) -> int:
 
 def _setup_logging(home: Path, debug: bool) -> None:
     try:
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(home)
         # The log holds no secret, but who you talk to and when is private: owner-only, like the rest.
         os.close(os.open(home / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         handler = logging.FileHandler(home / LOG_FILE, encoding="utf-8")
@@ -190,8 +198,17 @@ def _read_stdin() -> str:
     return sys.stdin.read()
 
 
-def _password(args: argparse.Namespace, env: Mapping[str, str], *, new: bool = False) -> str:
-    """The password: --password-file, else $RESCHAT_PASSWORD, else a hidden prompt on the terminal."""
+def _password(
+    args: argparse.Namespace, env: Mapping[str, str], *, new: bool = False, user_inputs: tuple[str, ...] = ()
+) -> str:
+    """The password: --password-file, else $RESCHAT_PASSWORD, else a hidden prompt on the terminal.
+
+    A ``new`` password must pass ``passwords.check_new_password`` (the prompt asks again until it does).
+    """
+    if new and (args.password_file or env.get(PASSWORD_ENV)):
+        password = _password(args, env)
+        check_new_password(password, user_inputs=user_inputs)
+        return password
     if args.password_file:
         path = Path(args.password_file).expanduser()
         try:
@@ -209,7 +226,7 @@ def _password(args: argparse.Namespace, env: Mapping[str, str], *, new: bool = F
     from reschat import menus  # prompt_toolkit is only loaded when something is prompted
 
     if new:
-        return menus.ask_new_password(lambda line: print(line, file=sys.stderr))
+        return menus.ask_new_password(lambda line: print(line, file=sys.stderr), user_inputs=user_inputs)
     return menus.ask_password()
 
 
@@ -276,7 +293,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
     name = crypto.validate_name(args.name)
     if crypto.identity_exists(settings.home):
         raise ProfileError(f"an identity already exists in {settings.home}; use another --home for a new one")
-    identity = crypto.create_keys(name, _password(args, env, new=True), settings.home)
+    identity = crypto.create_keys(name, _password(args, env, new=True, user_inputs=(name,)), settings.home)
     print(f"Created the identity of {neutralize(identity.name)} in {settings.home}")
     print(f"Fingerprint: {identity.fingerprint}")
     return ExitStatus.OK

@@ -23,6 +23,10 @@ class WrongPasswordError(ReschatError):
     """The password does not open the private key."""
 
 
+class WeakPasswordError(ReschatError):
+    """A new password is too short or too easily guessed."""
+
+
 class KeyFormatError(ReschatError):
     """A public key, PEM block or contact card could not be read."""
 

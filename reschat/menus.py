@@ -27,10 +27,17 @@ from reschat import crypto
 from reschat.app import ProfilePaths, open_chat
 from reschat.chat import ME, ChatMessage, ChatService, ConversationView
 from reschat.config import Settings
-from reschat.errors import DuplicateFriendError, ReschatError, UnknownFriendError, WrongPasswordError
+from reschat.errors import (
+    DuplicateFriendError,
+    ReschatError,
+    UnknownFriendError,
+    WeakPasswordError,
+    WrongPasswordError,
+)
 from reschat.files import FILE_TYPE, message_label
 from reschat.friends import validate_nickname
 from reschat.ledger import Ledger
+from reschat.passwords import check_new_password
 from reschat.render import DELIVERED_MARK, format_conversation, format_message, local_time, neutralize
 
 log = logging.getLogger(__name__)
@@ -63,12 +70,17 @@ def ask_password(message: str = "Password: ") -> str:
     return ask(message, password=True)
 
 
-def ask_new_password(say: Callable[[str], None]) -> str:
-    """A new password, typed twice, hidden; asks again until both agree and it is not empty."""
+def ask_new_password(say: Callable[[str], None], *, user_inputs: Sequence[str] = ()) -> str:
+    """A new password, typed twice, hidden; asks again until it is strong enough and both agree."""
     while True:
         first = ask("Password: ", password=True)
         if not first:
             say("error: the password must not be empty")
+            continue
+        try:
+            check_new_password(first, user_inputs=user_inputs)
+        except WeakPasswordError as exc:
+            say(f"error: {exc}")
             continue
         if ask("Repeat password: ", password=True) == first:
             return first
@@ -265,7 +277,7 @@ class Menus:
                 break
             except ReschatError as exc:
                 self.error(exc)
-        password = ask_new_password(self.say)
+        password = ask_new_password(self.say, user_inputs=(name,))
         self.say("Creating your keys (this takes a few seconds)...")
         return crypto.create_keys(name, password, self.settings.home, scrypt_n=self.scrypt_n)
 

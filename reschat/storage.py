@@ -18,10 +18,27 @@ from pathlib import Path
 from typing import Any
 
 
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parent owner-only (0700); existing ones are left as they are.
+
+    ``Path.mkdir(parents=True, mode=...)`` gives the parents the default mode, so each is made here.
+    """
+    missing: list[Path] = []
+    current = Path(directory)
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -61,7 +78,7 @@ def file_lock(path: Path) -> Iterator[None]:
     the profile locked.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

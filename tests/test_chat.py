@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -209,7 +208,8 @@ def test_lost_outbox_state_is_rebuilt_from_the_ledger(tmp_path: object, ledger: 
     again.chat.send_message("after", "bob")
     assert again.chat.own_lane("bob").epoch == 2  # a new epoch: no sequence number is written twice
     view = bob.chat.get_update("alice")
-    assert [(p.kind, p.detail) for p in view.problems] == [("restart", "alice restarted their side of the conversation")]
+    restart = ("restart", "alice restarted their side of the conversation")
+    assert [(p.kind, p.detail) for p in view.problems] == [restart]
     assert [m.text for m in view.new_messages] == ["after"]
     everything = bob.chat.load_all("alice")
     assert [p.kind for p in everything.problems] == ["restart"]

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from Crypto.PublicKey import RSA
 
 from reschat.errors import LedgerUnavailableError
 from reschat.friends import FriendStore

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from reschat import crypto
+from reschat.chat import page_key
 from reschat.errors import LedgerConfigError, LedgerError, LedgerTimeoutError, LedgerUnavailableError
-from reschat.ledger.base import MAX_VALUE_BYTES
-from reschat.ledger.http import ResilientDBHttpLedger
+from reschat.ledger.base import MAX_VALUE_BYTES, OVERSIZED_VALUE
+from reschat.ledger.http import MAX_BODY_BYTES, ResilientDBHttpLedger
+from tests.conftest import befriend, make_person
+from tests.standin import STALE_READS_ENV
 from tests.standin.http_gateway import GatewayStandIn
 
 PRINTABLE = "".join(map(chr, range(0x20, 0x7F)))
@@ -165,21 +172,119 @@ def test_unexpected_acknowledgement_is_a_ledger_error(
         b'{"id": "k", "value": 5}',
         b'{"id": "k", "other": "v"}',
         b'{"id": "other", "value": "v"}',
+        b'[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]',
     ],
 )
-def test_a_value_someone_else_wrote_is_refused(
+def test_a_value_someone_else_wrote_is_returned_as_stored(
     gateway: GatewayStandIn, ledger: ResilientDBHttpLedger, stored: bytes
 ) -> None:
+    # As the CLI ledger returns a stranger's value: the reader reports it as damaged, and reads on.
     gateway.store["k"] = stored  # as another client of the same gateway could leave it
-    with pytest.raises(LedgerError, match="not ResChat's"):
-        ledger.get("k")
+    ledger.set("mine", "v")
+    assert ledger.get_many(["k", "mine"]) == {"k": stored.decode(), "mine": "v"}
 
 
-def test_a_non_json_value_is_refused(gateway: GatewayStandIn, ledger: ResilientDBHttpLedger) -> None:
+def test_a_non_json_value_is_returned_as_stored(gateway: GatewayStandIn, ledger: ResilientDBHttpLedger) -> None:
     # What a kv_service_tools client writing under the same key leaves behind.
-    gateway.forced_answer = (200, b"plain ciphertext")
-    with pytest.raises(LedgerError, match="not ResChat's"):
-        ledger.get("k")
+    gateway.forced_answer = (200, b"plain ciphertext \xff")
+    assert ledger.get("k") == "plain ciphertext \ufffd"
+
+
+def test_a_strangers_value_under_a_page_key_is_reported_not_fatal(tmp_path: Path, ledger: ResilientDBHttpLedger,
+                                                                   gateway: GatewayStandIn) -> None:
+    """Issue 11, item 9: one foreign body used to make get_update raise LedgerError for the whole chat."""
+    alice = make_person("alice", 0, tmp_path / "alice", ledger)
+    bob = make_person("bob", 1, tmp_path / "bob", ledger)
+    befriend(alice, bob)
+    alice.chat.send_message("still readable", "bob")
+    conversation = crypto.conversation_id(alice.identity.public_key, bob.identity.public_key)
+    key = page_key(conversation, crypto.fingerprint_bytes(alice.identity.public_key).hex(), 2)
+    stranger = json.dumps({"id": key, "note": "hi"}).encode()
+    assert raw_request(gateway, "POST", "/v1/transactions/commit", stranger)[0] == 201
+    view = bob.chat.get_update("alice")
+    assert [m.text for m in view.messages] == ["still readable"]
+    assert [p.kind for p in view.problems] == ["damaged"]
+
+
+def envelope(key: str, value: str) -> bytes:
+    return json.dumps({"id": key, "value": value}).encode()
+
+
+@pytest.mark.parametrize(
+    "size", [MAX_VALUE_BYTES + 1, MAX_BODY_BYTES + 1], ids=["value-over-the-limit", "body-over-the-limit"]
+)
+def test_an_oversized_value_reads_as_the_marker_and_the_other_keys_still_read(
+    gateway: GatewayStandIn, ledger: ResilientDBHttpLedger, size: int
+) -> None:
+    gateway.store["big"] = envelope("big", "x" * size)
+    ledger.set("small", "fine")
+    assert ledger.get_many(["big", "small", "none"]) == {"big": OVERSIZED_VALUE, "small": "fine", "none": None}
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["streamed-to-the-end", "content-length"])
+def test_a_huge_streamed_value_reads_as_the_marker(
+    gateway: GatewayStandIn, ledger: ResilientDBHttpLedger, declared: bool
+) -> None:
+    gateway.huge_values_bytes = 50_000_000
+    gateway.huge_values_declared = declared
+    assert ledger.get("k") == OVERSIZED_VALUE
+
+
+class CountingBody(io.RawIOBase):
+    """An endless body that counts what was read of it."""
+
+    def __init__(self) -> None:
+        self.consumed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        buffer[:] = b"x" * len(buffer)
+        self.consumed += len(buffer)
+        return len(buffer)
+
+
+def test_at_most_the_limit_plus_one_byte_of_a_body_is_read(ledger: ResilientDBHttpLedger) -> None:
+    body = CountingBody()
+    answer = ledger._read(200, body, MAX_BODY_BYTES, time.monotonic() + 60, "GET")
+    assert answer.oversized
+    assert body.consumed == MAX_BODY_BYTES + 1
+
+
+def test_a_redirect_is_refused_not_followed(gateway: GatewayStandIn) -> None:
+    with GatewayStandIn() as elsewhere:
+        elsewhere.store["k"] = envelope("k", "from elsewhere")
+        gateway.redirect_to = elsewhere.url + "/v1/transactions/k"
+        ledger = ResilientDBHttpLedger(gateway.url)
+        with pytest.raises(LedgerConfigError, match=r"redirected the GET .*does not follow redirects"):
+            ledger.get("k")
+        with pytest.raises(LedgerConfigError, match="redirected the POST"):
+            ledger.set("k", "v")
+        assert elsewhere.requests == []
+
+
+def test_the_stand_in_serves_stale_reads_when_the_environment_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-in itself: with RESCHAT_STANDIN_STALE_READS, a read right after a write is sometimes
+    the previous value (never anything else); without it, never."""
+    counts = {}
+    for setting in ("1", None):
+        if setting is None:
+            monkeypatch.delenv(STALE_READS_ENV, raising=False)
+        else:
+            monkeypatch.setenv(STALE_READS_ENV, setting)
+        with GatewayStandIn() as server:
+            ledger = ResilientDBHttpLedger(server.url)
+            seen = []
+            for i in range(200):
+                ledger.set(f"k{i}", "old")
+                ledger.set(f"k{i}", "new")
+                seen.append(ledger.get(f"k{i}"))
+        assert set(seen) <= {"old", "new"}
+        counts[setting] = seen.count("old")
+    # p = 0.3 of 200: the chance of none or all is below 1e-30
+    assert 0 < counts["1"] < 200
+    assert counts[None] == 0
 
 
 def test_wrong_path_on_the_gateway_is_a_config_error(gateway: GatewayStandIn) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -23,15 +25,16 @@ from reschat.errors import (
     LedgerUnavailableError,
     ValueTooLargeError,
 )
-from reschat.ledger.base import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from reschat.ledger.base import MAX_KEY_BYTES, MAX_VALUE_BYTES, OVERSIZED_VALUE
 from reschat.ledger.resilientdb import (
     ResilientDBLedger,
     check_client_config,
     parse_get_output,
     parse_set_output,
     run_tool,
+    tool_environment,
 )
-from tests.standin import StandInCluster
+from tests.standin import STALE_READS_ENV, StandInCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRINTABLE = "".join(map(chr, range(0x20, 0x7F)))
@@ -551,3 +554,88 @@ def test_standin_versioned_keys_are_a_compare_and_set(cluster: StandInCluster) -
     top = run_standin(cluster, *cfg, "--cmd", "get_top", "--key", "doc", "--top", "1").stdout
     assert top.startswith("key = doc, top 1\n value = item {\n")
     assert top.count("item {") == 1 and 'value: "second"' in top
+
+
+# --- bounded reads, a minimal environment, stale reads -----------------------------------------------
+
+
+def plant(cluster: StandInCluster, key: str, value: str) -> None:
+    """Put a value straight into the stand-in cluster's state, as a client with no size limit could."""
+    ledger_for(cluster).set("created", "so that the state exists")
+    with closing(sqlite3.connect(cluster.state_path, timeout=30)) as db, db:
+        db.execute("INSERT OR REPLACE INTO kv (key, value, previous, set_at) VALUES (?, ?, '', 0)", (key, value))
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES)
+def test_a_value_over_the_limit_reads_as_the_marker_and_the_other_keys_still_read(
+    cluster: StandInCluster, syntax: str
+) -> None:
+    ledger = ledger_for(cluster, syntax=syntax)
+    plant(cluster, "big", "x" * (MAX_VALUE_BYTES + 1))
+    plant(cluster, "huge", "y" * (3 * MAX_VALUE_BYTES))
+    ledger.set("small", "fine")
+    assert ledger.get_many(["big", "huge", "small", "none"]) == {
+        "big": OVERSIZED_VALUE, "huge": OVERSIZED_VALUE, "small": "fine", "none": None,
+    }
+
+
+def test_a_tool_streaming_a_huge_value_is_killed_before_the_end(cluster: StandInCluster) -> None:
+    ledger = ledger_for(cluster)
+    cluster.behave(huge_values_bytes=200_000_000)
+    assert ledger.get("k") == OVERSIZED_VALUE
+    [call] = cluster.calls()
+    assert call.ended is None  # the tool never got to log the end of its call: it was killed mid-value
+
+
+def test_a_tool_printing_without_end_on_a_set_is_a_ledger_error(tmp_path: Path, cluster: StandInCluster) -> None:
+    chatty = tmp_path / "chatty_tool"
+    chatty.write_text("#!/bin/sh\nexec head -c 100000000 /dev/zero\n")
+    chatty.chmod(0o755)
+    with pytest.raises(LedgerError, match="printed more than"):
+        ResilientDBLedger(chatty, cluster.config).set("k", "v")
+
+
+def test_the_tool_gets_a_minimal_environment_without_the_password(
+    cluster: StandInCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RESCHAT_PASSWORD", "correct horse battery staple")
+    monkeypatch.setenv("SOME_TOKEN", "not for the tool")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    cluster.behave(record_environment=True)
+    ledger_for(cluster).get("k")
+    seen = cluster.recorded_environment()
+    assert seen is not None
+    assert "correct horse battery staple" not in seen.values()
+    assert "RESCHAT_PASSWORD" not in seen and "SOME_TOKEN" not in seen
+    assert seen.get("PATH") == os.environ["PATH"] and seen.get("LC_ALL") == "C.UTF-8"
+    allowed = {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
+    # Python itself may add LC_CTYPE when it coerces a C locale.
+    assert all(name in allowed or name.startswith(("LC_", "GLOG_")) for name in seen), sorted(seen)
+
+
+def test_tool_environment_keeps_only_what_a_tool_needs() -> None:
+    environ = {"PATH": "/bin", "HOME": "/h", "LC_TIME": "C", "GLOG_v": "1", "RESCHAT_PASSWORD": "x",
+               "RESCHAT_HOME": "/p", "PYTHONPATH": "/evil", "LD_PRELOAD": "/evil.so"}
+    assert tool_environment(environ) == {"PATH": "/bin", "HOME": "/h", "LC_TIME": "C", "GLOG_v": "1"}
+
+
+def test_the_stand_in_serves_stale_reads_when_the_environment_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stand-in itself: with RESCHAT_STANDIN_STALE_READS, a read right after a write is sometimes the
+    previous value (never anything else); with it off, never."""
+    monkeypatch.setenv(STALE_READS_ENV, "1")
+    cluster = StandInCluster.create(tmp_path / "stale")
+    assert cluster.behaviour["stale_reads_after_set_s"] == 1.0
+    assert cluster.behaviour["stale_read_probability"] == 0.3
+    ledger = ledger_for(cluster)
+    seen = []
+    for i in range(40):
+        ledger.set(f"k{i}", "old")
+        ledger.set(f"k{i}", "new")
+        seen.append(ledger.get(f"k{i}"))
+    assert set(seen) <= {"old", "new"}
+    # p = 0.3 of 40 reads (each well within 1 s of its write): none stale or all stale is below 1e-6
+    assert 0 < seen.count("old") < 40
+    monkeypatch.setenv(STALE_READS_ENV, "0")
+    assert "stale_reads_after_set_s" not in StandInCluster.create(tmp_path / "fresh").behaviour

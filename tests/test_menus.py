@@ -170,13 +170,18 @@ def login(keys: str = "") -> str:
 def test_register_asks_name_and_password_twice(tmp_path: Path, ledger: MemoryLedger) -> None:
     settings = load_settings(home=str(tmp_path / "new"), environ={})
     term = Terminal(settings, ledger).start()
-    term.type("\r" + "carol\r" + "pw1\r" + "pw2\r" + "\r" + "pw1\r" + "pw1\r" + CTRL_D)
+    strong, other = "tulip marble 1987 ferry", "ferry tulip 1987 marble"
+    term.type("\r" + "carol\r" + "pw1\r" + "password123!\r" + strong + "\r" + other + "\r"
+              + "\r" + strong + "\r" + strong + "\r" + CTRL_D)
     output = term.finish()
     assert term.error is None and term.status == 0
     assert "error: the name must not be empty" in output
+    # each refusal gives its reason on one line, and the prompt asks again
+    assert "error: too short: use at least 10 characters" in output
+    assert "error: too easy to guess: this is similar to a commonly used password;" in output
     assert "error: the passwords do not match; try again" in output
     assert "error: the password must not be empty" in output
-    identity = crypto.load_identity(tmp_path / "new", "pw1")
+    identity = crypto.load_identity(tmp_path / "new", strong)
     assert identity.name == "carol"
     assert f"Your fingerprint: {identity.fingerprint}" in output
 

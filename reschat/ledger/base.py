@@ -21,6 +21,13 @@ from reschat.errors import LedgerError, ValueTooLargeError
 MAX_VALUE_BYTES = 131_071
 MAX_KEY_BYTES = 1024
 
+#: What ``get`` and ``get_many`` return, on every backend, for a key whose value they did not read
+#: into memory because it is over MAX_VALUE_BYTES (the local ledger also withholds a value of a type
+#: it never stores, whose size it cannot learn without reading it). It is short and is not a page, so
+#: a reader reports that key as damaged and goes on reading the others; the backend logs a warning.
+#: Anyone can also write this text as a value: it then reads exactly the same way, which is harmless.
+OVERSIZED_VALUE = "reschat-oversized-value"
+
 _PRINTABLE_ASCII_LINE = re.compile(r"[\x20-\x7e]+")
 
 
@@ -43,7 +50,11 @@ def check_value(value: str) -> None:
 
 
 class Ledger(ABC):
-    """A key-value ledger. ``get`` returns None for a missing (or empty) key."""
+    """A key-value ledger. ``get`` returns None for a missing (or empty) key.
+
+    Whatever a key holds, reading it never takes more than about MAX_VALUE_BYTES of memory: a larger
+    value is returned as OVERSIZED_VALUE, and one such key never makes ``get_many`` fail.
+    """
 
     #: Human-readable name for messages and ``reschat doctor``.
     name: str = "ledger"

@@ -4,6 +4,11 @@ Everything here follows the KV contract measured on a real cluster (the project'
 tool's exit status means nothing on a normal completion, so success is read from stdout; stderr is
 log noise; a stuck cluster makes the tool hang forever, so every call has a timeout that kills the
 tool's whole process group. The output parsers are pure functions so that they can be property-tested.
+
+Whatever a key holds, the tool's output is read as it arrives and the tool is killed as soon as it has
+printed more than any value within the limit could make it print: an oversized value reads as
+OVERSIZED_VALUE and was never whole in memory. The tool runs with a minimal environment (no password,
+no settings of ResChat's own).
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import errno
 import json
 import logging
 import os
+import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,9 +33,27 @@ from reschat.errors import (
     LedgerUnavailableError,
     ValueTooLargeError,
 )
-from reschat.ledger.base import MAX_VALUE_BYTES, Ledger, check_key, check_value
+from reschat.ledger.base import MAX_KEY_BYTES, MAX_VALUE_BYTES, OVERSIZED_VALUE, Ledger, check_key, check_value
 
 log = logging.getLogger(__name__)
+
+#: More than any get or set within the size limits makes the tool print (its line echoes the key, and
+#: the value for a set): a tool that prints more is killed and the rest is never read.
+MAX_OUTPUT_BYTES = MAX_KEY_BYTES + MAX_VALUE_BYTES + 256
+#: How much of the tool's log (stderr) is kept: its last line is all that is ever reported.
+_STDERR_KEEP = 16 * 1024
+_CHUNK = 64 * 1024
+
+#: What the tool may see of our environment: where programs and libraries are, locale, home, time
+#: zone and its own log settings. The rest stays out, RESCHAT_PASSWORD above all.
+_TOOL_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
+_TOOL_ENV_PREFIXES = ("LC_", "GLOG_")
+
+
+def tool_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The minimal environment a ``kv_service_tools`` process is started with."""
+    return {name: value for name, value in environ.items()
+            if name in _TOOL_ENV_NAMES or name.startswith(_TOOL_ENV_PREFIXES)}
 
 Syntax = Literal["flags", "legacy"]
 
@@ -49,6 +74,8 @@ class ToolResult:
     returncode: int
     stdout: str
     stderr_tail: str
+    #: The tool printed more than the cap and was killed: ``stdout`` is only the beginning.
+    overflowed: bool = False
 
 
 def _excerpt(text: str) -> str:
@@ -152,8 +179,18 @@ def check_client_config(path: Path) -> str:
     return "text"
 
 
-def run_tool(argv: list[str], timeout_s: float) -> ToolResult:
-    """Run one tool command; kill its whole process group and raise LedgerTimeoutError on timeout."""
+def run_tool(
+    argv: list[str],
+    timeout_s: float,
+    *,
+    max_stdout: int = MAX_OUTPUT_BYTES,
+    environ: Mapping[str, str] | None = None,
+) -> ToolResult:
+    """Run one tool command; kill its whole process group and raise LedgerTimeoutError on timeout.
+
+    At most ``max_stdout`` + 1 bytes of its output are read: past that the tool is killed and the
+    result says ``overflowed``. It gets ``tool_environment`` of ``environ`` (default: ours).
+    """
     tool = argv[0]
     try:
         # A new session makes the tool a process-group leader, so killing the group also kills anything
@@ -164,6 +201,7 @@ def run_tool(argv: list[str], timeout_s: float) -> ToolResult:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            env=tool_environment(os.environ if environ is None else environ),
         )
     except FileNotFoundError:
         raise LedgerUnavailableError(
@@ -182,7 +220,7 @@ def run_tool(argv: list[str], timeout_s: float) -> ToolResult:
         raise LedgerUnavailableError(f"cannot start ResilientDB client tool {tool}: {exc}") from exc
 
     try:
-        out, err = proc.communicate(timeout=timeout_s)
+        out, err, overflowed = _collect(proc, timeout_s, max_stdout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         raise LedgerTimeoutError(
@@ -198,7 +236,41 @@ def run_tool(argv: list[str], timeout_s: float) -> ToolResult:
         # A stranger's value may hold any bytes: the page parser upstream rejects what is not ours.
         stdout=out.decode("utf-8", "replace"),
         stderr_tail=stderr_lines[-1] if stderr_lines else "",
+        overflowed=overflowed,
     )
+
+
+def _collect(proc: subprocess.Popen[bytes], timeout_s: float, max_stdout: int) -> tuple[bytes, bytes, bool]:
+    """Read the tool's stdout and stderr as they come until both close and it exits, within the timeout.
+
+    Returns (stdout, stderr tail, overflowed); an overflowing tool is killed at once.
+    """
+    deadline = time.monotonic() + timeout_s
+    out, err = bytearray(), bytearray()
+    assert proc.stdout is not None and proc.stderr is not None  # both are pipes
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ, out)
+        selector.register(proc.stderr, selectors.EVENT_READ, err)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(proc.args, timeout_s)
+            for ready, _events in selector.select(remaining):
+                chunk = os.read(ready.fd, _CHUNK)
+                if not chunk:
+                    selector.unregister(ready.fileobj)
+                    continue
+                buffer: bytearray = ready.data
+                buffer += chunk
+                if buffer is out and len(out) > max_stdout:
+                    _kill_group(proc)
+                    return bytes(out[: max_stdout + 1]), bytes(err), True
+                if buffer is err and len(err) > _STDERR_KEEP:
+                    del err[:-_STDERR_KEEP]
+    proc.wait(max(deadline - time.monotonic(), 0.001))
+    for stream in (proc.stdout, proc.stderr):
+        stream.close()
+    return bytes(out), bytes(err), False
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -243,7 +315,7 @@ class ResilientDBLedger(Ledger):
         argv = [self.tool, "--config", config, "--cmd", cmd, "--key", key]
         return argv + ([] if value is None else ["--value", value])
 
-    def _run(self, cmd: str, key: str, value: str | None = None) -> str:
+    def _run(self, cmd: str, key: str, value: str | None = None) -> ToolResult:
         started = time.monotonic()
         result = run_tool(self._argv(cmd, key, value), self.timeout_s)
         log.debug(
@@ -254,6 +326,8 @@ class ResilientDBLedger(Ledger):
             time.monotonic() - started,
             result.stderr_tail,
         )
+        if result.overflowed:
+            return result  # killed for printing too much: its exit status says nothing
         status = result.returncode
         if status in _SEGFAULT and not result.stdout:
             raise LedgerConfigError(
@@ -271,14 +345,24 @@ class ResilientDBLedger(Ledger):
                 f"kv_service_tools failed with exit status {status} ({result.stderr_tail or 'no log'}):"
                 " check the tool and the cluster"
             )
-        return result.stdout
+        return result
 
     def get(self, key: str) -> str | None:
         check_key(key)
-        return parse_get_output(self._run("get", key), key, self.syntax)
+        result = self._run("get", key)
+        value = None if result.overflowed else parse_get_output(result.stdout, key, self.syntax)
+        if result.overflowed or (value is not None and len(value) > MAX_VALUE_BYTES):
+            log.warning("ledger key %s holds a value over %d bytes: not read", key, MAX_VALUE_BYTES)
+            return OVERSIZED_VALUE
+        return value
 
     def set(self, key: str, value: str) -> None:
         # Checked before spawning: an oversize argument would not even let the process start.
         check_key(key)
         check_value(value)
-        parse_set_output(self._run("set", key, value), key, value, self.syntax)
+        result = self._run("set", key, value)
+        if result.overflowed:
+            raise LedgerError(
+                f"kv_service_tools printed more than {MAX_OUTPUT_BYTES} bytes for a set: is it a ResilientDB KV client?"
+            )
+        parse_set_output(result.stdout, key, value, self.syntax)

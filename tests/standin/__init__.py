@@ -3,6 +3,11 @@
 ``StandInCluster.create(tmp_path)`` lays out a cluster in a directory: a client config in the format of
 the chosen tool generation and a behaviour file the stand-in tool re-reads on every call. Hand
 ``cluster.tool`` and ``cluster.config`` to the ledger exactly as a user would hand the real ones.
+
+Both stand-ins serve stale reads as the real cluster does (a get within 1 s of a set of the same key
+returns the previous value with probability 0.3) when the tests run with RESCHAT_STANDIN_STALE_READS=1;
+a knob given explicitly wins. The environment variable is read by the test process, never by the tool,
+which ResChat starts with a minimal environment.
 """
 
 from __future__ import annotations
@@ -20,6 +25,19 @@ TOOL = Path(__file__).with_name("kv_service_tools")
 
 #: Client config formats: v1.12 and later read JSON, older tools read ``id ip port`` lines.
 CONFIG_FORMATS = {"v1.12": "json", "v1.11": "text", "v1.9": "text"}
+
+#: Set (to anything but "", "0" or "off") to make both stand-ins serve stale reads like the real cluster.
+STALE_READS_ENV = "RESCHAT_STANDIN_STALE_READS"
+#: What the real cluster showed: a get this soon after a set of the same key may be stale...
+STALE_WINDOW_S = 1.0
+#: ... with this probability.
+STALE_PROBABILITY = 0.3
+
+
+def stale_reads_requested(environ: dict[str, str] | None = None) -> bool:
+    """Whether the tests' environment asks for the real cluster's stale reads."""
+    value = (os.environ if environ is None else environ).get(STALE_READS_ENV, "")
+    return value.strip().lower() not in ("", "0", "off", "no", "false")
 
 
 def client_config_text(fmt: str, port: int = 10005) -> str:
@@ -54,6 +72,9 @@ class StandInCluster:
     def create(cls, root: Path, generation: str = "v1.12", **knobs: Any) -> StandInCluster:
         """Write a client config for ``generation`` and a behaviour file with ``knobs`` under ``root``."""
         root.mkdir(parents=True, exist_ok=True)
+        if stale_reads_requested() and "stale_reads_after_set_s" not in knobs:
+            knobs = {"stale_reads_after_set_s": STALE_WINDOW_S, "stale_read_probability": STALE_PROBABILITY,
+                     **knobs}
         cluster = cls(root=root, generation=generation)
         cluster.write_config(CONFIG_FORMATS[generation])
         cluster.behave(**knobs)
@@ -87,6 +108,14 @@ class StandInCluster:
         temporary = self.behaviour_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(self.behaviour), encoding="utf-8")
         os.replace(temporary, self.behaviour_path)
+
+    def recorded_environment(self) -> dict[str, str] | None:
+        """The environment of the latest tool call, when the ``record_environment`` knob is on."""
+        path = Path(f"{self.config}.environ.json")
+        if not path.exists():
+            return None
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): str(v) for k, v in loaded.items()}
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         if not self.state_path.exists():

@@ -4,15 +4,22 @@ It answers as the project's KV contract says the real gateway does: a commit sto
 body under its "id" and answers 201 ``id: <id>`` at once; a body without a string id gets 400
 ``Invalid transaction format``; a missing key reads as 200 with an empty body; when the gateway cannot
 reach the cluster (``failing``) it answers 500 (``get value fail`` for reads).
+
+Test knobs beyond the contract: stale reads like the real cluster's (on with RESCHAT_STANDIN_STALE_READS,
+as for the tool stand-in), a huge generated value for every read, and a redirect for every request.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+
+from tests.standin import STALE_PROBABILITY, STALE_WINDOW_S, stale_reads_requested
 
 COMMIT_PATH = "/v1/transactions/commit"
 READ_PREFIX = "/v1/transactions/"
@@ -35,6 +42,25 @@ class GatewayStandIn(ThreadingHTTPServer):
         self.forced_answer: tuple[int, bytes] | None = None
         #: Every request as (method, raw path), in arrival order.
         self.requests: list[tuple[str, str]] = []
+        #: A read this soon after a write of the same key returns the previous body...
+        self.stale_window_s = STALE_WINDOW_S if stale_reads_requested() else 0.0
+        #: ... with this probability.
+        self.stale_probability = STALE_PROBABILITY
+        self.random = random.Random()
+        #: The body each key held before its latest write, and when that write came.
+        self.previous: dict[str, bytes] = {}
+        self.written_at: dict[str, float] = {}
+        #: When set, every read answers a ResChat envelope whose value is this many bytes, generated
+        #: as it is sent (never stored), with no Content-Length unless ``huge_values_declared``.
+        self.huge_values_bytes = 0
+        self.huge_values_declared = False
+        #: ... for every key, or only for keys that hold a value (a reader then sees a normal lane whose
+        #: every page is huge).
+        self.huge_values_stored_only = False
+        #: The keys a huge value was sent for, in order.
+        self.huge_values_served: list[str] = []
+        #: When set, every request is answered with a 302 to this location.
+        self.redirect_to: str | None = None
         self.lock = threading.Lock()
         self.closing = threading.Event()
         self._thread = threading.Thread(
@@ -81,7 +107,33 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.forced_answer is not None:
             self._answer(*self.server.forced_answer)
             return False
+        if self.server.redirect_to is not None:
+            self.send_response(302)
+            self.send_header("Location", self.server.redirect_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return False
         return True
+
+    def _stream_huge_value(self, key: str) -> None:
+        with self.server.lock:
+            self.server.huge_values_served.append(key)
+        size = self.server.huge_values_bytes
+        head = json.dumps({"id": key, "value": ""})[:-2].encode()  # up to the value's opening quote
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if self.server.huge_values_declared:
+            self.send_header("Content-Length", str(len(head) + size + 2))
+        self.end_headers()
+        chunk = b"x" * (1 << 20)
+        try:
+            self.wfile.write(head)
+            for start in range(0, size, len(chunk)):
+                self.wfile.write(chunk[: min(len(chunk), size - start)])
+            self.wfile.write(b'"}')
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading: what it is meant to do
+        self.close_connection = True
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -101,6 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(500, b"commit fail")
             return
         with self.server.lock:
+            self.server.previous[loaded["id"]] = self.server.store.get(loaded["id"], b"")
+            self.server.written_at[loaded["id"]] = time.monotonic()
             self.server.store[loaded["id"]] = body
         self._answer(201, f"id: {loaded['id']}".encode())
 
@@ -114,5 +168,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(500, b"get value fail")
             return
         key = urllib.parse.unquote(self.path[len(READ_PREFIX) :])
-        with self.server.lock:
-            self._answer(200, self.server.store.get(key, b""))
+        server = self.server
+        if server.huge_values_bytes and (key in server.store or not server.huge_values_stored_only):
+            self._stream_huge_value(key)
+            return
+        with server.lock:
+            recent = time.monotonic() - server.written_at.get(key, float("-inf")) < server.stale_window_s
+            stale = recent and server.random.random() < server.stale_probability
+            body = server.previous.get(key, b"") if stale else server.store.get(key, b"")
+        self._answer(200, body)
