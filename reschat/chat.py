@@ -486,8 +486,11 @@ class ChatService:
         f_epoch = theirs_view.epoch = restarted
         top = self._discover_top(pair, state, session, False, f_epoch, f_base, used_keys)
         theirs_view.top = top
-        # A value right above the newest verified page that does not verify is said, never ignored.
-        self._page_or_problem(pair, state, session, False, f_epoch, top + 1, problems, used_keys)
+        # A value above the newest verified page (in what this update read) does not verify: it is
+        # junk, a copy or a forgery, and is said, never silently ignored.
+        for epoch, number in sorted(session.fresh):
+            if epoch == f_epoch and number > top:
+                self._page_or_problem(pair, state, session, False, f_epoch, number, problems, used_keys)
         checkpoint_page = state.theirs.top if state.theirs.epoch == f_epoch else 0
         if everything:
             theirs_view.low = 1

@@ -97,8 +97,6 @@ def test_junk_at_a_known_address_is_damaged_and_the_rest_still_shows(
         assert all(m.text not in texts[:PAGE_CAPACITY] for m in view.messages)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: junk at the friend's only (newest) page is hidden without a problem: "
-                   "_discover_top drops it and check_lane only reports pages inside 1..top")
 def test_junk_at_the_friends_only_page_is_reported(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
     alice, bob = pair
     alice.chat.send_message("real", "bob")

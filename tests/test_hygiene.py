@@ -16,7 +16,7 @@ import pytest
 
 from reschat import crypto
 from reschat.cli import PASSWORD_ENV, main
-from tests.conftest import TEST_SCRYPT_N, rsa_key
+from tests.conftest import TEST_SCRYPT_N, make_identity
 from tests.standin import StandInCluster
 
 SCRIPT = Path(sys.executable).parent / "reschat"
@@ -28,7 +28,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """dave's profile, with erin as a friend (erin's key only: she never runs here)."""
     home = tmp_path_factory.mktemp("template") / "dave"
     crypto.create_keys("dave", PASSWORD, home, scrypt_n=TEST_SCRYPT_N)
-    assert main(["add", "erin", crypto.make_card("erin", rsa_key(1).public_key()), "--home", str(home),
+    assert main(["add", "erin", make_identity("erin", 1).card, "--home", str(home),
                  "--ledger", str(home.parent / "unused.sqlite")], environ={}) == 0
     return home
 

@@ -13,7 +13,7 @@ from reschat import crypto
 from reschat.cli import main
 from reschat.errors import WeakPasswordError
 from reschat.passwords import MIN_LENGTH, check_new_password
-from tests.conftest import TEST_SCRYPT_N, rsa_key
+from tests.conftest import TEST_SCRYPT_N, make_identity
 
 SCRIPT = Path(sys.executable).parent / "reschat"
 STRONG = "tulip marble 1987 ferry"
@@ -77,7 +77,7 @@ def test_unlocking_an_existing_identity_accepts_its_weak_password(tmp_path: Path
     # An identity made before the rules (or by a test): its password still opens it.
     home = tmp_path / "old"
     crypto.create_keys("dave", "pw", home, scrypt_n=TEST_SCRYPT_N)
-    friend = crypto.make_card("erin", rsa_key(1).public_key())
+    friend = make_identity("erin", 1).card
     common = ["--home", str(home), "--ledger", str(tmp_path / "ledger.sqlite")]
     assert main(["add", "erin", friend, *common], environ={}) == 0
     assert main(["read", "erin", "--json", *common], environ={"RESCHAT_PASSWORD": "pw"}) == 0
