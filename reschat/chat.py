@@ -31,7 +31,18 @@ from reschat import crypto, files, kem, schedule
 from reschat.errors import KeyFormatError, LedgerError, MessageError, PageFormatError, ProfileError
 from reschat.friends import Friend, FriendStore
 from reschat.keystore import ConversationState, ConversationStore, ReceiveKeyEntry
-from reschat.lane import Checkpoint, OpenPage, Problem, add_record, check_lane, find_page_secret, new_page, open_page
+from reschat.lane import (
+    Checkpoint,
+    OpenPage,
+    PageKeys,
+    Problem,
+    add_record,
+    check_lane,
+    find_page_secret,
+    new_page,
+    open_header,
+    open_page,
+)
 from reschat.ledger.base import Ledger
 from reschat.outbox import OwnLane, page_id
 from reschat.page import (
@@ -324,7 +335,7 @@ class ChatService:
             next_receive_key=self._new_receive_key(state).public, created=to_micros(self.clock()), signer=self._sign,
         )
         own.page = number
-        own.secrets[page_id(own.epoch, number)] = secret.hex()
+        own.secrets[page_id(own.epoch, number)] = PageKeys.from_secret(secret).to_text()
         own.pages[str(number)] = sealed.to_string()
         own.last_seq[str(number)] = own.seq
         self._verified.add(header.digest)
@@ -334,13 +345,14 @@ class ChatService:
         """Add ``record`` to our current page (or a new one); returns (page number, page value)."""
         needed = sealed_record_size(record_content_size(record.type_ext, len(record.body)))
         current = own.pages.get(str(own.page)) if own.page else None
-        sealed: SealedPage | None = SealedPage.from_string(current) if current else None
+        stored_keys = own.secrets.get(page_id(own.epoch, own.page)) if own.page else None
+        sealed: SealedPage | None = SealedPage.from_string(current) if current and stored_keys else None
+        secret: bytes | PageKeys
         if sealed is None or len(sealed.records) >= PAGE_CAPACITY or sealed.size_with(needed) > MAX_PAGE_BYTES:
             sealed, secret = self._start_page(pair, state, own)
         else:
-            secret = bytes.fromhex(own.secrets[page_id(own.epoch, own.page)])
-        from reschat.lane import open_header
-
+            assert stored_keys is not None
+            secret = PageKeys.from_text(stored_keys)
         header = open_header(sealed, secret)
         sealed, _signed, digest = add_record(sealed, header, secret, record, self._sign)
         value = sealed.to_string()
@@ -407,8 +419,9 @@ class ChatService:
             sealed = SealedPage.from_string(value)
             pid = page_id(epoch, number)
             stored = (OwnLane.from_dict(state.mine).secrets if mine else state.theirs.secrets).get(pid)
+            secret: bytes | PageKeys
             if stored:
-                secret, key_index = bytes.fromhex(stored), -1
+                secret, key_index = PageKeys.from_text(stored), -1
             elif mine:
                 raise _Unopenable("its key is not in this profile (written before this profile's last restart)")
             else:
@@ -828,8 +841,8 @@ class ChatService:
                 changed = True
             for number, page in opened.items():
                 pid = page_id(epoch, number)
-                if theirs.secrets.get(pid) != page.page_secret.hex():
-                    theirs.secrets[pid] = page.page_secret.hex()
+                if pid not in theirs.secrets:
+                    theirs.secrets[pid] = page.keys.to_text()
                     changed = True
             rewritten = {p.detail for p in problems if p.kind == "rewritten"}
             for record, digest in result.records:

@@ -48,6 +48,51 @@ class Problem:
     time: datetime | None = None  # where it belongs in the conversation, when known (verified data only)
 
 
+# --- the keys of one page ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PageKeys:
+    """What opens a page from record ``start`` on: its header key and chain key ``start``.
+
+    A store that keeps the page secret can open every record (start 0). Disappearing messages keep
+    only the chain key past the last expired record, so the expired ones can never be opened again.
+    """
+
+    header: bytes
+    chain: bytes
+    start: int = 0
+
+    @classmethod
+    def from_secret(cls, page_secret: bytes) -> PageKeys:
+        return cls(schedule.header_key(page_secret), schedule.chain_start(page_secret), 0)
+
+    def advanced(self, start: int) -> PageKeys:
+        """The keys from record ``start`` on (ValueError when that is before what we hold)."""
+        return PageKeys(self.header, schedule.chain_key_at(self.chain, self.start, start), start)
+
+    def message_key(self, index: int) -> bytes:
+        return schedule.message_key(schedule.chain_key_at(self.chain, self.start, index))
+
+    def to_text(self) -> str:
+        return f"{self.start}:{self.header.hex()}:{self.chain.hex()}"
+
+    @classmethod
+    def from_text(cls, text: str) -> PageKeys:
+        """Parse ``to_text`` or a bare page secret (64 hex digits); ValueError otherwise."""
+        if ":" not in text:
+            return cls.from_secret(bytes.fromhex(text))
+        start, header, chain = text.split(":")
+        keys = cls(bytes.fromhex(header), bytes.fromhex(chain), int(start))
+        if len(keys.header) != 32 or len(keys.chain) != 32 or keys.start < 0:
+            raise ValueError("damaged page keys")
+        return keys
+
+
+def as_keys(secret: bytes | PageKeys) -> PageKeys:
+    return secret if isinstance(secret, PageKeys) else PageKeys.from_secret(secret)
+
+
 # --- writing -------------------------------------------------------------------------------------
 
 
@@ -82,11 +127,11 @@ def new_page(
 
 
 def add_record(
-    sealed: SealedPage, header: Header, page_secret: bytes, record: Record, signer: Signer
+    sealed: SealedPage, header: Header, page_secret: bytes | PageKeys, record: Record, signer: Signer
 ) -> tuple[SealedPage, Record, bytes]:
     """``sealed`` with ``record`` signed and sealed at the next index; returns (page, record, digest)."""
     index = len(sealed.records)
-    key = schedule.message_key(schedule.chain_key_at(schedule.chain_start(page_secret), 0, index))
+    key = as_keys(page_secret).message_key(index)
     signed = replace(record, signature=signer(record.signed_bytes(header.digest, index)))
     page = SealedPage(slots=sealed.slots, header=sealed.header, records=[*sealed.records, b""])
     page.records[index] = seal_record(signed, key, header.digest, index)
@@ -96,9 +141,9 @@ def add_record(
 # --- reading -------------------------------------------------------------------------------------
 
 
-def open_header(sealed: SealedPage, page_secret: bytes) -> Header:
+def open_header(sealed: SealedPage, page_secret: bytes | PageKeys) -> Header:
     """The header of ``sealed``; ValueError when ``page_secret`` does not open it."""
-    return Header.from_plain(unseal(schedule.header_key(page_secret), sealed.header, _HEADER_AAD))
+    return Header.from_plain(unseal(as_keys(page_secret).header, sealed.header, _HEADER_AAD))
 
 
 def find_page_secret(
@@ -126,28 +171,32 @@ class OpenPage:
 
     value: str
     header: Header
-    page_secret: bytes
+    keys: PageKeys
     records: list[Record] = field(default_factory=list)
     digests: list[bytes] = field(default_factory=list)
+    #: Records before ``keys.start`` whose keys were deleted (disappearing messages): not opened.
+    skipped: int = 0
 
     @property
     def number(self) -> int:
         return self.header.number
 
     @property
-    def last_digest(self) -> bytes:
-        """Digest of the lane's newest record up to the end of this page."""
-        return self.digests[-1] if self.digests else self.header.link
+    def last_digest(self) -> bytes | None:
+        """Digest of the lane's newest record up to the end of this page (None: not known here)."""
+        if self.digests:
+            return self.digests[-1]
+        return None if self.skipped else self.header.link
 
     @property
     def last_seq(self) -> int:
-        return self.records[-1].seq if self.records else self.header.first_seq - 1
+        return self.records[-1].seq if self.records else self.header.first_seq - 1 + self.skipped
 
 
 def open_page(
     value: str,
     sealed: SealedPage,
-    page_secret: bytes,
+    page_secret: bytes | PageKeys,
     *,
     conversation: bytes,
     writer: bytes,
@@ -160,8 +209,9 @@ def open_page(
 
     ``verified`` holds digests whose signature was already checked: a page read again costs no RSA.
     """
+    keys = as_keys(page_secret)
     try:
-        header = open_header(sealed, page_secret)
+        header = open_header(sealed, keys)
     except ValueError as exc:
         raise PageFormatError("its header does not open") from exc
     if header.slots_digest != sealed.slots_digest:
@@ -170,16 +220,18 @@ def open_page(
         raise PageFormatError("it belongs to another conversation or writer")
     if (header.epoch, header.number) != (epoch, number):
         raise PageFormatError(f"it was signed as page {header.number} of epoch {header.epoch}")
-    page = OpenPage(value=value, header=header, page_secret=page_secret)
-    chain = schedule.chain_start(page_secret)
-    previous = header.link
+    page = OpenPage(value=value, header=header, keys=keys, skipped=min(keys.start, len(sealed.records)))
+    chain = keys.chain
+    previous: bytes | None = header.link if keys.start == 0 else None
     for index, sealed_record in enumerate(sealed.records):
+        if index < keys.start:
+            continue  # its key was deleted: the record stays sealed forever
         try:
             record = open_record(sealed_record, schedule.message_key(chain), header.digest, index)
         except ValueError as exc:
             raise PageFormatError(f"record {index + 1} does not open") from exc
         chain = schedule.next_chain_key(chain)
-        if record.seq != header.first_seq + index or record.prev != previous:
+        if record.seq != header.first_seq + index or (previous is not None and record.prev != previous):
             raise PageFormatError(f"record {index + 1} does not follow the one before it")
         previous = record.digest(header.digest, index)
         page.records.append(record)
@@ -239,6 +291,8 @@ def check_lane(
         assert low is not None and high is not None
         if newer != older + 1:
             continue
+        if low.last_digest is None:
+            continue  # what ends the older page was deleted (disappearing messages): nothing to compare
         if high.header.link != low.last_digest or high.header.first_seq != low.last_seq + 1:
             problems.append(Problem(owner, "rewritten", f"page {newer} does not follow page {older}",
                                     high.records[0].timestamp if high.records else None))
@@ -269,6 +323,7 @@ __all__ = [
     "Checkpoint",
     "LaneResult",
     "OpenPage",
+    "PageKeys",
     "Problem",
     "add_record",
     "check_lane",

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from reschat import crypto
 from reschat.errors import PageFormatError
-from reschat.lane import add_record, open_header, open_page
+from reschat.lane import PageKeys, add_record, open_header, open_page
 from reschat.ledger import MemoryLedger
 from reschat.ledger.base import MAX_VALUE_BYTES
 from reschat.page import PAGE_CAPACITY, PREFIX, Record, SealedPage, from_micros, to_micros
@@ -337,7 +337,7 @@ def test_a_signed_record_with_an_impossible_date_is_refused_without_crashing(
     alice, bob = pair
     texts = two_pages(alice)
     own = alice.chat.own_lane("bob")
-    secret = bytes.fromhex(own.secrets["1:1"])
+    secret = PageKeys.from_text(own.secrets["1:1"])
     value = ledger.get(lane_key(alice, bob, 1))
     assert value is not None
     sealed = SealedPage.from_string(value)
