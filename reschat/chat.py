@@ -27,7 +27,7 @@ from pathlib import Path
 
 from Crypto.PublicKey import RSA
 
-from reschat import crypto, files, kem, schedule
+from reschat import crypto, files, kem, retention, schedule
 from reschat.errors import KeyFormatError, LedgerError, MessageError, PageFormatError, ProfileError
 from reschat.friends import Friend, FriendStore
 from reschat.keystore import ConversationState, ConversationStore, ReceiveKeyEntry
@@ -348,7 +348,12 @@ class ChatService:
         stored_keys = own.secrets.get(page_id(own.epoch, own.page)) if own.page else None
         sealed: SealedPage | None = SealedPage.from_string(current) if current and stored_keys else None
         secret: bytes | PageKeys
-        if sealed is None or len(sealed.records) >= PAGE_CAPACITY or sealed.size_with(needed) > MAX_PAGE_BYTES:
+        timer = _timer(state)
+        # A page is wholly disappearing or not at all, so that expiring its records can delete keys.
+        mixed = bool(timer) and sealed is not None and bool(sealed.records) \
+            and page_id(own.epoch, own.page) not in own.record_times
+        if mixed or sealed is None or len(sealed.records) >= PAGE_CAPACITY \
+                or sealed.size_with(needed) > MAX_PAGE_BYTES:
             sealed, secret = self._start_page(pair, state, own)
         else:
             assert stored_keys is not None
@@ -360,6 +365,8 @@ class ChatService:
         own.pages[str(own.page)] = value
         own.written_at[str(own.page)] = format_timestamp(self.clock())
         own.last_seq[str(own.page)] = record.seq
+        if timer:
+            own.record_times.setdefault(page_id(own.epoch, own.page), []).append(to_micros(record.timestamp))
         own.prune()
         self._verified.add(digest)
         return own.page, value
@@ -420,6 +427,8 @@ class ChatService:
             pid = page_id(epoch, number)
             stored = (OwnLane.from_dict(state.mine).secrets if mine else state.theirs.secrets).get(pid)
             secret: bytes | PageKeys
+            if stored == _EXPIRED:
+                raise _Expired
             if stored:
                 secret, key_index = PageKeys.from_text(stored), -1
             elif mine:
@@ -435,6 +444,8 @@ class ChatService:
                 verified=self._verified,
             )
             used_keys[(epoch, number)] = key_index
+        except _Expired:
+            result = Problem(owner, "expired", f"page {number}: its messages disappeared")
         except _Unopenable as exc:
             result = Problem(owner, "undecryptable", f"page {number} cannot be opened: {exc}")
         except PageFormatError as exc:
@@ -452,6 +463,8 @@ class ChatService:
         pair = self._pair(nickname)
         friend = pair.friend
         session = self._sessions.setdefault(pair.conversation, _Session())
+        if _timer(pair.store.load()):
+            self._expire(pair)
         state = pair.store.load()
         own = OwnLane.from_dict(state.mine)
         theirs_view = session.theirs
@@ -568,12 +581,142 @@ class ChatService:
         if everything:
             messages += self._read_old_epochs(pair, state, session, False, f_epoch, problems)
             messages += self._read_old_epochs(pair, state, session, True, own.epoch, problems)
+        messages = self._retain(pair, friend_pages, f_epoch, messages, new_messages)
+        new_messages = [m for m in new_messages if m in messages]
         messages.sort(key=lambda m: (m.time, m.outgoing, m.seq))
         self._count_unread(friend, result, f_epoch)
         return ConversationView(
             friend=friend.nickname, messages=messages, problems=_unique(problems), new_messages=new_messages,
             has_older=(theirs_view.low > 1 and top > 0) or my_has_older,
         )
+
+    # -- disappearing messages (the rules are in retention.py) --------------------------------------
+
+    def set_disappearing(self, nickname: str, seconds: int) -> SendResult:
+        """Turn disappearing messages on (5 minutes to 4 weeks) or off (0): a signed line both sides see."""
+        if seconds and not retention.MIN_SECONDS <= seconds <= retention.MAX_SECONDS:
+            raise MessageError("disappearing messages take a timer from 5 minutes to 4 weeks")
+        pair = self._pair(nickname)
+        with pair.store.lock():
+            state = pair.store.load()
+            state.settings = {"disappear": seconds, "at": to_micros(self.clock())}
+            pair.store.save(state)
+        result = self.send_message(retention.setting_body(seconds), nickname, msg_type="setting")
+        with pair.store.lock():
+            # The timer applies from its own record on: that record's time is the line both sides draw.
+            state = pair.store.load()
+            state.settings["at"] = to_micros(result.message.time)
+            pair.store.save(state)
+        return result
+
+    def disappearing(self, nickname: str) -> int:
+        """The conversation's timer in seconds (0: off)."""
+        return _timer(self._pair(nickname).store.load())
+
+    def _retain(
+        self, pair: _Pair, pages: dict[int, OpenPage | None], epoch: int, messages: list[ChatMessage],
+        new_messages: list[ChatMessage],
+    ) -> list[ChatMessage]:
+        """Adopt a newer timer the friend set, note first display, and hide what has expired."""
+        now = to_micros(self.clock())
+        with pair.store.lock():
+            state = pair.store.load()
+            changed = False
+            settings_at = int(state.settings.get("at", 0))
+            for message in messages:
+                when = to_micros(message.time)
+                if message.type == "setting" and when > settings_at:
+                    seconds = retention.parse_setting(message.body)
+                    if seconds is not None:
+                        state.settings, settings_at, changed = {"disappear": seconds, "at": when}, when, True
+            timer = _timer(state)
+            theirs = state.theirs
+            if timer:
+                for number, page in pages.items():
+                    if page is None:
+                        continue
+                    pid = page_id(epoch, number)
+                    entries = theirs.record_times.setdefault(pid, [])
+                    base = page.header.first_seq
+                    for record in page.records:
+                        index = record.seq - base
+                        while len(entries) <= index:
+                            entries.append([0, 0, 0])
+                        if not entries[index][0]:
+                            entries[index] = [to_micros(record.timestamp), 0, record.seq]
+                            changed = True
+                shown_now = {(m.epoch, m.seq) for m in new_messages}
+                for number, page in pages.items():
+                    if page is None:
+                        continue
+                    entries = theirs.record_times.get(page_id(epoch, number), [])
+                    for record in page.records:
+                        index = record.seq - page.header.first_seq
+                        if (epoch, record.seq) in shown_now and index < len(entries) and not entries[index][1]:
+                            entries[index][1] = now
+                            changed = True
+            if changed:
+                pair.store.save(state)
+        if not timer:
+            return messages
+
+        def expired(message: ChatMessage) -> bool:
+            sent = to_micros(message.time)
+            if sent < settings_at and message.type != "setting":
+                return False  # sent before the timer was set: not a disappearing message
+            if message.outgoing:
+                return retention.own_expiry(sent, timer) <= now
+            return retention.received_expiry(sent, _shown_at(state, message), timer) <= now
+
+        return [m for m in messages if not expired(m)]
+
+    def _expire(self, pair: _Pair) -> None:
+        """Delete the keys of every expired message: chain keys move past them, receive keys go."""
+        now = to_micros(self.clock())
+        publish = False
+        with pair.store.lock():
+            state = pair.store.load()
+            timer = _timer(state)
+            own = OwnLane.from_dict(state.mine)
+            current = page_id(own.epoch, own.page)
+            for pid, times in list(own.record_times.items()):
+                count = retention.expired_prefix([retention.own_expiry(t, timer) for t in times], now)
+                _advance(own.secrets, pid, count)
+                if times and count == len(times) and pid != current:
+                    own.secrets[pid] = _EXPIRED
+                    del own.record_times[pid]
+                    epoch, number = pid.split(":")
+                    if int(epoch) == own.epoch:
+                        own.pages.pop(number, None)  # an expired page is never put back on the ledger
+            state.mine = own.to_dict()
+            theirs = state.theirs
+            gone: set[str] = set()
+            for pid, entries in list(theirs.record_times.items()):
+                expiries = [retention.received_expiry(e[0], e[1], timer) if e[0] else None for e in entries]
+                count = retention.expired_prefix(expiries, now)
+                _advance(theirs.secrets, pid, count)
+                if entries and count == len(entries):
+                    gone.add(pid)
+            newest = max((entry.index for entry in state.receive_keys), default=0)
+            keep = []
+            for entry in state.receive_keys:
+                used_by = [pid for pid, index in theirs.page_keys.items() if index == entry.index]
+                if used_by and all(pid in gone for pid in used_by):
+                    # Nothing keyed to this receive key is readable any more: the key goes, and with it
+                    # every way to open those pages again (their chain keys are already past the end).
+                    publish = publish or entry.index == newest
+                    for pid in used_by:
+                        del theirs.page_keys[pid]
+                        if pid != page_id(theirs.epoch, theirs.top):
+                            theirs.secrets[pid] = _EXPIRED
+                            theirs.record_times.pop(pid, None)
+                    continue
+                keep.append(entry)
+            state.receive_keys = keep
+            pair.store.save(state)
+            if publish:
+                self._publish_receive_key(pair, state)
+        self._opened.clear()  # nothing opened before expiry may be shown from memory
 
     def _read_old_epochs(
         self, pair: _Pair, state: ConversationState, session: _Session, mine: bool, current: int,
@@ -843,6 +986,8 @@ class ChatService:
                 pid = page_id(epoch, number)
                 if pid not in theirs.secrets:
                     theirs.secrets[pid] = page.keys.to_text()
+                    if used_keys.get((epoch, number), 0) > 0:
+                        theirs.page_keys[pid] = used_keys[(epoch, number)]
                     changed = True
             rewritten = {p.detail for p in problems if p.kind == "rewritten"}
             for record, digest in result.records:
@@ -871,6 +1016,9 @@ class ChatService:
                 before = len(state.receive_keys)
                 state.receive_keys = [e for e in state.receive_keys if e.index >= newest_used]
                 changed = changed or len(state.receive_keys) != before
+                held = {e.index for e in state.receive_keys}
+                # Which key opened a page matters only while that key exists (disappearing messages).
+                theirs.page_keys = {pid: i for pid, i in theirs.page_keys.items() if i in held}
             # A reader who only reads still moves on: a page keyed to our card's static keys, or to
             # an older receive key than our newest, gets a fresh key announced in our lane.
             newest_own = max((e.index for e in state.receive_keys), default=0)
@@ -933,10 +1081,46 @@ class _Unopenable(Exception):
     pass
 
 
+class _Expired(Exception):
+    pass
+
+
+#: What the store keeps of a page whose every message disappeared: no key, only the fact.
+_EXPIRED = "expired"
+
+
+def _timer(state: ConversationState) -> int:
+    value = state.settings.get("disappear", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _shown_at(state: ConversationState, message: ChatMessage) -> int:
+    """When a friend's message was first displayed (0: never), from the key store."""
+    prefix = f"{message.epoch}:"
+    for pid, entries in state.theirs.record_times.items():
+        if pid.startswith(prefix):
+            for entry in entries:
+                if len(entry) == 3 and entry[2] == message.seq:
+                    return entry[1]
+    return 0
+
+
+def _advance(secrets: dict[str, str], pid: str, count: int) -> None:
+    """Keep only the keys of records from ``count`` on for page ``pid``."""
+    stored = secrets.get(pid)
+    if stored is None or stored == _EXPIRED or count == 0:
+        return
+    keys = PageKeys.from_text(stored)
+    if count > keys.start:
+        secrets[pid] = keys.advanced(count).to_text()
+
+
 def _unique(problems: list[Problem]) -> list[Problem]:
     seen: set[tuple[str, str, str]] = set()
     result = []
     for problem in problems:
+        if problem.kind == "expired":
+            continue  # disappeared by the user's choice: nothing to report
         key = (problem.lane, problem.kind, problem.detail)
         if key not in seen:
             seen.add(key)

@@ -34,6 +34,8 @@ class OwnLane:
     secrets: dict[str, str] = field(default_factory=dict)  # "epoch:page" -> page secret (hex)
     restart_needed: str = ""  # why the next send starts a new epoch (another copy of us wrote here)
     restored: int = 0  # pages re-written since the ledger lost them (self-healing)
+    #: Disappearing messages: "epoch:page" -> the sending time (microseconds) of each of its records.
+    record_times: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Any) -> OwnLane:
