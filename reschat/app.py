@@ -29,7 +29,7 @@ class ProfilePaths:
 
     @property
     def lanes(self) -> Path:
-        """Our own lanes' current pages and outbox: ciphertext only."""
+        """The local key and history store: one sealed state file per conversation (``keystore``)."""
         return self.home / "lanes"
 
     @property

@@ -16,7 +16,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
-from datetime import timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,10 @@ from reschat.chat import ChatMessage, IntegrityProblem, peek_unread_counts
 from reschat.config import Settings, load_settings
 from reschat.doctor import format_report, run_doctor
 from reschat.errors import MessageError, PageFormatError, ProfileError, ReschatError
+from reschat.friends import Friend
+from reschat.page import parse_timestamp
 from reschat.passwords import check_new_password
-from reschat.render import format_conversation, neutralize
+from reschat.render import format_conversation, local_time, neutralize
 from reschat.storage import make_private_dirs
 
 log = logging.getLogger(__name__)
@@ -92,12 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("whoami", cmd_whoami, "print your contact card (line 1) and fingerprint (line 2)")
 
-    add_friend = add("add", cmd_add, "add a friend from their contact card or PEM public key")
+    add_friend = add("add", cmd_add, "add a friend from their contact card (reschat-card:2:...)")
     add_friend.add_argument("nick", metavar="NICK", help="the nickname you will call them by")
-    add_friend.add_argument("card", metavar="CARD", help="the card text, a card or .pem file, or - for stdin")
+    add_friend.add_argument("card", metavar="CARD", help="the card text, a file holding it, or - for stdin")
 
-    friends = add("friends", cmd_friends, "list friends: nickname, fingerprint, unread count")
+    friends = add(
+        "friends", cmd_friends,
+        "list friends: nickname, fingerprint, unread count as of the last update (and when that was)",
+        password=True,
+    )
     friends.add_argument("--json", action="store_true", help="print a JSON array")
+    friends.add_argument("--update", action="store_true",
+                         help="read each friend's lane first, for fresh counts (needs the password)")
 
     send = add("send", cmd_send, "send a message or a file", password=True)
     send.add_argument("nick", metavar="NICK")
@@ -236,7 +244,7 @@ def _unlock(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]
     return crypto.load_identity(settings.home, _password(args, env))
 
 
-def _iso_utc(moment: Any) -> str | None:
+def _iso_utc(moment: datetime | None) -> str | None:
     return None if moment is None else str(moment.astimezone(timezone.utc).isoformat())
 
 
@@ -253,7 +261,11 @@ def message_json(message: ChatMessage) -> dict[str, Any]:
         "text": text,
         "size": len(message.body),
         "seq": message.seq,
+        "epoch": message.epoch,
         "status": message.status,
+        # The engine returns only verified messages; problems carry "verified": false.
+        "verified": True,
+        "clock_ahead": message.clock_ahead,
     }
     if is_file:
         try:
@@ -314,7 +326,7 @@ def _card_text(card: str) -> str:
     if card == "-":
         return _read_stdin()
     stripped = card.strip()
-    if stripped.startswith(crypto.CARD_PREFIX) or "-----BEGIN" in stripped:
+    if stripped.startswith(("reschat-card:", "-----BEGIN")):  # parse_contact names what is wrong
         return card
     path = Path(card).expanduser()
     if path.is_file():
@@ -337,25 +349,40 @@ def cmd_add(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]
     return ExitStatus.OK
 
 
+def _last_update(friend: Friend) -> datetime | None:
+    try:
+        return parse_timestamp(friend.updated) if friend.updated else None
+    except PageFormatError:
+        return None
+
+
 def cmd_friends(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    """Unread counts are those of each friend's last verified update, and say so: fresh ones need the
+    private keys, so only ``--update`` (which asks for the password) reads the ledger first."""
     store = open_friend_store(settings)
-    friends = store.all_friends()
-    # Fresh counts need the private keys; without the password these are the last verified ones.
+    if args.update and store.all_friends():
+        open_chat(settings, _unlock(args, settings, env)).unread_counts()
     counts = peek_unread_counts(store)
-    rows: list[dict[str, Any]] = [
-        {
+    friends = store.all_friends()
+    rows: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for friend in friends:
+        updated = _last_update(friend)
+        rows.append({
             "nickname": friend.nickname,
             "name": friend.name,
             "fingerprint": crypto.fingerprint(friend.key),
             "unread": counts.get(friend.nickname, friend.unread),
-        }
-        for friend in friends
-    ]
+            # When the update that counted them ran (null: never): counts are as of the last update.
+            "unread_as_of": _iso_utc(updated),
+        })
+        when = f"as of the last update, {local_time(updated)}" if updated else "as of the last update (none yet)"
+        lines.append(f"{neutralize(friend.nickname)}\t{rows[-1]['fingerprint']}\t{rows[-1]['unread']}\t{when}")
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        for row in rows:
-            print(f"{neutralize(str(row['nickname']))}\t{row['fingerprint']}\t{row['unread']}")
+        for line in lines:
+            print(line)
     return ExitStatus.OK
 
 

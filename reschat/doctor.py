@@ -1,9 +1,12 @@
 """``reschat doctor``: check the configured ledger end to end and say in plain words what to fix.
 
 Each check is one line of the report: what was checked, whether it worked, what was found or what to
-do about it, and how long it took. The ledger checks write a random key (``reschat-doctor-<hex>``) and
-read it back. ResilientDB's ``set`` is fire-and-forget and a read right after it can return the old
-value, so the read is repeated for a couple of seconds before the write is called lost.
+do about it, and how long it took. The ledger checks write a random probe and read it back. Like every
+key ResChat writes, the probe's key is a private address (``schedule.probe_address`` of a fresh random
+secret: ``reschat2-<48 hex>``) and its value is opaque (``reschat2:<base64 of random bytes>``), so a
+ledger observer cannot tell a doctor run from a conversation nor link it to anyone. ResilientDB's
+``set`` is fire-and-forget and a read right after it can return the old value, so the read is
+repeated for a couple of seconds before the write is called lost.
 
 The doctor never raises for a problem it finds: a problem is a failed check. The CLI prints
 ``format_report`` and exits non-zero unless ``report.ok``.
@@ -11,6 +14,7 @@ The doctor never raises for a problem it finds: a problem is a failed check. The
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -21,7 +25,7 @@ from pathlib import Path
 
 from Crypto.Random import get_random_bytes
 
-from reschat import crypto
+from reschat import crypto, kem, schedule
 from reschat.app import ProfilePaths, build_ledger
 from reschat.config import Settings
 from reschat.errors import (
@@ -34,12 +38,14 @@ from reschat.errors import (
 from reschat.friends import FriendStore
 from reschat.ledger.base import Ledger
 from reschat.ledger.resilientdb import check_client_config
+from reschat.page import PREFIX as PAGE_PREFIX
 
 RandFunc = Callable[[int], bytes]
 
 #: How long a written key may take to show up in a read before the write is called lost.
 CONFIRM_WITHIN_S = 2.0
-KEY_PREFIX = "reschat-doctor-"
+#: Random bytes in the probe's value (a value shaped like the values ResChat writes).
+PROBE_VALUE_BYTES = 48
 _PROXY_HINT = "start the ResilientDB proxy on 127.0.0.1:10005 (node 5)"
 _GENERATION = {
     "json": "JSON (replica_info), the format kv_service_tools v1.12 and later read",
@@ -195,8 +201,8 @@ class _Doctor:
         return str(exc)
 
     def round_trip(self, ledger: Ledger) -> None:
-        key = KEY_PREFIX + self.randfunc(8).hex()
-        value = "reschat doctor " + self.randfunc(8).hex()
+        key = probe_key(self.randfunc)
+        value = PAGE_PREFIX + base64.b64encode(self.randfunc(PROBE_VALUE_BYTES)).decode("ascii")
         if self.report.backend == "resilientdb-http":
             started = time.monotonic()
             try:
@@ -254,11 +260,33 @@ class _Doctor:
         try:
             name = crypto.load_name(home)
             own = crypto.fingerprint_bytes(crypto.load_public_key(home)).hex()
-            friends = FriendStore(ProfilePaths(home).friends, own_fingerprint=own).get_all_friend()
+            friends = FriendStore(ProfilePaths(home).friends, own_fingerprint=own).all_friends()
         except ReschatError as exc:
             self.add("profile", False, str(exc))
             return
-        self.add("profile", True, f"identity {name!r} in {home}; {len(friends)} friend(s)")
+        detail = f"identity {name!r} in {home}; {len(friends)} friend(s)"
+        if crypto.load_card(home) is None:
+            detail += "; no contact card v2 yet: your next login creates its static keys"
+        old_cards = [friend.nickname for friend in friends if not _has_statics(friend.statics)]
+        if old_cards:
+            names = ", ".join(repr(nickname) for nickname in old_cards)
+            self.add("profile", False, f"{detail}; {names} pinned from an old card, so no message can reach "
+                     "them: ask for a new card ('reschat whoami' prints it)")
+            return
+        self.add("profile", True, detail)
+
+
+def _has_statics(statics: str) -> bool:
+    try:
+        kem.ReceivePublic.from_bytes(bytes.fromhex(statics))
+    except (ValueError, kem.KemError):
+        return False
+    return True
+
+
+def probe_key(randfunc: RandFunc) -> str:
+    """The ledger key of one doctor probe: a private address from a fresh random secret."""
+    return schedule.probe_address(randfunc(schedule.KEY_BYTES))
 
 
 def run_doctor(
@@ -330,4 +358,4 @@ def _text_config(addresses: list[str]) -> str:
     return f"`5 {ip} {port}`"
 
 
-__all__ = ["CONFIRM_WITHIN_S", "Check", "DoctorReport", "format_report", "run_doctor"]
+__all__ = ["CONFIRM_WITHIN_S", "Check", "DoctorReport", "format_report", "probe_key", "run_doctor"]

@@ -25,7 +25,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 
 from reschat import crypto
 from reschat.app import ProfilePaths, open_chat
-from reschat.chat import ME, ChatMessage, ChatService, ConversationView
+from reschat.chat import ChatMessage, ChatService, ConversationView
 from reschat.config import Settings
 from reschat.errors import (
     DuplicateFriendError,
@@ -87,12 +87,17 @@ def ask_new_password(say: Callable[[str], None], *, user_inputs: Sequence[str] =
         say("error: the passwords do not match; try again")
 
 
-def key_input_complete(text: str) -> bool:
-    """Whether a pasted key is complete, so Enter should accept it rather than start a new line.
+#: A card ends with a checksum of this many hex digits.
+_CHECKSUM_CHARS = 8
 
-    Terminals without bracketed paste deliver a multi-line PEM as one Enter per line; those Enters
-    must not end the input before the ``-----END`` line. A card is one line, but a terminal may have
-    broken it; an empty line always ends the input.
+
+def key_input_complete(text: str) -> bool:
+    """Whether a pasted card is complete, so Enter should accept it rather than start a new line.
+
+    A card is one line, but a terminal may have broken it, and terminals without bracketed paste
+    deliver each piece with an Enter: those Enters must not end the input before the checksum. A
+    pasted PEM key or an old card (refused, with "ask for a new card") is read to its end too, so
+    that none of its lines reaches the next menu as a choice. An empty line always ends the input.
     """
     stripped = text.strip()
     if not stripped or text.endswith("\n"):
@@ -100,14 +105,17 @@ def key_input_complete(text: str) -> bool:
     if "-----BEGIN" in stripped:
         return "-----END" in stripped
     compact = re.sub(r"\s+", "", stripped)
-    if compact.startswith(crypto.CARD_PREFIX):
+    if compact.startswith(crypto.CARD_PREFIX):  # reschat-card:2:<body>:<checksum>
         parts = compact[len(crypto.CARD_PREFIX) :].split(":")
-        return len(parts) >= 3 and len(parts[2]) >= 8
+        return len(parts) >= 2 and len(parts[1]) >= _CHECKSUM_CHARS
+    if compact.startswith(crypto.OLD_CARD_PREFIX):  # reschat-card:1:<name>:<key>:<checksum>
+        parts = compact[len(crypto.OLD_CARD_PREFIX) :].split(":")
+        return len(parts) >= 3 and len(parts[2]) >= _CHECKSUM_CHARS
     return True
 
 
 def ask_key() -> str:
-    """A pasted contact card or multi-line PEM public key."""
+    """A pasted contact card (possibly broken over lines by the terminal)."""
     bindings = KeyBindings()
 
     @bindings.add("enter")
@@ -119,7 +127,7 @@ def ask_key() -> str:
             buffer.newline(copy_margin=False)
 
     try:
-        return prompt("Key: ", multiline=True, key_bindings=bindings, prompt_continuation="")
+        return prompt("Card: ", multiline=True, key_bindings=bindings, prompt_continuation="")
     except EOFError as exc:
         raise QuitRequested from exc
 
@@ -147,8 +155,9 @@ class _Screen:
     """What the third menu has already shown, so updates print only what is new."""
 
     nickname: str
-    shown: set[tuple[str, int]] = field(default_factory=set)
-    delivered: set[int] = field(default_factory=set)
+    #: (sender, epoch, seq) of each message shown: a restarted lane numbers its messages from 1 again.
+    shown: set[tuple[str, int, int]] = field(default_factory=set)
+    delivered: set[tuple[int, int]] = field(default_factory=set)
     problems: set[tuple[str, str, str]] = field(default_factory=set)
     has_older: bool = False
     last_error: str | None = None
@@ -322,7 +331,7 @@ class Menus:
         with contextlib.suppress(UnknownFriendError):
             friends.get_friend(nickname)
             raise DuplicateFriendError(f"the nickname {nickname!r} is already in use")
-        self.say("Paste your friend's contact card or PEM public key, then press Enter (an empty line cancels).")
+        self.say("Paste your friend's contact card (reschat-card:2:...), then press Enter (an empty line cancels).")
         text = ask_key()
         if not text.strip():
             self.say("Nothing pasted; no friend added.")
@@ -432,7 +441,7 @@ class Menus:
         text = ask("Message: ")
         with self._chat_lock:
             result = self.chat.send_message(text, screen.nickname)
-        screen.shown.add((ME, result.message.seq))
+        screen.shown.add(_message_id(result.message))
         self.say(*format_message(result.message))
         if result.error is not None:
             self.error(f"not written to the ledger yet ({result.error}); it is re-sent on the next update")
@@ -445,7 +454,7 @@ class Menus:
         self.say("Sending...")
         with self._chat_lock:
             result = self.chat.send_file(screen.nickname, Path(typed).expanduser())
-        screen.shown.add((ME, result.message.seq))
+        screen.shown.add(_message_id(result.message))
         screen.files = [*screen.files, result.message]
         self.say(*format_message(result.message))
         if result.error is not None:
@@ -523,12 +532,12 @@ class Menus:
         """Print messages and problems not shown yet, and deliveries of own messages; True if any."""
         screen.has_older = view.has_older
         screen.files = [m for m in view.messages if m.type == FILE_TYPE]
-        fresh = [m for m in view.messages if (m.sender, m.seq) not in screen.shown]
+        fresh = [m for m in view.messages if _message_id(m) not in screen.shown]
         problems = [p for p in view.problems if (p.lane, p.kind, p.detail) not in screen.problems]
         delivered = [
             m for m in view.messages
-            if m.outgoing and m.status == "delivered" and m.seq not in screen.delivered
-            and (m.sender, m.seq) in screen.shown
+            if m.outgoing and m.status == "delivered" and (m.epoch, m.seq) not in screen.delivered
+            and _message_id(m) in screen.shown
         ]
         lines = format_conversation(fresh, problems)
         for message in delivered:
@@ -537,13 +546,18 @@ class Menus:
             lines.insert(0, header)
         if lines:
             self.say(*lines)
-        screen.shown.update((m.sender, m.seq) for m in fresh)
+        screen.shown.update(_message_id(m) for m in fresh)
         screen.problems.update((p.lane, p.kind, p.detail) for p in problems)
-        screen.delivered.update(m.seq for m in view.messages if m.outgoing and m.status == "delivered")
+        screen.delivered.update((m.epoch, m.seq) for m in view.messages if m.outgoing and m.status == "delivered")
         if any(not m.outgoing for m in fresh):
             with self._chat_lock:
                 self.chat.mark_read(screen.nickname)
         return bool(lines)
+
+
+def _message_id(message: ChatMessage) -> tuple[str, int, int]:
+    """What tells one message of a conversation from every other: its lane, epoch and number."""
+    return message.sender, message.epoch, message.seq
 
 
 def _file_line(message: ChatMessage) -> str:

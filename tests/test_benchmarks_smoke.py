@@ -6,16 +6,54 @@ import json
 from pathlib import Path
 
 from benchmarks import run as bench
+from reschat import kem
+from reschat.ledger import MemoryLedger
 from tests.conftest import rsa_key
 
 
 def test_operations_per_send_and_update(tmp_path: Path) -> None:
-    ops = bench.measure_operations(tmp_path, [rsa_key(0), rsa_key(1)], bench.QUICK)
-    assert ops["send"] == {"gets": 0, "sets": 1, "private_key_ops": 1}
+    with bench.counting_kem():
+        ops = bench.measure_operations(tmp_path, [rsa_key(0), rsa_key(1)], bench.QUICK)
+    # A send in an open chat: one write, no read, one signature (the record's).
+    assert {k: ops["send"][k] for k in ("gets", "sets", "private_key_ops", "rsa_signs")} == {
+        "gets": 0, "sets": 1, "private_key_ops": 1, "rsa_signs": 1,
+    }
     assert ops["update_idle"]["sets"] == 0
     assert ops["update_idle"]["private_key_ops"] == 0
-    assert ops["update_1_new"]["private_key_ops"] == 0  # the friend's lane key was unwrapped once already
-    assert ops["open_chat"]["private_key_ops"] == 0  # a new session finds the lane key sealed on disk
+    assert ops["update_1_new"]["rsa_signs"] == 0 and ops["update_1_new"]["sets"] == 0
+    # A new session keeps the page secrets it read in its key store: no KEM decapsulation, no RSA;
+    # only the pair's private addresses cost one static X25519 agreement.
+    assert ops["open_chat"]["kem_decapsulations"] == 0 and ops["open_chat"]["rsa_signs"] == 0
+    assert ops["open_chat"]["static_agreements"] == 1
+    # A new page: the header is signed too, and the reader decapsulates its slot once.
+    assert (ops["send_new_page"]["gets"], ops["send_new_page"]["sets"], ops["send_new_page"]["rsa_signs"]) == (0, 1, 2)
+    assert ops["update_new_page"]["kem_decapsulations"] == 1
+
+
+def test_the_counters_count_and_are_removed_afterwards() -> None:
+    original = kem.decapsulate
+    with bench.counting_kem() as counts:
+        before = counts.snapshot()
+        key = kem.ReceiveKey.generate()
+        enc, secret = kem.encapsulate(key.public, b"x")
+        assert kem.decapsulate(key, enc, b"x") == secret
+        assert (counts.key_generations, counts.encapsulations, counts.decapsulations) == (
+            before.key_generations + 1, before.encapsulations + 1, before.decapsulations + 1,
+        )
+    assert kem.decapsulate is original
+    assert isinstance(kem.ReceiveKey.__dict__["generate"], classmethod)
+
+
+def test_an_overlay_ledger_keeps_its_writes_to_itself() -> None:
+    base = MemoryLedger()
+    base.set("reschat2-" + "1" * 48, "a")
+    overlay = bench.OverlayLedger(base)
+    overlay.set("reschat2-" + "2" * 48, "b")
+    assert overlay.get_many(["reschat2-" + "1" * 48, "reschat2-" + "2" * 48]) == {
+        "reschat2-" + "1" * 48: "a", "reschat2-" + "2" * 48: "b",
+    }
+    assert base.get("reschat2-" + "2" * 48) is None
+    assert [op for op, _key in overlay.operations] == ["set", "get", "get"]
 
 
 def test_read_rounds_from_tool_call_times() -> None:
@@ -31,16 +69,31 @@ def test_quick_run_writes_the_figures(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     bench.main(["--quick", "--no-standin", "--json", str(out)], keys=[rsa_key(0), rsa_key(1)])
     results = json.loads(out.read_text(encoding="utf-8"))
-    assert {"crypto_floor", "operations", "bytes", "latency", "history", "targets"} <= set(results)
-    assert set(results["crypto_floor"]["op_counts"]) == {
-        "rsa_pss_sign", "rsa_oaep_wrap", "aes_gcm_seal", "rsa_oaep_unwrap", "rsa_pss_verify", "aes_gcm_open",
+    assert {"crypto_floor", "operations", "bytes", "new_page", "latency", "history", "targets"} <= set(results)
+    # The floor of issue 10: sign, verify, seal, open, and 1/20 of the three KEM operations.
+    assert results["crypto_floor"]["op_counts"] == {
+        "rsa_pss_sign": 1.0, "rsa_pss_verify": 1.0, "aes_gcm_seal": 1.0, "aes_gcm_open": 1.0,
+        "kem_keygen": 0.05, "kem_encapsulate": 0.05, "kem_decapsulate": 0.05,
     }
-    assert results["crypto_floor"]["op_counts"]["rsa_oaep_wrap"] == 2
     local = results["latency"]["local"]
     for key in ("send", "update_idle", "update_1_new", "open_chat_6"):
         assert {"median_ms", "p95_ms", "median_x_floor"} <= set(local[key])
     assert local["idle_update_private_key_ops_max"] == 0
     assert set(results["bytes"]) == {"text_10_chars", "text_1_kib"}
-    # Opening a deeper lane reads only its two newest pages.
-    assert [row["pages_with_data_read"] for row in results["history"]] == [[1], [2, 3]]
-    assert {t["name"] for t in results["targets"]} >= {"send: exactly one ledger write and no read"}
+    assert results["bytes"]["text_10_chars"]["page_bytes_20_messages"] > results["new_page"]["empty_page_bytes"] > 0
+    history = {row["pages"]: row for row in results["history"]}
+    assert set(history) == {1, 10, 20}
+    for pages, row in history.items():
+        # With a checkpoint: the two newest pages, and (from 4 pages on) two older ones in rotation.
+        read = row["checkpoint"]["friend_pages_read"]
+        assert {pages - 1, pages} - {0} <= set(read) and len(read) <= 4
+        assert row["checkpoint"]["kem_decapsulations"] == 0 and row["checkpoint"]["ledger_sets"] == 0
+        # With none: the same messages, found through the pages keyed to the card's static keys.
+        assert row["no_checkpoint"]["messages_shown"] == row["checkpoint"]["messages_shown"] > 0
+        assert row["no_checkpoint"]["kem_decapsulations"] >= 1
+    # The reader keeps a digest of every message read: its key store grows with the history.
+    assert history[20]["reader_key_store_bytes"] > history[1]["reader_key_store_bytes"] > 0
+    names = {t["name"] for t in results["targets"]}
+    assert "send (in an open chat): exactly one ledger write and no read" in names
+    assert any(name.startswith("bytes per 10-character message") for name in names)
+    assert sum(name.startswith("opening stays flat") for name in names) == 2

@@ -92,7 +92,10 @@ def as_user(world: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 def card_of(world: Path, name: str) -> str:
-    return crypto.make_card(name, crypto.load_public_key(world / name))
+    """The card ``init`` stored in the profile (what ``whoami`` prints)."""
+    card = crypto.load_card(world / name)
+    assert card is not None
+    return card
 
 
 def befriend(as_user: Run, world: Path) -> None:
@@ -132,10 +135,13 @@ def test_whoami_prints_card_and_fingerprint_without_a_password(world: Path) -> N
     result = reschat("whoami", env=clean_env(RESCHAT_HOME=str(world / "alice")))
     assert result.returncode == 0, result.stderr
     card, fpr = result.stdout.splitlines()
+    assert card.startswith("reschat-card:2:")
     contact = crypto.parse_contact(card)
     assert contact.name == "alice"
     assert crypto.fingerprint(contact.public_key) == fpr
     assert contact.public_key == crypto.load_public_key(world / "alice")
+    # The card carries the static keys sealed in the vault, signed by the RSA key.
+    assert contact.statics == crypto.load_identity(world / "alice", PASSWORDS["alice"]).statics.public
 
 
 def test_init_refuses_an_existing_identity_and_a_missing_password(world: Path) -> None:
@@ -163,12 +169,24 @@ def test_add_from_card_text(as_user: Run, world: Path) -> None:
     ]
 
 
-def test_add_from_stdin_and_from_a_pem_file(as_user: Run, world: Path) -> None:
-    by_stdin = as_user("alice", "add", "bob", "-", stdin=card_of(world, "bob") + "\n", password=False)
+def test_add_from_stdin_and_from_a_card_file(as_user: Run, world: Path) -> None:
+    folded = card_of(world, "bob")
+    folded = "\n".join(folded[i : i + 76] for i in range(0, len(folded), 76))  # as a mail client wraps it
+    by_stdin = as_user("alice", "add", "bob", "-", stdin=folded + "\n", password=False)
     assert by_stdin.returncode == 0, by_stdin.stderr
-    by_file = as_user("bob", "add", "alice", str(world / "alice" / "public_key.pem"), password=False)
+    (world / "alice.card").write_text(card_of(world, "alice") + "\n")
+    by_file = as_user("bob", "add", "alice", str(world / "alice.card"), password=False)
     assert by_file.returncode == 0, by_file.stderr
-    assert by_file.stdout.splitlines()[0] == "Added alice"
+    assert by_file.stdout.splitlines()[0] == "Added alice (name on the card: alice)"
+
+
+def test_a_pem_key_or_an_old_card_is_refused_with_ask_for_a_new_card(as_user: Run, world: Path) -> None:
+    pem = world / "alice" / "public_key.pem"
+    one_line_error(as_user("bob", "add", "alice", str(pem), password=False), "ask for a new card")
+    one_line_error(as_user("bob", "add", "alice", "-", stdin=pem.read_text(), password=False), "ask for a new card")
+    one_line_error(as_user("bob", "add", "alice", "reschat-card:1:YWxpY2U:MIIB:12345678", password=False),
+                   "ask for a new card")
+    assert json.loads(as_user("bob", "friends", "--json", password=False).stdout) == []
 
 
 def test_add_errors(as_user: Run, world: Path) -> None:
@@ -181,15 +199,30 @@ def test_add_errors(as_user: Run, world: Path) -> None:
     one_line_error(as_user("alice", "add", "x", "-", stdin=private, password=False), "PRIVATE key")
 
 
-def test_friends_lists_nickname_fingerprint_unread(as_user: Run, world: Path) -> None:
+def test_friends_lists_nickname_fingerprint_and_unread_as_of_the_last_update(as_user: Run, world: Path) -> None:
     befriend(as_user, world)
     assert as_user("bob", "send", "alice", "-", stdin="one\n").returncode == 0
+    bob_fpr = crypto.fingerprint(crypto.load_public_key(world / "bob"))
+    # Without the password nothing can be verified: the counts are those of the last update (none yet).
     listed = as_user("alice", "friends", password=False)
     assert listed.returncode == 0, listed.stderr
-    bob_fpr = crypto.fingerprint(crypto.load_public_key(world / "bob"))
-    assert listed.stdout == f"bob\t{bob_fpr}\t1\n"
+    assert listed.stdout == f"bob\t{bob_fpr}\t0\tas of the last update (none yet)\n"
     as_json = json.loads(as_user("alice", "friends", "--json", password=False).stdout)
-    assert as_json == [{"nickname": "bob", "name": "bob", "fingerprint": bob_fpr, "unread": 1}]
+    assert as_json == [{"nickname": "bob", "name": "bob", "fingerprint": bob_fpr, "unread": 0, "unread_as_of": None}]
+    one_line_error(as_user("alice", "friends", "--update", password=False), "no password")
+
+    before = datetime.now().astimezone()
+    fresh = as_user("alice", "friends", "--update", "--json")  # reads bob's lane with the password
+    assert fresh.returncode == 0, fresh.stderr
+    [row] = json.loads(fresh.stdout)
+    assert row["unread"] == 1
+    counted_at = datetime.fromisoformat(row["unread_as_of"])
+    assert counted_at.utcoffset() == timedelta(0)
+    assert before - timedelta(minutes=1) < counted_at < datetime.now().astimezone() + timedelta(minutes=1)
+    remembered = as_user("alice", "friends", password=False).stdout
+    assert remembered.startswith(f"bob\t{bob_fpr}\t1\tas of the last update, ")
+    assert remembered.rstrip().endswith(counted_at.astimezone().strftime("%Y-%m-%d %H:%M"))
+
     assert as_user("alice", "read", "bob").returncode == 0
     assert json.loads(as_user("alice", "friends", "--json", password=False).stdout)[0]["unread"] == 0
 
@@ -214,6 +247,7 @@ def test_send_and_read_json_shape(as_user: Run, world: Path) -> None:
     ]
     for message in messages:
         assert message["type"] == "text" and message["verified"] is True
+        assert message["epoch"] == 1 and message["clock_ahead"] is False
         moment = datetime.fromisoformat(message["time"])
         assert moment.utcoffset() == timedelta(0)
         assert before - timedelta(minutes=1) < moment < datetime.now().astimezone() + timedelta(minutes=1)

@@ -4,6 +4,7 @@ healthy setup passes every check, and each broken one fails the right check with
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,15 +13,16 @@ import pytest
 
 from reschat import crypto
 from reschat.config import HttpSettings, LedgerSettings, ResilientDBSettings, Settings
-from reschat.doctor import KEY_PREFIX, DoctorReport, format_report, run_doctor
-from tests.conftest import rsa_key
+from reschat.doctor import DoctorReport, format_report, probe_key, run_doctor
+from reschat.friends import FriendStore
+from tests.conftest import rsa_key, statics_key
 from tests.standin import StandInCluster
 from tests.standin.http_gateway import GatewayStandIn
 from tests.test_ledger_resilientdb import gone_or_zombie
 
 #: A fixed "random" source, so the tests know which key the doctor writes.
 RANDOM_BYTE = b"\x5a"
-PROBE_KEY = KEY_PREFIX + "5a" * 8
+PROBE_KEY = probe_key(lambda n: RANDOM_BYTE * n)
 
 
 def fixed_random(n: int) -> bytes:
@@ -87,7 +89,10 @@ def test_healthy_cluster_passes_every_check(tmp_path: Path, generation: str, wan
     assert wanted_by in detail and "127.0.0.1:10005" in detail
     # The round trip really went through the tool, on the random key.
     stored = cluster.stored(PROBE_KEY)
-    assert stored is not None and stored.startswith("reschat doctor ")
+    assert stored is not None and stored.startswith("reschat2:")
+    # Shaped like every protocol-2 key: nothing on the ledger says "doctor" or names the profile.
+    assert re.fullmatch(r"reschat2-[0-9a-f]{48}", PROBE_KEY)
+    assert "doctor" not in stored and probe_key(lambda n: b"\x5b" * n) != PROBE_KEY
     assert [c.cmd for c in cluster.calls() if c.key == PROBE_KEY][:2] == ["set", "get"]
     text = format_report(report)
     assert "Everything works." in text and "FAIL" not in text
@@ -308,6 +313,22 @@ def test_profile_is_described(tmp_path: Path) -> None:
     report = run_doctor(settings)
     assert report.ok
     assert "identity 'alice'" in check(report, "profile")[1] and "0 friend(s)" in check(report, "profile")[1]
+    assert "your next login creates its static keys" in check(report, "profile")[1]  # a protocol-1 profile
+    crypto.load_identity(settings.home, "pw", scrypt_n=2**10)
+    assert "static keys" not in check(run_doctor(settings), "profile")[1]
+
+
+def test_a_friend_pinned_from_an_old_card_fails_the_profile_check(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path, tmp_path / "ledger.sqlite")
+    write_profile(settings.home)
+    store = FriendStore(settings.home / "friends.json")
+    store.add_friend("bob", crypto.Contact(rsa_key(1).public_key(), "bob", statics_key(1).public))
+    assert run_doctor(settings).ok
+    store.update("bob", statics="")  # as a friend store of protocol 1 pinned friends: the RSA key alone
+    report = run_doctor(settings)
+    assert failed(report) == ["profile"]
+    assert "'bob' pinned from an old card" in check(report, "profile")[1]
+    assert "ask for a new card" in check(report, "profile")[1]
 
 
 def test_damaged_friend_store_fails_the_profile_check(tmp_path: Path) -> None:

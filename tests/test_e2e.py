@@ -1,8 +1,9 @@
 """Two people use the installed ``reschat`` in pseudo-terminals, as a person would.
 
-They register, add each other by pasting (alice pastes bob's multi-line PEM key, bob pastes her
-one-line card), exchange messages through the menus and see each other's messages appear without
-pressing Update. Both point ``--ledger`` at one SQLite file.
+They register, add each other by pasting contact cards (bob pastes alice's card as one line, alice
+pastes bob's as a terminal without bracketed paste delivers a wrapped line: a piece per Enter),
+exchange messages through the menus and see each other's messages appear without pressing Update.
+Both point ``--ledger`` at one SQLite file.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def choose(child: pexpect.spawn, prompt: str, answer: str) -> None:
 def add_friend(child: pexpect.spawn, nickname: str, key_text: str) -> None:
     choose(child, "Choose", "2")
     choose(child, "Nickname", nickname)
-    child.expect("Key")
+    child.expect("Card")
     child.send(key_text.replace("\n", "\r") + "\r")  # a paste without bracketed paste: one Enter per line
     child.expect(r"Fingerprint: ([0-9A-F ]{79})")
     choose(child, r"\[y/n\]", "y")
@@ -80,13 +81,14 @@ def test_two_people_register_befriend_and_chat(tmp_path: Path) -> None:
         alice_fpr = alice.match.group(1)
         bob.expect(r"Your fingerprint: ([0-9A-F ]{79})")
 
-        # bob pastes alice's one-line card; alice pastes bob's multi-line PEM public key.
+        # bob pastes alice's card as shown by her menu; alice pastes bob's card (as 'reschat whoami'
+        # prints it) wrapped at 76 characters, one Enter per piece.
         choose(alice, "Choose", "3")
-        alice.expect(r"(reschat-card:1:[A-Za-z0-9_:-]+)")
+        alice.expect(r"(reschat-card:2:[A-Za-z0-9_-]+:[0-9a-f]{8})")
         alice_card = alice.match.group(1)
         add_friend(bob, "alice", alice_card)
-        pem = (tmp_path / "bob" / "public_key.pem").read_text().strip()
-        add_friend(alice, "bob", pem)
+        bob_card = (tmp_path / "bob" / "card.txt").read_text().strip()
+        add_friend(alice, "bob", "\n".join(bob_card[i : i + 76] for i in range(0, len(bob_card), 76)))
 
         # alice opens the chat by nickname and writes first.
         choose(alice, "Choose", "1")
@@ -141,8 +143,12 @@ def test_bad_input_never_shows_a_traceback(tmp_path: Path) -> None:
         register(carol, "carol")
         choose(carol, "Choose", "2")
         choose(carol, "Nickname", "dave")
-        choose(carol, "Key", "-----BEGIN PUBLIC KEY-----\rnot base64 at all\r-----END PUBLIC KEY-----")
-        carol.expect("error: not a valid RSA public key in PEM format")
+        choose(carol, "Card", "-----BEGIN PUBLIC KEY-----\rnot base64 at all\r-----END PUBLIC KEY-----")
+        carol.expect("error: that card has no static keys \\(an old card or a bare key\\): ask for a new card")
+        choose(carol, "Choose", "2")
+        choose(carol, "Nickname", "dave")
+        choose(carol, "Card", "reschat-card:2:bm90IGEgY2FyZA:12345678")
+        carol.expect("error: the contact card's checksum does not match")
         choose(carol, "Choose", "1")
         carol.expect("You have no friends yet")
         choose(carol, "Choose", "x")

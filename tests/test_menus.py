@@ -25,12 +25,11 @@ from prompt_toolkit.output import DummyOutput
 
 from reschat import crypto, files
 from reschat.app import ProfilePaths, open_friend_store
-from reschat.chat import page_key
 from reschat.config import Settings, load_settings
 from reschat.errors import WrongPasswordError
 from reschat.ledger import MemoryLedger
 from reschat.menus import Menus, friend_completer, key_input_complete
-from reschat.page import Page
+from reschat.page import SealedPage
 from tests.conftest import TEST_SCRYPT_N, Person, make_person
 
 PASSWORD = "correct horse"
@@ -68,14 +67,14 @@ def settings(tmp_path: Path, alice_template: Path) -> Settings:
 @pytest.fixture
 def bob(tmp_path: Path, ledger: MemoryLedger, alice_identity: crypto.Identity) -> Person:
     person = make_person("bob", 1, tmp_path / "bob", ledger)
-    person.friends.add_friend("alice", alice_identity.public_key)
+    person.friends.add_friend("alice", crypto.parse_contact(alice_identity.card))
     return person
 
 
 @pytest.fixture
 def befriended(settings: Settings, bob: Person) -> Person:
     """bob, already in alice's friend list."""
-    open_friend_store(settings).add_friend("bob", bob.identity.public_key, "bob")
+    open_friend_store(settings).add_friend("bob", crypto.parse_contact(bob.card), "bob")
     return bob
 
 
@@ -225,8 +224,9 @@ def test_main_menu_lists_the_seed_items_and_the_card(
     output = run(login("3\r4\r"))
     assert "1. Start chatting\n  2. Add friend\n  3. Show my contact card\n  4. Quit" in output
     card_line = next(line for line in output.splitlines() if line.startswith(crypto.CARD_PREFIX))
-    assert card_line == alice_identity.card
-    assert crypto.fingerprint(crypto.parse_contact(card_line).public_key) == alice_identity.fingerprint
+    shown = crypto.parse_contact(card_line)  # RSA-PSS is randomized: each unlock signs it anew
+    assert (shown.name, shown.statics, shown.issued) == ("alice", alice_identity.statics.public, alice_identity.issued)
+    assert crypto.fingerprint(shown.public_key) == alice_identity.fingerprint
 
 
 def test_unknown_main_menu_choice_is_an_error(run: Callable[[str], str]) -> None:
@@ -259,20 +259,40 @@ def test_add_friend_by_pasting_a_card(run: Callable[[str], str], settings: Setti
     assert friend_keys(settings) == {"bobby": bob_fpr(bob)}
 
 
-def test_add_friend_by_typing_a_pem_line_by_line(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
-    # A terminal without bracketed paste sends a pasted PEM as lines, each ended by Enter.
-    pem = crypto.public_key_to_string(bob.identity.public_key)
-    assert pem.count("\n") > 5
-    output = run(login("2\rbob\r" + pem.replace("\n", "\r") + "\r" + "y\r" + "3\r" + CTRL_D))
+def folded(card: str, width: int = 80) -> list[str]:
+    """A card as a terminal that wraps long lines pastes it."""
+    return [card[i : i + width] for i in range(0, len(card), width)]
+
+
+def test_add_friend_by_typing_a_folded_card_line_by_line(
+    run: Callable[[str], str], settings: Settings, bob: Person
+) -> None:
+    # A terminal without bracketed paste sends a wrapped card as lines, each ended by Enter; a line
+    # may even end inside the checksum.
+    lines = folded(bob.card, width=len(bob.card) - 4)
+    assert len(lines) == 2 and len(lines[1]) == 4
+    output = run(login("2\rbob\r" + "\r".join(lines) + "\r" + "y\r" + "3\r" + CTRL_D))
     assert f"Fingerprint: {crypto.fingerprint(bob.identity.public_key)}" in output
     assert "Added bob." in output
     assert friend_keys(settings) == {"bob": bob_fpr(bob)}
+    assert "no such choice" not in output  # no piece of the card leaked into a later menu as a choice
+
+
+def test_a_pem_key_is_refused_whole_with_ask_for_a_new_card(
+    run: Callable[[str], str], settings: Settings, bob: Person
+) -> None:
+    pem = crypto.public_key_to_string(bob.identity.public_key)
+    assert pem.count("\n") > 5
+    output = run(login("2\rbob\r" + pem.replace("\n", "\r") + "\r" + "3\r" + CTRL_D))
+    assert "ask for a new card" in output
+    assert "Fingerprint:" not in output.split("Your fingerprint", 2)[1]
+    assert friend_keys(settings) == {}
     assert "no such choice" not in output  # no PEM line leaked into a later menu as a choice
 
 
 def test_add_friend_by_bracketed_paste(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
-    pem = crypto.public_key_to_string(bob.identity.public_key) + "\n"
-    output = run(login("2\rbob\r" + PASTE_START + pem + PASTE_END + "\r" + "y\r" + CTRL_D))
+    pasted = "\n".join(folded(bob.card)) + "\n"
+    output = run(login("2\rbob\r" + PASTE_START + pasted + PASTE_END + "\r" + "y\r" + CTRL_D))
     assert "Added bob." in output
     assert friend_keys(settings) == {"bob": bob_fpr(bob)}
 
@@ -288,7 +308,8 @@ def test_add_friend_can_be_declined(run: Callable[[str], str], settings: Setting
     ("nickname", "key", "error"),
     [
         ("bob", "bob-card", "error: the nickname 'bob' is already in use"),
-        ("carol", "garbage", "error: not a contact card (reschat-card:1:...) or a PEM public key"),
+        ("carol", "garbage", "error: not a contact card (reschat-card:2:...)"),
+        ("carol", "old-card", "error: that card has no static keys (an old card or a bare key): ask for a new card"),
         ("carol", "own-card", "error: that is your own key: add your friend's key instead"),
         ("carol", "bob-card", "error: that key is already your friend 'bob'"),
         ("carol", "cut-card", "error: the contact card's checksum does not match: it was cut or altered"),
@@ -305,6 +326,7 @@ def test_add_friend_errors_are_one_line_and_back_to_the_menu(
         "own-card": alice_identity.card,
         "cut-card": befriended.card[:100] + befriended.card[104:],
         "garbage": "hello there",
+        "old-card": "reschat-card:1:Ym9i:MIIBojAN:12345678",
     }
     keys = "2\r" + nickname + "\r"
     if "nickname" not in error:
@@ -312,7 +334,9 @@ def test_add_friend_errors_are_one_line_and_back_to_the_menu(
     output = run(login(keys + "3\r" + CTRL_D))
     assert error in output
     after_error = output.split(error, 1)[1]
-    assert "Main menu" in after_error and alice_identity.card in after_error  # back at the menu, which works
+    assert "Main menu" in after_error  # back at the menu, which works: it shows the card
+    shown = next(line for line in after_error.splitlines() if line.startswith(crypto.CARD_PREFIX))
+    assert crypto.parse_contact(shown).public_key == alice_identity.public_key
     assert friend_keys(settings) == {"bob": bob_fpr(befriended)}
     assert "Traceback" not in output
 
@@ -332,12 +356,18 @@ def test_ctrl_c_while_adding_goes_back_to_the_main_menu(run: Callable[[str], str
     ("text", "complete"),
     [
         ("", True),
+        ("reschat-card:2:AAECAwQF", False),
+        ("reschat-card:2:AAEC\nAwQF", False),
+        ("reschat-card:2:AAECAwQF:", False),
+        ("reschat-card:2:AAECAwQF:1234", False),
+        ("reschat-card:2:AAECAwQF:1234\n5678", True),
+        ("reschat-card:2:AAECAwQF:12345678", True),
+        ("reschat-card:2:AAEC\n", True),  # an empty line always ends the input
+        # Read whole, then refused with "ask for a new card":
         ("-----BEGIN PUBLIC KEY-----", False),
         ("-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----", True),
         ("reschat-card:1:Ym9i:MIIBojAN", False),
-        ("reschat-card:1:Ym9i:MIIBojAN:1234", False),
         ("reschat-card:1:Ym9i:MIIBojAN:12345678", True),
-        ("reschat-card:1:Ym9i:MIIB\n", True),  # an empty line always ends the input
         ("something else", True),
     ],
 )
@@ -462,25 +492,45 @@ def test_hostile_text_is_shown_inertly(run: Callable[[str], str], befriended: Pe
 
 
 def test_forged_record_is_marked_and_never_shown(
-    run: Callable[[str], str], settings: Settings, befriended: Person, ledger: MemoryLedger,
-    alice_identity: crypto.Identity,
+    run: Callable[[str], str], befriended: Person, ledger: MemoryLedger
 ) -> None:
+    """A page is verified as a whole: a record altered on the ledger hides its page (never a word of
+    it is shown) and is reported, while the genuine page after it is shown."""
     befriended.chat.send_message("genuine one", "alice")
-    befriended.chat.send_message("genuine two", "alice")
-    conversation = crypto.conversation_id(alice_identity.public_key, befriended.identity.public_key)
-    key = page_key(conversation, bob_fpr(befriended), 1)
-    original = Page.from_string(ledger.get(key) or "")
-    forged = Page(original.conversation, original.sender, original.number, original.wrapped_key)
-    first, second = original.all_messages()
-    tampered = bytearray(first.for_receiver)
+    for i in range(19):
+        befriended.chat.send_message(f"filler {i}", "alice")
+    befriended.chat.send_message("genuine two", "alice")  # the first record of page 2
+    key = befriended.chat.lane_address("alice", mine=True, number=1)
+    original = SealedPage.from_string(ledger.get(key) or "")
+    tampered = bytearray(original.records[0])
     tampered[-1] ^= 1
-    forged.add_message(replace(first, for_receiver=bytes(tampered)))
-    forged.add_message(second)
+    forged = SealedPage(original.slots, original.header, [bytes(tampered), *original.records[1:]])
     ledger.set(key, forged.to_string())
     output = run(login("1\r1\r" + CTRL_D))
     assert "!! forged record hidden in bob's messages" in output
-    assert "genuine one" not in output
+    assert "genuine one" not in output and "filler" not in output
     assert "bob: genuine two" in output
+
+
+def test_a_restarted_lane_is_one_plain_line_and_its_messages_show(
+    terminal: Callable[[], Terminal], befriended: Person, ledger: MemoryLedger, tmp_path: Path,
+    alice_identity: crypto.Identity,
+) -> None:
+    """bob loses his local state (a new machine): his lane restarts in a new epoch, whose messages
+    are numbered from 1 again; alice sees one notice and every message, none taken for one shown."""
+    befriended.chat.send_message("before", "alice")
+    term = terminal()
+    term.type(login("1\r1\r"))
+    term.wait_for("bob: before")
+    again = make_person("bob", 1, tmp_path / "bob-new-machine", ledger)  # same keys, no state
+    again.friends.add_friend("alice", crypto.parse_contact(alice_identity.card))
+    again.chat.send_message("after", "alice")
+    term.wait_for("bob: after")
+    term.type(CTRL_D)
+    output = term.finish()
+    assert "-- bob restarted their side of the conversation" in output
+    assert "!!" not in output  # an honest restart is no alarm
+    assert output.count("bob: before") == 1 and output.count("bob: after") == 1
 
 
 def test_ctrl_c_in_chat_goes_back_and_cancels_a_message(run: Callable[[str], str], befriended: Person) -> None:
@@ -529,7 +579,7 @@ def test_send_file_reaches_the_friend(
     assert "error: no such file: missing.png" in output
     received = [m for m in befriended.chat.get_update("alice").messages if m.type == "file"]
     assert len(received) == 1
-    saved = files.save_file(befriended.chat, received[0], tmp_path / "bob-downloads")
+    saved = befriended.chat.save_file(received[0], tmp_path / "bob-downloads")
     assert sha256(saved.read_bytes()) == sha256(data)
 
 
@@ -538,9 +588,9 @@ def test_save_a_file_from_the_conversation(run: Callable[[str], str], settings: 
     first, second = os.urandom(100), os.urandom(5000)
     (tmp_path / "first.txt").write_bytes(first)
     (tmp_path / "re\u202efdp.exe").write_bytes(second)  # a right-to-left override hides the real extension
-    files.send_file(befriended.chat, "alice", tmp_path / "first.txt")
+    befriended.chat.send_file("alice", tmp_path / "first.txt")
     befriended.chat.send_message("two files for you", "alice")
-    files.send_file(befriended.chat, "alice", tmp_path / "re\u202efdp.exe")
+    befriended.chat.send_file("alice", tmp_path / "re\u202efdp.exe")
     output = run(login("1\r1\r" + "5\r" + "9\r" + "5\r\r" + "5\r" + "2\r" + CTRL_D))
     assert "bob: file first.txt (100 B)" in output
     listing = output.split("Files in this conversation:\n", 1)[1]
@@ -559,7 +609,7 @@ def test_save_a_file_with_an_altered_chunk_is_an_error_and_saves_nothing(
     run: Callable[[str], str], settings: Settings, befriended: Person, ledger: MemoryLedger, tmp_path: Path
 ) -> None:
     (tmp_path / "plans.txt").write_bytes(b"the plans")
-    sent = files.send_file(befriended.chat, "alice", tmp_path / "plans.txt")
+    sent = befriended.chat.send_file("alice", tmp_path / "plans.txt")
     key = files.describe(sent.message).chunk_keys[0]
     value = ledger.get(key) or ""
     ledger.set(key, value[:-5] + ("B" if value[-5] == "A" else "A") + value[-4:])
@@ -584,8 +634,8 @@ def test_save_a_file_when_there_is_none(run: Callable[[str], str], befriended: P
 def carol(tmp_path: Path, ledger: MemoryLedger, settings: Settings, alice_identity: crypto.Identity) -> Person:
     """A second friend of alice on the same ledger."""
     person = make_person("carol", 2, tmp_path / "carol", ledger)
-    person.friends.add_friend("alice", alice_identity.public_key)
-    open_friend_store(settings).add_friend("carol", person.identity.public_key, "carol")
+    person.friends.add_friend("alice", crypto.parse_contact(alice_identity.card))
+    open_friend_store(settings).add_friend("carol", crypto.parse_contact(person.card), "carol")
     return person
 
 
