@@ -1,5 +1,7 @@
-"""A third party who can write any key: forged, copied, replayed, reordered, garbage, rolled-back and
-erased records are reported as such, and every genuine message is still shown (prototype defect 4)."""
+"""A third party who can write any key: forged, copied, replayed, reordered, garbage, oversized,
+foreign, rolled-back and erased records are reported as such, and every genuine message is still shown
+(prototype defect 4). On every backend that RESCHAT_TEST_LEDGER chooses (see conftest); the property
+test of the verifier alone runs on the memory ledger, since it does not depend on the backend."""
 
 from __future__ import annotations
 
@@ -13,21 +15,16 @@ from hypothesis import strategies as st
 
 from reschat import crypto
 from reschat.chat import page_key
-from reschat.ledger import MemoryLedger
+from reschat.ledger import Ledger, MemoryLedger
 from reschat.ledger.base import MAX_VALUE_BYTES
 from reschat.page import Page
-from tests.conftest import Person, befriend, make_person, rsa_key
+from tests.conftest import LedgerRig, Person, befriend, make_person, rsa_key
 
 PREFIX = "reschat-page/1:"
 
 
 @pytest.fixture
-def ledger() -> MemoryLedger:
-    return MemoryLedger()
-
-
-@pytest.fixture
-def pair(tmp_path: Path, ledger: MemoryLedger) -> tuple[Person, Person]:
+def pair(tmp_path: Path, ledger: Ledger) -> tuple[Person, Person]:
     alice = make_person("alice", 0, tmp_path / "alice", ledger)
     bob = make_person("bob", 1, tmp_path / "bob", ledger)
     befriend(alice, bob)
@@ -39,12 +36,12 @@ def lane_key(sender: Person, receiver: Person, number: int) -> str:
     return page_key(conversation, crypto.fingerprint_bytes(sender.identity.public_key).hex(), number)
 
 
-def edit_page(ledger: MemoryLedger, key: str, change: Callable[[dict[str, object]], None]) -> None:
-    value = ledger.get(key)
+def edit_page(rig: LedgerRig, key: str, change: Callable[[dict[str, object]], None]) -> None:
+    value = rig.stored(key)
     assert value is not None
     body = json.loads(value[len(PREFIX):])
     change(body)
-    ledger._data[key] = PREFIX + json.dumps(body, separators=(",", ":"))
+    rig.plant(key, PREFIX + json.dumps(body, separators=(",", ":")))
 
 
 def kinds(problems: list[object]) -> set[str]:
@@ -55,7 +52,7 @@ def genuine(person: Person, friend: str) -> list[str]:
     return [m.text for m in person.chat.get_update(friend).messages]
 
 
-def test_forged_record_is_hidden_and_reported(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+def test_forged_record_is_hidden_and_reported(pair: tuple[Person, Person], rig: LedgerRig) -> None:
     alice, bob = pair
     for text in ["one", "two"]:
         alice.chat.send_message(text, "bob")
@@ -69,42 +66,42 @@ def test_forged_record_is_hidden_and_reported(pair: tuple[Person, Person], ledge
         fake[2] = "2030-01-01T00:00:00.000000Z"
         rows.append(fake)
 
-    edit_page(ledger, key, forge)
+    edit_page(rig, key, forge)
     view = bob.chat.get_update("alice")
     assert [m.text for m in view.messages] == ["one", "two"]
     assert "forged" in kinds(view.problems)
 
 
-def test_record_signed_by_a_stranger_is_never_shown_as_the_friend(tmp_path: Path, ledger: MemoryLedger) -> None:
-    alice = make_person("alice", 0, tmp_path / "alice", ledger)
-    bob = make_person("bob", 1, tmp_path / "bob", ledger)
+def test_record_signed_by_a_stranger_is_never_shown_as_the_friend(tmp_path: Path, rig: LedgerRig) -> None:
+    alice = make_person("alice", 0, tmp_path / "alice", rig.ledger)
+    bob = make_person("bob", 1, tmp_path / "bob", rig.ledger)
     befriend(alice, bob)
     # mallory knows both public keys and builds a perfectly formed page in alice's lane, signed by herself
-    mallory = make_person("alice", 2, tmp_path / "mallory", ledger)
+    mallory = make_person("alice", 2, tmp_path / "mallory", rig.ledger)
     mallory.friends.add_friend("bob", bob.identity.public_key)
     mallory.chat.send_message("send me your password", "bob")
-    forged_value = ledger.get(lane_key(mallory, bob, 1))
+    forged_value = rig.stored(lane_key(mallory, bob, 1))
     assert forged_value is not None
     alice.chat.send_message("hello bob", "bob")
-    ledger._data[lane_key(alice, bob, 2)] = forged_value.replace(
+    rig.plant(lane_key(alice, bob, 2), forged_value.replace(
         crypto.fingerprint_bytes(mallory.identity.public_key).hex(),
         crypto.fingerprint_bytes(alice.identity.public_key).hex(),
-    )
+    ))
     view = bob.chat.get_update("alice")
     assert [m.text for m in view.messages] == ["hello bob"]
     assert "send me your password" not in repr(view.messages)
     assert view.problems  # the forged page is reported
 
 
-def test_record_copied_from_another_conversation_fails(tmp_path: Path, ledger: MemoryLedger) -> None:
-    alice = make_person("alice", 0, tmp_path / "alice", ledger)
-    bob = make_person("bob", 1, tmp_path / "bob", ledger)
-    carol = make_person("carol", 2, tmp_path / "carol", ledger)
+def test_record_copied_from_another_conversation_fails(tmp_path: Path, rig: LedgerRig) -> None:
+    alice = make_person("alice", 0, tmp_path / "alice", rig.ledger)
+    bob = make_person("bob", 1, tmp_path / "bob", rig.ledger)
+    carol = make_person("carol", 2, tmp_path / "carol", rig.ledger)
     befriend(alice, bob)
     befriend(alice, carol)
     alice.chat.send_message("for carol only", "carol")
     alice.chat.send_message("for bob", "bob")
-    carol_value = ledger.get(lane_key(alice, carol, 1))
+    carol_value = rig.stored(lane_key(alice, carol, 1))
     assert carol_value is not None
     carol_row = json.loads(carol_value[len(PREFIX):])["records"][0]
 
@@ -115,13 +112,13 @@ def test_record_copied_from_another_conversation_fails(tmp_path: Path, ledger: M
         copied[6] = 2
         rows.append(copied)
 
-    edit_page(ledger, lane_key(alice, bob, 1), transplant)
+    edit_page(rig, lane_key(alice, bob, 1), transplant)
     view = bob.chat.get_update("alice")
     assert [m.text for m in view.messages] == ["for bob"]
     assert "forged" in kinds(view.problems)
 
 
-def test_replayed_and_reordered_records(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+def test_replayed_and_reordered_records(pair: tuple[Person, Person], rig: LedgerRig) -> None:
     alice, bob = pair
     for text in ["a", "b", "c"]:
         alice.chat.send_message(text, "bob")
@@ -131,68 +128,95 @@ def test_replayed_and_reordered_records(pair: tuple[Person, Person], ledger: Mem
         assert isinstance(rows, list)
         body["records"] = [rows[2], rows[0], rows[1], rows[0]]
 
-    edit_page(ledger, lane_key(alice, bob, 1), replay_and_shuffle)
+    edit_page(rig, lane_key(alice, bob, 1), replay_and_shuffle)
     view = bob.chat.get_update("alice")
     assert [m.text for m in view.messages] == ["a", "b", "c"]
     assert kinds(view.problems) == {"replay"}
 
 
-def test_garbage_page_keeps_the_rest_readable(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+def test_garbage_page_keeps_the_rest_readable(pair: tuple[Person, Person], rig: LedgerRig) -> None:
     alice, bob = pair
     for i in range(25):
         alice.chat.send_message(f"m{i}", "bob")
     bob.chat.send_message("bob's own", "alice")
-    ledger._data[lane_key(alice, bob, 1)] = "reschat-page/1:{garbage"
+    rig.plant(lane_key(alice, bob, 1), "reschat-page/1:{garbage")
     view = bob.chat.load_all("alice")
     texts = [m.text for m in view.messages]
     assert texts == [f"m{i}" for i in range(20, 25)] + ["bob's own"]
     assert "damaged" in kinds(view.problems)
 
 
-def test_value_at_the_size_limit_is_reported(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+def test_value_at_the_size_limit_is_reported(pair: tuple[Person, Person], rig: LedgerRig) -> None:
     alice, bob = pair
     alice.chat.send_message("real", "bob")
-    ledger.set(lane_key(alice, bob, 2), "x" * MAX_VALUE_BYTES)
+    rig.ledger.set(lane_key(alice, bob, 2), "x" * MAX_VALUE_BYTES)
     view = bob.chat.get_update("alice")
     assert [m.text for m in view.messages] == ["real"]
     assert "damaged" in kinds(view.problems)
 
 
-def test_rollback_to_an_older_copy_is_detected(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+def test_a_value_over_the_size_limit_is_reported_without_being_read(
+    pair: tuple[Person, Person], rig: LedgerRig
+) -> None:
+    """Issue 11, item 2: every backend withholds it (OVERSIZED_VALUE), and the reader goes on."""
+    alice, bob = pair
+    alice.chat.send_message("real", "bob")
+    rig.plant(lane_key(alice, bob, 2), "x" * (MAX_VALUE_BYTES + 1))
+    view = bob.chat.get_update("alice")
+    assert [m.text for m in view.messages] == ["real"]
+    assert "damaged" in kinds(view.problems)
+    assert bob.chat.unread_counts() == {"alice": 1}  # the one genuine message, not yet marked read
+
+
+def test_another_programs_record_under_a_page_key_is_reported_not_fatal(
+    pair: tuple[Person, Person], rig: LedgerRig
+) -> None:
+    """Issue 11, item 9: on the HTTP gateway this used to make every read of the chat raise LedgerError."""
+    alice, bob = pair
+    alice.chat.send_message("real", "bob")
+    rig.plant_foreign(lane_key(alice, bob, 2))
+    view = bob.chat.get_update("alice")
+    assert [m.text for m in view.messages] == ["real"]
+    assert "damaged" in kinds(view.problems)
+    assert [m.text for m in bob.chat.load_all("alice").messages] == ["real"]
+    assert bob.chat.unread_counts() == {"alice": 1}  # the one genuine message, not yet marked read
+
+
+def test_rollback_to_an_older_copy_is_detected(pair: tuple[Person, Person], rig: LedgerRig) -> None:
     alice, bob = pair
     alice.chat.send_message("one", "bob")
-    old_copy = ledger.get(lane_key(alice, bob, 1))
+    old_copy = rig.stored(lane_key(alice, bob, 1))
     alice.chat.send_message("two", "bob")
     assert genuine(bob, "alice") == ["one", "two"]
     assert old_copy is not None
-    ledger._data[lane_key(alice, bob, 1)] = old_copy
-    later = make_person("bob", 1, bob.home, ledger)  # a fresh session of the same profile
+    rig.plant(lane_key(alice, bob, 1), old_copy)
+    later = make_person("bob", 1, bob.home, rig.ledger)  # a fresh session of the same profile
     view = later.chat.get_update("alice")
     assert [m.text for m in view.messages] == ["one"]
     assert "rollback" in kinds(view.problems)
 
 
-def test_erased_page_shows_a_gap(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+def test_erased_page_shows_a_gap(pair: tuple[Person, Person], rig: LedgerRig) -> None:
     alice, bob = pair
     for i in range(45):
         alice.chat.send_message(f"m{i}", "bob")
-    del ledger._data[lane_key(alice, bob, 2)]  # e.g. lost by a restarted in-memory node
-    view = make_person("bob", 1, bob.home, ledger).chat.load_all("alice")
+    rig.erase(lane_key(alice, bob, 2))  # e.g. lost by a restarted in-memory node
+    view = make_person("bob", 1, bob.home, rig.ledger).chat.load_all("alice")
     assert [m.text for m in view.messages] == [f"m{i}" for i in range(20)] + [f"m{i}" for i in range(40, 45)]
     assert "gap" in kinds(view.problems)
     assert any("20 message(s) missing" in p.detail for p in view.problems)
 
 
-def test_overwritten_own_page_is_resent_by_its_sender(tmp_path: Path, ledger: MemoryLedger) -> None:
+def test_overwritten_own_page_is_resent_by_its_sender(tmp_path: Path, rig: LedgerRig) -> None:
     from datetime import timedelta
 
-    alice = make_person("alice", 0, tmp_path / "alice", ledger, resend_after=timedelta(0))
-    bob = make_person("bob", 1, tmp_path / "bob", ledger)
+    alice = make_person("alice", 0, tmp_path / "alice", rig.ledger, resend_after=timedelta(0))
+    bob = make_person("bob", 1, tmp_path / "bob", rig.ledger)
     befriend(alice, bob)
     alice.chat.send_message("important", "bob")
     assert [m.status for m in alice.chat.get_update("bob").messages] == ["delivered"]
     alice.chat.send_message("second", "bob")
-    ledger._data[lane_key(alice, bob, 1)] = "junk"
+    rig.plant(lane_key(alice, bob, 1), "junk")
     view = alice.chat.get_update("bob")  # sees its page is not what it wrote: writes it again
     assert [(m.text, m.status) for m in view.messages] == [("important", "delivered"), ("second", "pending")]
     assert [(m.text, m.status) for m in alice.chat.get_update("bob").messages] == [
@@ -201,27 +225,29 @@ def test_overwritten_own_page_is_resent_by_its_sender(tmp_path: Path, ledger: Me
     assert genuine(bob, "alice") == ["important", "second"]
 
 
-def test_a_page_moved_to_another_number_is_rejected(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+def test_a_page_moved_to_another_number_is_rejected(pair: tuple[Person, Person], rig: LedgerRig) -> None:
     alice, bob = pair
     alice.chat.send_message("one", "bob")
-    value = ledger.get(lane_key(alice, bob, 1))
+    value = rig.stored(lane_key(alice, bob, 1))
     assert value is not None
-    ledger.set(lane_key(alice, bob, 2), value)  # same page, replayed under the next number
+    rig.ledger.set(lane_key(alice, bob, 2), value)  # same page, replayed under the next number
     view = bob.chat.get_update("alice")
     assert [m.text for m in view.messages] == ["one"]
     assert view.problems
 
 
-def test_the_pages_are_ciphertext_only(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+def test_the_pages_are_ciphertext_only(pair: tuple[Person, Person], rig: LedgerRig) -> None:
     alice, bob = pair
     alice.chat.send_message("the eagle lands at noon", "bob")
     bob.chat.get_update("alice")
-    everything = " ".join(ledger._data.values())
+    everything = " ".join(rig.values().values())
     assert "eagle" not in everything
     on_disk = b"".join(p.read_bytes() for p in alice.home.rglob("*") if p.is_file())
     on_disk += b"".join(p.read_bytes() for p in bob.home.rglob("*") if p.is_file())
     assert b"eagle" not in on_disk
-    page = Page.from_string(ledger._data[lane_key(alice, bob, 1)])
+    stored = rig.stored(lane_key(alice, bob, 1))
+    assert stored is not None
+    page = Page.from_string(stored)
     assert page.message_count == 1
     assert rsa_key(0) is not None
 
