@@ -1,11 +1,23 @@
-"""Shared fixtures: identities are costly to make (RSA-3072), so each test session makes a few once."""
+"""Shared fixtures: identities are costly to make (RSA-3072), so each test session makes a few once.
+
+The engine suites run on every ledger backend through the ``ledger`` fixture (and ``rig``, which adds
+the levers of whoever runs the ledger: write anything anywhere, erase, list, and the faults the real
+service has). RESCHAT_TEST_LEDGER chooses the backends, comma-separated: ``memory``, ``local``
+(SQLite), ``resilientdb`` (the kv_service_tools stand-in) and ``http`` (the gateway stand-in); unset,
+all four. Tests written for one backend's own behaviour run only when that backend is chosen.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator
+import json
+import os
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,9 +25,12 @@ from Crypto.PublicKey import RSA
 
 from reschat import crypto, kem
 from reschat.chat import ChatService
+from reschat.errors import LedgerUnavailableError
 from reschat.friends import FriendStore
-from reschat.ledger import Ledger, LocalLedger, MemoryLedger, ResilientDBLedger
-from tests.standin import StandInCluster
+from reschat.ledger import Ledger, LocalLedger, MemoryLedger, ResilientDBHttpLedger, ResilientDBLedger
+from reschat.ledger.base import check_key, check_value
+from tests.standin import STALE_PROBABILITY, STALE_WINDOW_S, StandInCluster, stale_reads_requested
+from tests.standin.http_gateway import GatewayStandIn
 
 #: Low scrypt cost for tests that create identities; one test checks the real default separately.
 TEST_SCRYPT_N = 2**10
@@ -31,6 +46,7 @@ def rsa_key(index: int) -> RSA.RsaKey:
 
 
 def statics_key(index: int) -> kem.ReceiveKey:
+    """The index-th static hybrid key pair (the card's X25519 and ML-KEM keys), made once per session."""
     while len(_STATICS_CACHE) <= index:
         _STATICS_CACHE.append(kem.ReceiveKey.generate())
     return _STATICS_CACHE[index]
@@ -97,22 +113,237 @@ def befriend(a: Person, b: Person) -> None:
     b.friends.add_friend(a.name, crypto.parse_contact(a.card))
 
 
-def make_ledger(kind: str, root: Path) -> Ledger:
-    """A fresh ledger of ``kind``: memory, local (SQLite) or the stand-in ResilientDB tool."""
-    if kind == "memory":
-        return MemoryLedger()
-    if kind == "local":
-        return LocalLedger(root / "ledger.sqlite")
-    cluster = StandInCluster.create(root / "cluster")
-    return ResilientDBLedger(cluster.tool, cluster.config, timeout_s=30)
+# --- the ledger backends of the engine suites -----------------------------------------------------------
+
+BACKENDS = ("memory", "local", "resilientdb", "http")
+TEST_LEDGER_ENV = "RESCHAT_TEST_LEDGER"
 
 
-@pytest.fixture(params=["memory", "local", "resilientdb"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    """Every backend the engine tests run on."""
-    backend = make_ledger(request.param, tmp_path)
-    yield backend
-    backend.close()
+def selected_backends(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The backends RESCHAT_TEST_LEDGER names (comma-separated), or all of them when it is unset."""
+    text = (os.environ if environ is None else environ).get(TEST_LEDGER_ENV, "").strip()
+    if not text:
+        return BACKENDS
+    chosen = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not chosen or any(kind not in BACKENDS for kind in chosen):
+        raise pytest.UsageError(f"{TEST_LEDGER_ENV}={text!r}: name some of {', '.join(BACKENDS)}, comma-separated")
+    return chosen
+
+
+def needs_backend(kind: str) -> pytest.MarkDecorator:
+    """Skip a test of one backend's own behaviour unless RESCHAT_TEST_LEDGER chose that backend."""
+    return pytest.mark.skipif(kind not in selected_backends(), reason=f"{TEST_LEDGER_ENV} does not choose {kind}")
+
+
+class FaultyLedger(Ledger):
+    """A real backend behind the faults the stand-ins have as knobs: stale reads, lost writes, and a
+    ledger that cannot be reached. A stale read returns what a key held before its latest write."""
+
+    def __init__(self, inner: Ledger) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.stale = False
+        self.drop_sets = False
+        self.down = False
+        self.previous: dict[str, str | None] = {}
+        self.sets: Counter[str] = Counter()
+
+    def _reachable(self) -> None:
+        if self.down:
+            raise LedgerUnavailableError("cannot connect to the ledger (it is down in this test)")
+
+    def get(self, key: str) -> str | None:
+        return self.get_many([key])[key]
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, str | None]:
+        self._reachable()
+        values = self.inner.get_many(keys)
+        if not self.stale:
+            return values
+        return {key: self.previous.get(key, value) for key, value in values.items()}
+
+    def set(self, key: str, value: str) -> None:
+        self._reachable()
+        check_key(key)
+        check_value(value)
+        self.sets[key] += 1
+        if self.drop_sets:
+            return
+        self.previous[key] = self.inner.get(key)
+        self.inner.set(key, value)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass
+class LedgerRig:
+    """One backend for a test: ``ledger`` for the people, and the levers of whoever runs the ledger."""
+
+    kind: str
+    ledger: Ledger
+    #: A factory of further connections to the same ledger (for other processes); None for memory.
+    connect: Callable[[], Ledger] | None
+    #: Where the backend keeps its state on disk, if anywhere.
+    root: Path | None = None
+    cluster: StandInCluster | None = None
+    gateway: GatewayStandIn | None = None
+    faulty: FaultyLedger | None = None
+    local_path: Path | None = None
+
+    # -- writing what no client of ours would write --------------------------------------------------
+
+    def plant(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key`` as is (any size, any text), as another client could."""
+        if self.gateway is not None:
+            with self.gateway.lock:
+                self.gateway.store[key] = json.dumps({"id": key, "value": value}).encode()
+        elif self.cluster is not None:
+            self._cluster_sql("INSERT OR REPLACE INTO kv (key, value, previous, set_at) VALUES (?, ?, '', 0)",
+                              (key, value))
+        elif self.local_path is not None:
+            with contextlib.closing(sqlite3.connect(self.local_path, timeout=30)) as db, db:
+                db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
+                           (key, value.encode("utf-8", "surrogateescape")))
+        else:
+            self._memory()._data[key] = value
+
+    def plant_foreign(self, key: str) -> None:
+        """What another program using the same service would leave under ``key``."""
+        if self.gateway is not None:
+            with self.gateway.lock:
+                self.gateway.store[key] = json.dumps({"id": key, "note": "another program's record"}).encode()
+        else:
+            self.plant(key, "another program's record")
+
+    def erase(self, key: str) -> None:
+        """Make ``key`` empty, as a restarted in-memory cluster would."""
+        if self.gateway is not None:
+            with self.gateway.lock:
+                self.gateway.store.pop(key, None)
+        elif self.cluster is not None:
+            self._cluster_sql("DELETE FROM kv WHERE key = ?", (key,))
+        elif self.local_path is not None:
+            with contextlib.closing(sqlite3.connect(self.local_path, timeout=30)) as db, db:
+                db.execute("DELETE FROM kv WHERE key = ?", (key,))
+        else:
+            self._memory()._data.pop(key, None)
+
+    # -- looking at what is stored --------------------------------------------------------------------
+
+    def values(self) -> dict[str, str]:
+        """Every key and what it really holds (never a stale view), as anyone can list them."""
+        if self.gateway is not None:
+            with self.gateway.lock:
+                bodies = dict(self.gateway.store)
+            found = {key: json.loads(body) for key, body in bodies.items()}
+            return {key: str(item.get("value", "")) for key, item in found.items() if isinstance(item, dict)}
+        if self.cluster is not None:
+            return {str(k): str(v) for k, v in self._cluster_sql("SELECT key, value FROM kv", ())}
+        if self.local_path is not None:
+            with contextlib.closing(sqlite3.connect(self.local_path, timeout=30)) as db:
+                rows = db.execute("SELECT key, CAST(value AS TEXT) FROM kv").fetchall()
+            return {str(k): str(v) for k, v in rows}
+        return dict(self._memory()._data)
+
+    def stored(self, key: str) -> str | None:
+        return self.values().get(key)
+
+    def sets_of(self, key: str) -> int:
+        """How many writes of ``key`` reached the ledger's front door (lost ones included)."""
+        if self.gateway is not None:
+            return self.gateway.commits.count(key)
+        if self.cluster is not None:
+            return sum(1 for call in self.cluster.calls() if call.cmd == "set" and call.key == key)
+        assert self.faulty is not None
+        return self.faulty.sets[key]
+
+    # -- faults ---------------------------------------------------------------------------------------
+
+    def behave(self, *, stale: bool | None = None, drop_sets: bool | None = None, down: bool | None = None) -> None:
+        """Turn faults on (True) or off (False): every read stale, every write lost, the ledger unreachable.
+
+        Off means as the backend normally is: with RESCHAT_STANDIN_STALE_READS the stand-ins then go
+        on serving the real cluster's occasional stale reads.
+        """
+        normal = {"stale_reads_after_set_s": STALE_WINDOW_S, "stale_read_probability": STALE_PROBABILITY} \
+            if stale_reads_requested() else {"stale_reads_after_set_s": None, "stale_read_probability": None}
+        if self.cluster is not None:
+            knobs: dict[str, object] = {}
+            if stale is not None:
+                knobs.update({"stale_reads_after_set_s": 3600, "stale_read_probability": 1.0} if stale else normal)
+            if drop_sets is not None:
+                knobs["drop_sets"] = drop_sets or None
+            if down is not None:
+                knobs["down"] = down or None
+            self.cluster.behave(**knobs)
+        elif self.gateway is not None:
+            if stale is not None:
+                self.gateway.stale_window_s = 3600 if stale else float(normal["stale_reads_after_set_s"] or 0)
+                self.gateway.stale_probability = 1.0 if stale else STALE_PROBABILITY
+            if drop_sets is not None:
+                self.gateway.drop_commits = drop_sets
+            if down is not None:
+                self.gateway.failing = down
+        else:
+            assert self.faulty is not None
+            for name, value in (("stale", stale), ("drop_sets", drop_sets), ("down", down)):
+                if value is not None:
+                    setattr(self.faulty, name, value)
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _memory(self) -> MemoryLedger:
+        assert self.faulty is not None and isinstance(self.faulty.inner, MemoryLedger)
+        return self.faulty.inner
+
+    def _cluster_sql(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        assert self.cluster is not None
+        if not self.cluster.state_path.exists():
+            self.ledger.get("reschat-test-state")  # the first tool call creates the state and its tables
+        with contextlib.closing(sqlite3.connect(self.cluster.state_path, timeout=30)) as db, db:
+            return list(db.execute(sql, params))
+
+
+@contextlib.contextmanager
+def ledger_rig(kind: str, root: Path) -> Iterator[LedgerRig]:
+    """A fresh ledger of ``kind`` (one of BACKENDS) with its levers; closed at the end of the block."""
+    rig: LedgerRig
+    with contextlib.ExitStack() as stack:
+        if kind in ("memory", "local"):
+            path = root / "ledger.sqlite"
+            inner: Ledger = MemoryLedger() if kind == "memory" else LocalLedger(path)
+            faulty = FaultyLedger(inner)
+            rig = LedgerRig(kind, faulty, None if kind == "memory" else partial(LocalLedger, path),
+                            root=None if kind == "memory" else root, faulty=faulty,
+                            local_path=None if kind == "memory" else path)
+        elif kind == "resilientdb":
+            cluster = StandInCluster.create(root / "cluster")
+            connect = partial(ResilientDBLedger, cluster.tool, cluster.config, timeout_s=60)
+            rig = LedgerRig(kind, connect(), connect, root=cluster.root, cluster=cluster)
+        elif kind == "http":
+            gateway = stack.enter_context(GatewayStandIn())
+            connect = partial(ResilientDBHttpLedger, gateway.url, timeout_s=30)
+            rig = LedgerRig(kind, connect(), connect, gateway=gateway)
+        else:
+            raise ValueError(f"unknown ledger backend {kind!r}: one of {BACKENDS}")
+        try:
+            yield rig
+        finally:
+            rig.ledger.close()
+
+
+@pytest.fixture(params=selected_backends())
+def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerRig]:
+    """Every backend the engine tests run on (RESCHAT_TEST_LEDGER chooses), with its levers."""
+    with ledger_rig(request.param, tmp_path) as made:
+        yield made
+
+
+@pytest.fixture
+def ledger(rig: LedgerRig) -> Ledger:
+    """Every backend the engine tests run on (RESCHAT_TEST_LEDGER chooses)."""
+    return rig.ledger
 
 
 @pytest.fixture

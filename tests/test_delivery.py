@@ -1,9 +1,9 @@
-"""Delivery confirmation on the stand-in ResilientDB tool.
+"""Delivery confirmation, on every backend RESCHAT_TEST_LEDGER chooses (see conftest).
 
 A sent message is "pending" until a ledger read returns it, then "delivered"; one still unconfirmed
 after ``resend_after`` is written again (same page, same sequence number, never shown twice); pending
 messages wait in the outbox, as ciphertext only, across a quit and restart. Every row of the contract's
-failure table is driven through the chat service."""
+failure table of kv_service_tools is driven through the chat service (on that backend only)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 
 from reschat.chat import ChatMessage
 from reschat.errors import LedgerConfigError, LedgerTimeoutError, LedgerUnavailableError
-from reschat.ledger import MemoryLedger, ResilientDBLedger
+from reschat.ledger import ResilientDBLedger
 from reschat.page import PAGE_CAPACITY
-from tests.conftest import Person, befriend, make_person
+from tests.conftest import LedgerRig, Person, befriend, make_person, needs_backend
 from tests.standin import StandInCluster
 from tests.test_doctor import no_process_mentions
 
@@ -38,9 +38,17 @@ class ManualClock:
 RESEND_AFTER = timedelta(seconds=10)
 
 
-def setup(
+def setup(rig: LedgerRig, tmp_path: Path, **alice_options: object) -> tuple[Person, Person]:
+    alice = make_person("alice", 0, tmp_path / "alice", rig.ledger, **alice_options)
+    bob = make_person("bob", 1, tmp_path / "bob", rig.ledger)
+    befriend(alice, bob)
+    return alice, bob
+
+
+def setup_cluster(
     tmp_path: Path, *, timeout_s: float = 30, **alice_options: object
 ) -> tuple[StandInCluster, ResilientDBLedger, Person, Person]:
+    """alice and bob on a stand-in cluster of their own, for the tool's failure table."""
     cluster = StandInCluster.create(tmp_path / "cluster")
     ledger = ResilientDBLedger(cluster.tool, cluster.config, timeout_s=timeout_s)
     alice = make_person("alice", 0, tmp_path / "alice", ledger, **alice_options)
@@ -64,10 +72,6 @@ def lane_key(sender: Person, receiver: Person, number: int) -> str:
     return sender.chat.lane_address(receiver.name, mine=True, number=number, epoch=1)
 
 
-def sets_of(cluster: StandInCluster, key: str) -> int:
-    return sum(1 for call in cluster.calls() if call.cmd == "set" and call.key == key)
-
-
 def mine(person: Person, friend: str) -> list[tuple[str, str | None]]:
     return [(m.text, m.status) for m in person.chat.get_update(friend).messages if m.outgoing]
 
@@ -81,26 +85,28 @@ def received(person: Person, friend: str) -> list[ChatMessage]:
 # --- pending until a read returns it -------------------------------------------------------------
 
 
-def test_a_message_is_pending_while_reads_are_stale_and_delivered_once_a_read_returns_it(tmp_path: Path) -> None:
-    # A stale window far longer than the test: until the knob is turned off, every read is stale.
-    cluster, _ledger, alice, bob = setup(tmp_path, resend_after=timedelta(hours=1))
-    cluster.behave(stale_reads_after_set_s=3600)
+def test_a_message_is_pending_while_reads_are_stale_and_delivered_once_a_read_returns_it(
+    rig: LedgerRig, tmp_path: Path
+) -> None:
+    # Until the fault is turned off, every read of a written key returns what it held before.
+    alice, bob = setup(rig, tmp_path, resend_after=timedelta(hours=1))
+    rig.behave(stale=True)
     sent = alice.chat.send_message("hello", "bob")
     assert sent.error is None and sent.message.status == "pending"
     key = lane_key(alice, bob, 1)
-    assert cluster.stored(key) is not None  # the write did land: only the reads lag behind
+    assert rig.stored(key) is not None  # the write did land: only the reads lag behind
     for _ in range(2):
         assert mine(alice, "bob") == [("hello", "pending")]
-    cluster.behave(stale_reads_after_set_s=None)
+    rig.behave(stale=False)
     assert mine(alice, "bob") == [("hello", "delivered")]
 
     # A stale read of a page returns it as it was before the last write: it confirms only what it holds.
-    cluster.behave(stale_reads_after_set_s=3600)
+    rig.behave(stale=True)
     alice.chat.send_message("two", "bob")
     assert mine(alice, "bob") == [("hello", "delivered"), ("two", "pending")]
-    cluster.behave(stale_reads_after_set_s=None)
+    rig.behave(stale=False)
     assert mine(alice, "bob") == [("hello", "delivered"), ("two", "delivered")]
-    assert sets_of(cluster, key) == 2  # confirmed by reads, never re-sent
+    assert rig.sets_of(key) == 2  # confirmed by reads, never re-sent
     view = bob.chat.get_update("alice")
     assert view.problems == [] and [m.text for m in view.messages] == ["hello", "two"]
 
@@ -108,25 +114,25 @@ def test_a_message_is_pending_while_reads_are_stale_and_delivered_once_a_read_re
 # --- a write the cluster dropped is written again --------------------------------------------------
 
 
-def test_a_dropped_write_is_re_sent_after_resend_after_and_arrives_once(tmp_path: Path) -> None:
+def test_a_dropped_write_is_re_sent_after_resend_after_and_arrives_once(rig: LedgerRig, tmp_path: Path) -> None:
     clock = ManualClock()
-    cluster, _ledger, alice, bob = setup(tmp_path, clock=clock, resend_after=RESEND_AFTER)
+    alice, bob = setup(rig, tmp_path, clock=clock, resend_after=RESEND_AFTER)
     alice.chat.send_message("first", "bob")
-    cluster.behave(drop_sets=True)
+    rig.behave(drop_sets=True)
     sent = alice.chat.send_message("lost", "bob")
     assert sent.error is None  # ret = 0: the tool cannot tell a dropped write from a committed one
     key = lane_key(alice, bob, 1)
     assert mine(alice, "bob") == [("first", "delivered"), ("lost", "pending")]
     assert [m.text for m in bob.chat.get_update("alice").messages] == ["first"]
 
-    cluster.behave(drop_sets=None)
+    rig.behave(drop_sets=False)
     clock.advance(RESEND_AFTER.total_seconds() - 1)
     assert mine(alice, "bob") == [("first", "delivered"), ("lost", "pending")]
-    assert sets_of(cluster, key) == 2  # not yet overdue: nothing re-sent
+    assert rig.sets_of(key) == 2  # not yet overdue: nothing re-sent
 
     clock.advance(1)
     assert mine(alice, "bob") == [("first", "delivered"), ("lost", "pending")]  # re-sent in this round
-    assert sets_of(cluster, key) == 3
+    assert rig.sets_of(key) == 3
     view = bob.chat.get_update("alice")
     assert view.problems == []
     assert [(m.text, m.seq) for m in view.messages] == [("first", 1), ("lost", 2)]
@@ -135,7 +141,7 @@ def test_a_dropped_write_is_re_sent_after_resend_after_and_arrives_once(tmp_path
 
     clock.advance(3600)
     alice.chat.get_update("bob")
-    assert sets_of(cluster, key) == 3  # delivered messages are never written again
+    assert rig.sets_of(key) == 3  # delivered messages are never written again
     view = bob.chat.get_update("alice")
     assert [(m.text, m.seq) for m in view.messages] == [("first", 1), ("lost", 2)] and view.new_messages == []
 
@@ -161,13 +167,16 @@ def files_holding(secret: bytes, *roots: Path) -> list[str]:
     ]
 
 
-def test_pending_messages_survive_a_quit_as_ciphertext_and_are_re_sent_on_the_next_start(tmp_path: Path) -> None:
-    cluster, ledger, alice, bob = setup(tmp_path, resend_after=RESEND_AFTER)
+def test_pending_messages_survive_a_quit_as_ciphertext_and_are_re_sent_on_the_next_start(
+    rig: LedgerRig, tmp_path: Path
+) -> None:
+    alice, bob = setup(rig, tmp_path, resend_after=RESEND_AFTER)
+    ledger = rig.ledger
     secret = b"meet at the north gate at dawn, PLAINTEXT-MARKER-7f3a"
-    cluster.behave(drop_sets=True)
+    rig.behave(drop_sets=True)
     for text in ("one", secret.decode()):
         assert alice.chat.send_message(text, "bob").error is None
-    assert cluster.stored(lane_key(alice, bob, 1)) is None
+    assert rig.stored(lane_key(alice, bob, 1)) is None
     home = alice.home
     del alice  # quit before any confirmation
 
@@ -177,7 +186,7 @@ def test_pending_messages_survive_a_quit_as_ciphertext_and_are_re_sent_on_the_ne
     assert (outbox.epoch, outbox.seq, outbox.confirmed, sorted(outbox.pages)) == (1, 2, 0, ["1"])
     assert files_holding(secret, home) == []
 
-    cluster.behave(drop_sets=None)
+    rig.behave(drop_sets=False)
     again = make_person("alice", 0, home, ledger, resend_after=timedelta(0))
     assert mine(again, "bob") == [("one", "pending"), (secret.decode(), "pending")]  # re-sent in this round
     view = bob.chat.get_update("alice")
@@ -186,12 +195,31 @@ def test_pending_messages_survive_a_quit_as_ciphertext_and_are_re_sent_on_the_ne
     assert mine(again, "bob") == [("one", "delivered"), (secret.decode(), "delivered")]
     assert again.chat.send_message("three", "bob").message.seq == 3
     assert [m.text for m in bob.chat.get_update("alice").new_messages] == ["three"]
-    assert files_holding(secret, home, bob.home, cluster.root) == []
+    assert files_holding(secret, home, bob.home, *([rig.root] if rig.root else [])) == []
+    assert not [key for key, value in rig.values().items()
+                if any(form in value.encode("utf-8", "surrogateescape") for form in encodings(secret))]
+
+
+def test_a_ledger_that_cannot_be_reached_keeps_the_message_pending_until_it_can(
+    rig: LedgerRig, tmp_path: Path
+) -> None:
+    alice, bob = setup(rig, tmp_path, resend_after=timedelta(0))
+    first_message(alice)
+    rig.behave(down=True)
+    sent = alice.chat.send_message("while down", "bob")
+    assert isinstance(sent.error, LedgerUnavailableError) and sent.message.status == "pending"
+    with pytest.raises(LedgerUnavailableError):
+        alice.chat.get_update("bob")
+    rig.behave(down=False)
+    assert mine(alice, "bob") == [("before", "delivered"), ("while down", "pending")]  # re-sent in this round
+    assert mine(alice, "bob") == [("before", "delivered"), ("while down", "delivered")]
+    assert [m.text for m in received(bob, "alice")] == ["before", "while down"]
 
 
 # --- the failure table, through the chat service ---------------------------------------------------
 
 
+@needs_backend("resilientdb")
 def test_missing_client_config_is_refused_when_the_ledger_is_built(tmp_path: Path) -> None:
     cluster = StandInCluster.create(tmp_path / "cluster")
     with pytest.raises(LedgerConfigError, match="does not exist"):
@@ -199,9 +227,10 @@ def test_missing_client_config_is_refused_when_the_ledger_is_built(tmp_path: Pat
     assert cluster.calls() == []
 
 
+@needs_backend("resilientdb")
 def test_every_row_of_the_failure_table_keeps_the_message_pending_until_the_ledger_recovers(tmp_path: Path) -> None:
     """One conversation through every failure in turn (a fresh conversation costs seconds of reads)."""
-    cluster, ledger, alice, bob = setup(tmp_path, resend_after=timedelta(0))
+    cluster, ledger, alice, bob = setup_cluster(tmp_path, resend_after=timedelta(0))
     first_message(alice)
     key = lane_key(alice, bob, 1)
     sent_texts = ["before"]
@@ -265,35 +294,17 @@ def test_every_row_of_the_failure_table_keeps_the_message_pending_until_the_ledg
 # --- the engine's confirmation rule, where it needs many messages -----------------------------------
 
 
-class DroppingLedger(MemoryLedger):
-    """A memory ledger that, like the stand-in's ``drop_sets``, acknowledges writes it then loses.
-
-    The engine's regression test below needs twenty-one sends; this keeps it fast.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.drop_sets = False
-
-    def set(self, key: str, value: str) -> None:
-        if not self.drop_sets:
-            super().set(key, value)
-
-
-def test_a_lost_write_of_a_full_page_is_not_confirmed_by_the_next_page(tmp_path: Path) -> None:
+def test_a_lost_write_of_a_full_page_is_not_confirmed_by_the_next_page(rig: LedgerRig, tmp_path: Path) -> None:
     """The last message of page 1 is lost, the first of page 2 arrives: page 1 must stay pending."""
     clock = ManualClock()
-    ledger = DroppingLedger()
-    alice = make_person("alice", 0, tmp_path / "alice", ledger, clock=clock, resend_after=RESEND_AFTER)
-    bob = make_person("bob", 1, tmp_path / "bob", ledger)
-    befriend(alice, bob)
+    alice, bob = setup(rig, tmp_path, clock=clock, resend_after=RESEND_AFTER)
     for i in range(PAGE_CAPACITY - 1):
         alice.chat.send_message(f"m{i}", "bob")
-    ledger.drop_sets = True
+    rig.behave(drop_sets=True)
     alice.chat.send_message(f"m{PAGE_CAPACITY - 1}", "bob")
-    ledger.drop_sets = False
+    rig.behave(drop_sets=False)
     alice.chat.send_message("next page", "bob")
-    assert ledger.get(lane_key(alice, bob, 2)) is not None
+    assert rig.stored(lane_key(alice, bob, 2)) is not None
 
     statuses = dict(mine(alice, "bob"))
     assert statuses[f"m{PAGE_CAPACITY - 1}"] == "pending", "reported delivered though no read returned it"

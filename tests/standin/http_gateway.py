@@ -36,6 +36,10 @@ class GatewayStandIn(ThreadingHTTPServer):
         self.store: dict[str, bytes] = {}
         #: True: the gateway cannot reach the cluster.
         self.failing = False
+        #: True: commits are acknowledged (201) and lost, as a write that never reached consensus.
+        self.drop_commits = False
+        #: The id of every commit that was acknowledged, lost ones included, in order.
+        self.commits: list[str] = []
         #: Seconds to sit on every request before answering (released early by ``close``).
         self.delay_s = 0.0
         #: When set, every request gets this (status, body) instead: a gateway that misbehaves.
@@ -153,9 +157,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(500, b"commit fail")
             return
         with self.server.lock:
-            self.server.previous[loaded["id"]] = self.server.store.get(loaded["id"], b"")
-            self.server.written_at[loaded["id"]] = time.monotonic()
-            self.server.store[loaded["id"]] = body
+            self.server.commits.append(loaded["id"])
+            if not self.server.drop_commits:
+                self.server.previous[loaded["id"]] = self.server.store.get(loaded["id"], b"")
+                self.server.written_at[loaded["id"]] = time.monotonic()
+                self.server.store[loaded["id"]] = body
         self._answer(201, f"id: {loaded['id']}".encode())
 
     def do_GET(self) -> None:
