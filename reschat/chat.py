@@ -19,6 +19,7 @@ few older pages in rotation (to notice a rewrite) and our own unconfirmed pages.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,13 @@ MAX_CATCH_UP_PAGES = 64
 CLOCK_AHEAD = timedelta(minutes=10)
 #: How many restarted epochs of a lane a reader with no checkpoint looks for.
 _MAX_EPOCH_PROBE = 8
+#: The work one update may do against a lane, whatever the friend wrote: rounds of probes for newer
+#: pages, restarts followed, and pages held in the window. What is left waits for the next update.
+MAX_PROBE_ROUNDS = 16
+MAX_RESTARTS_PER_UPDATE = 8
+MAX_WINDOW_PAGES = 1000
+#: Values that failed to open or verify, remembered (by hash) so that they cost nothing again.
+MAX_REFUSED = 256
 
 IntegrityProblem = Problem
 
@@ -198,6 +206,8 @@ class ChatService:
         #: (lane owner fingerprint, epoch, page, value) -> the page opened, or why it was refused.
         self._opened: dict[tuple[bytes, int, int, str], OpenPage | Problem] = {}
         self._lane_checked: set[bytes] = set()  # conversations whose own lane this session checked
+        self._notes: list[Problem] = []
+        self._refusals: dict[str, str] = {}  # value hash -> problem kind, refused in this update
 
     # -- pairs ---------------------------------------------------------------------------------
 
@@ -421,6 +431,15 @@ class ChatService:
         cached = self._opened.get(cache_key)
         if cached is not None:
             return cached
+        # Refused *at this place*: the same value may be genuine at its own address.
+        place = f"{writer.hex()}|{epoch}|{number}|".encode("ascii")
+        fingerprint = hashlib.sha256(place + value.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
+        refused_kind = state.refused.get(fingerprint)
+        if refused_kind is not None:
+            # Refused in an earlier update: no slot is tried and no signature checked again.
+            refused = Problem(owner, refused_kind, f"page {number}: refused before (still the same value)")
+            self._opened[cache_key] = refused
+            return refused
         result: OpenPage | Problem
         try:
             sealed = SealedPage.from_string(value)
@@ -457,6 +476,8 @@ class ChatService:
         if len(self._opened) > 512:
             self._opened.clear()
         self._opened[cache_key] = result
+        if isinstance(result, Problem) and result.kind in ("forged", "damaged", "undecryptable", "old-format"):
+            self._refusals[fingerprint] = result.kind
         return result
 
     def _load(self, nickname: str, *, older: bool, everything: bool) -> ConversationView:
@@ -470,6 +491,7 @@ class ChatService:
         theirs_view = session.theirs
         opening = theirs_view.low == 0
         problems: list[Problem] = []
+        self._notes = problems  # deep helpers report what they skipped here
         used_keys: dict[tuple[int, int], int] = {}
 
         # Round 1: everything an ordinary update needs, in one concurrent batch.
@@ -524,6 +546,10 @@ class ChatService:
             theirs_view.low = max(top - 1, 1)
         elif older:
             theirs_view.low = max(theirs_view.low - 1, 1)
+        if top - theirs_view.low >= MAX_WINDOW_PAGES:
+            problems.append(Problem(friend.nickname, "skipped", f"pages before {top - MAX_WINDOW_PAGES + 1} "
+                                    "are not loaded (more than one load reads)"))
+            theirs_view.low = top - MAX_WINDOW_PAGES + 1
         if checkpoint_page and top - checkpoint_page > 1:
             # Connect the new pages to the checkpoint: the pages in between are read too (bounded).
             theirs_view.low = min(theirs_view.low, max(checkpoint_page, top - MAX_CATCH_UP_PAGES))
@@ -820,7 +846,7 @@ class ChatService:
                 if self._present(pair, state, session, mine, epoch, number, used_keys):
                     top = number
                     break
-        while True:
+        for _round in range(MAX_PROBE_ROUNDS):
             probes = [top + step for step in _GALLOP]
             if (epoch, top + 1) in session.fresh and not self._present(
                 pair, state, session, mine, epoch, top + 1, used_keys
@@ -837,6 +863,9 @@ class ChatService:
             if found == 0:
                 return top
             top = found
+        owner = ME if mine else pair.friend.nickname
+        self._notes.append(Problem(owner, "skipped", f"the lane goes on past page {top}: the rest is read next time"))
+        return top
 
     def _follow_restarts(
         self, pair: _Pair, state: ConversationState, session: _Session, epoch: int, problems: list[Problem],
@@ -849,7 +878,7 @@ class ChatService:
             found = [e for e in range(1, _MAX_EPOCH_PROBE + 1)
                      if self._present(pair, state, session, False, e, 1, used_keys)]
             epoch = max(found, default=1)
-        while True:
+        for _restart in range(MAX_RESTARTS_PER_UPDATE):
             key = self._address(pair, False, epoch + 1, 1)
             if (epoch + 1, 1) not in view.pages:
                 self._fetch({key: (False, epoch + 1, 1)}, session)
@@ -859,6 +888,9 @@ class ChatService:
             if state.theirs.epoch and epoch > state.theirs.epoch:
                 problems.append(Problem(pair.friend.nickname, "restart",
                                         f"{pair.friend.nickname} restarted their side of the conversation"))
+        else:
+            problems.append(Problem(pair.friend.nickname, "skipped",
+                                    "more restarts than one update follows: the rest is read next time"))
         return epoch
 
     def _read_own(
@@ -977,6 +1009,12 @@ class ChatService:
             state = pair.store.load()
             theirs = state.theirs
             changed = False
+            if self._refusals:
+                state.refused.update(self._refusals)
+                while len(state.refused) > MAX_REFUSED:
+                    del state.refused[next(iter(state.refused))]
+                self._refusals = {}
+                changed = True
             if theirs.epoch != epoch and epoch >= theirs.epoch:
                 if theirs.epoch:
                     theirs.restarts_seen += 1

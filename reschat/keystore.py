@@ -97,6 +97,7 @@ class ConversationState:
     receive_keys: list[ReceiveKeyEntry] = field(default_factory=list)
     moved_on: list[str] = field(default_factory=list)  # friend pages we already published a new key for
     settings: dict[str, Any] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # hash of a refused ledger value -> why
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +112,7 @@ class ConversationState:
             return cls(
                 mine=dict(data.get("mine", {})), theirs=theirs, receive_keys=keys,
                 moved_on=list(data.get("moved_on", [])), settings=dict(data.get("settings", {})),
+                refused=dict(data.get("refused", {})),
             )
         except TypeError as exc:
             raise ProfileError("a conversation's key store is damaged") from exc
