@@ -188,3 +188,85 @@ def test_a_writer_cannot_roll_back_the_receive_key_a_sender_keys_to(
     view = bob.chat.get_update("alice")
     assert "undecryptable" not in kinds(view.problems)
     assert texts(view)[-1] == sent[-1]
+
+
+@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: after a writer overwrites bob's key-only page, alice keys every "
+                   "later page to bob's card keys: the holder of bob's long-term keys reads them all")
+def test_a_writer_cannot_keep_a_conversation_on_the_card_keys(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+    """Forward secrecy rests on bob's key-only page (chat._publish_receive_key). It is written once: its
+    ``last_seq`` is bob's old seq, so ``OwnLane.unconfirmed`` never lists it and it is never re-sent,
+    and bob reads his current page from his local copy, so he never notices it is gone. The writer
+    overwrites it (it sees every new key) and alice goes on with bob's static keys (chat._readers).
+    """
+    alice, bob = pair
+    fill(alice, "bob", PAGE_CAPACITY)
+    bob.chat.get_update("alice")  # bob publishes K1 on his page 1
+    key_page = address(bob, alice, 1)
+    assert ledger.get(key_page) is not None
+    ledger.set(key_page, PREFIX + "AAAA")  # the writer
+    for _ in range(3):  # bob keeps reading (and would re-send anything unconfirmed)
+        bob.chat.get_update("alice")
+    bob.chat.resend_after = timedelta(0)
+    bob.chat.get_update("alice")
+    alice.chat.get_update("bob")
+    fill(alice, "bob", PAGE_CAPACITY, "later")  # alice's page 2
+    newest = max(n for n in range(1, 6) if ledger.get(address(alice, bob, n)) is not None)
+    value = ledger.get(address(alice, bob, newest))
+    assert value is not None
+    assert not receive_key_of_page(value, bob.identity.statics), "bob's card keys alone open alice's new page"
+
+
+# --- the malicious friend ------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: any value, even junk, at bob's own next page address makes bob "
+                   "restart his lane; the friend can force a new epoch after every send")
+def test_a_friend_cannot_force_endless_restarts_of_my_lane(pair: tuple[Person, Person], ledger: MemoryLedger) -> None:
+    """The friend knows the pair's address key, so it can compute bob's own page addresses. chat._read_own
+    treats any non-None value at (epoch, page + 1) or (epoch + 1, 1) as "another copy of this profile
+    wrote here", without opening it, and sets ``restart_needed``.
+    """
+    alice, bob = pair
+    bob.chat.send_message("b0", "alice")
+    for i in range(3):
+        own = bob.chat.own_lane("alice")
+        ledger.set(alice.chat.lane_address("bob", mine=False, number=own.page + 1, epoch=own.epoch), PREFIX + "AAAA")
+        view = bob.chat.get_update("alice")
+        bob.chat.send_message(f"b{i + 1}", "alice")
+        assert "restart" not in kinds(view.problems)
+    assert bob.chat.own_lane("alice").epoch == 1
+
+
+@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: junk at bob's own epoch probes makes a restart skip epochs, "
+                   "one sequential round per eight")
+def test_junk_at_my_epoch_probes_does_not_inflate_my_restart(
+    pair: tuple[Person, Person], ledger: MemoryLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chat._start_lane counts any value at page 1 of an epoch as "written by this identity"."""
+    alice, bob = pair
+    bob.chat.send_message("b0", "alice")
+    for epoch in range(2, 41):
+        ledger.set(alice.chat.lane_address("bob", mine=False, number=1, epoch=epoch), PREFIX + "AAAA")
+    shutil.rmtree(bob.home / "lanes")  # bob lost his state: an honest restart
+    again = make_person("bob", 1, bob.home, ledger)
+    count = rounds(ledger, monkeypatch)
+    again.chat.send_message("after", "alice")
+    assert again.chat.own_lane("alice").epoch == 2
+    assert count[0] <= 2
+
+
+@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: every friend page keyed to an old key makes the reader "
+                   "publish one more receive key; none is ever deleted while the friend does not read")
+def test_a_friend_who_never_reads_does_not_grow_my_key_store(pair: tuple[Person, Person]) -> None:
+    """chat._remember publishes a fresh key for every new friend page keyed to the card keys or to an older
+    key, and deletes keys only below the newest one a friend page used. An honest friend who sends and
+    never reads (or a hostile one that writes empty pages) grows the reader's ``receive_keys`` and
+    lane without bound, and every such page then costs one decapsulation per kept key.
+    """
+    alice, bob = pair
+    for page in range(6):
+        fill(alice, "bob", PAGE_CAPACITY, f"p{page}-")  # alice never calls get_update
+        bob.chat.get_update("alice")
+    state = bob.chat.conversation_state("alice")
+    assert len(state.receive_keys) <= 2, f"{len(state.receive_keys)} receive keys kept"
+    assert bob.chat.own_lane("alice").page <= 2, f"bob wrote {bob.chat.own_lane('alice').page} key-only pages"
