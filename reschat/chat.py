@@ -20,6 +20,7 @@ few older pages in rotation (to notice a rewrite) and our own unconfirmed pages.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from reschat.lane import (
     new_page,
     open_header,
     open_page,
+    writer_tag,
 )
 from reschat.ledger.base import Ledger
 from reschat.outbox import OwnLane, page_id
@@ -82,8 +84,14 @@ CLOCK_AHEAD = timedelta(minutes=10)
 _MAX_EPOCH_PROBE = 8
 #: The work one update may do against a lane, whatever the friend wrote: rounds of probes for newer
 #: pages, restarts followed, and pages held in the window. What is left waits for the next update.
-MAX_PROBE_ROUNDS = 16
-MAX_RESTARTS_PER_UPDATE = 8
+MAX_PROBE_ROUNDS = 4
+MAX_RESTARTS_PER_UPDATE = 2
+#: Decapsulations one update may try on pages it has no stored key for (each costs ~0.3 ms).
+MAX_DECAPSULATIONS = 64
+#: Receive keys kept per conversation, and how many of the friend's pages one of ours serves before a
+#: reader who only reads announces a fresh one (post-compromise security for the silent side).
+MAX_RECEIVE_KEYS = 8
+ROTATE_AFTER_PAGES = 4
 MAX_WINDOW_PAGES = 1000
 #: Values that failed to open or verify, remembered (by hash) so that they cost nothing again.
 MAX_REFUSED = 256
@@ -200,6 +208,8 @@ class ChatService:
         self.resend_after = resend_after
         self.rotation_pages = rotation_pages
         self.my_fingerprint = crypto.fingerprint_bytes(identity.public_key)
+        self._tag_key = schedule.writer_tag_key(identity.statics.x25519_seed)
+        self._decaps = 0
         self._sessions: dict[bytes, _Session] = {}
         self._pairs: dict[str, _Pair] = {}
         self._verified: set[bytes] = set()
@@ -276,6 +286,8 @@ class ChatService:
         with pair.store.lock():
             state = pair.store.load()
             own = OwnLane.from_dict(state.mine)
+            if own.epoch and pair.conversation not in self._lane_checked:
+                self._check_own_lane(pair, own)
             if own.epoch == 0 or own.restart_needed:
                 self._start_lane(pair, own)
             now = self.clock()
@@ -311,16 +323,60 @@ class ChatService:
         epochs this identity already wrote (from another profile or an older copy of this one), and
         starts the next one, so no (epoch, sequence number) is ever written twice.
         """
-        keys = {e: self._address(pair, True, e, 1) for e in range(1, _MAX_EPOCH_PROBE + 1)}
-        values = self.ledger.get_many(list(keys.values()))
-        highest = max((e for e, key in keys.items() if values.get(key) is not None), default=0)
-        while highest and highest % _MAX_EPOCH_PROBE == 0:  # more epochs than one round looks at
-            more = {e: self._address(pair, True, e, 1) for e in range(highest + 1, highest + _MAX_EPOCH_PROBE + 1)}
-            found = self.ledger.get_many(list(more.values()))
-            highest = max((e for e, key in more.items() if found.get(key) is not None), default=highest)
-            if highest < max(more):
+        highest, start = 0, 1
+        for _round in range(4):  # epochs are few; junk at these addresses never counts (no tag of ours)
+            keys = {e: self._address(pair, True, e, 1) for e in range(start, start + _MAX_EPOCH_PROBE)}
+            values = self.ledger.get_many(list(keys.values()))
+            # An epoch is taken when its first page is ours (our tag) or at least parses as a page:
+            # a writer who altered our tag must not make us write an epoch twice; plain junk (a
+            # friend's, say) does not push our restart further.
+            mine = [e for e, key in keys.items() if _parses(values.get(key))]
+            highest = max([highest, *mine])
+            if not mine or max(mine) < start + _MAX_EPOCH_PROBE - 1:
                 break
+            start += _MAX_EPOCH_PROBE
         own.restart(max(highest, own.epoch) + 1)
+        self._lane_checked.add(pair.conversation)
+
+    def _is_mine(self, pair: _Pair, epoch: int, number: int, value: str | None) -> bool:
+        """True when ``value`` is a page this identity wrote at that place (its writer tag matches)."""
+        if value is None:
+            return False
+        try:
+            sealed = SealedPage.from_string(value)
+        except PageFormatError:
+            return False
+        return hmac.compare_digest(sealed.tag, writer_tag(self._tag_key, pair.conversation, epoch, number, sealed))
+
+    def _own_places(self, own: OwnLane) -> list[tuple[int, int]]:
+        """Where another copy of this identity would show: our current page, the next, the next epoch."""
+        return [(own.epoch, own.page), (own.epoch, own.page + 1), (own.epoch + 1, 1)]
+
+    def _behind(self, pair: _Pair, own: OwnLane, values: dict[tuple[int, int], str | None]) -> bool:
+        """True when our own lane on the ledger went past this profile's state (a backup restored, or
+        the same identity on another machine): our tag on a page we do not have, or on a longer or
+        different copy of our current page. Junk, a friend's writes and stale reads never count."""
+        if own.epoch == 0:
+            return False
+        current, following, restart = self._own_places(own)
+        if self._is_mine(pair, *following, values.get(following)) or self._is_mine(pair, *restart,
+                                                                                    values.get(restart)):
+            return True
+        remote, local = values.get(current), own.pages.get(str(own.page))
+        if not own.page or local is None or not self._is_mine(pair, *current, remote):
+            return False
+        assert remote is not None
+        theirs, ours = SealedPage.from_string(remote).records, SealedPage.from_string(local).records
+        return len(theirs) > len(ours) or theirs != ours[: len(theirs)]
+
+    def _check_own_lane(self, pair: _Pair, own: OwnLane) -> None:
+        """Once per session before the first send: make sure no other copy of us wrote ahead."""
+        places = self._own_places(own)
+        keys = {self._address(pair, True, e, n): (e, n) for e, n in places}
+        found = self.ledger.get_many(list(keys))
+        self._lane_checked.add(pair.conversation)
+        if self._behind(pair, own, {place: found.get(key) for key, place in keys.items()}):
+            own.restart_needed = "another copy of this profile wrote here"
 
     def _readers(self, state: ConversationState, pair: _Pair) -> list[kem.ReceivePublic]:
         """Whom a new page is keyed to: the friend's newest announced receive key, else their card's."""
@@ -344,10 +400,12 @@ class ChatService:
             first_seq=own.seq + 1, link=bytes.fromhex(own.head), readers=self._readers(state, pair),
             next_receive_key=self._new_receive_key(state).public, created=to_micros(self.clock()), signer=self._sign,
         )
+        sealed.tag = writer_tag(self._tag_key, pair.conversation, own.epoch, number, sealed)
         own.page = number
         own.secrets[page_id(own.epoch, number)] = PageKeys.from_secret(secret).to_text()
         own.pages[str(number)] = sealed.to_string()
         own.last_seq[str(number)] = own.seq
+        own.unseen = sorted({*own.unseen, str(number)}, key=int)
         self._verified.add(header.digest)
         return sealed, secret
 
@@ -521,7 +579,7 @@ class ChatService:
         rotation = self._rotation_numbers(state, f_base)
         want(False, f_epoch, rotation)
         if own.epoch:
-            want(True, own.epoch, [*own.unconfirmed(), own.page + 1])
+            want(True, own.epoch, [*own.unconfirmed(), own.page, own.page + 1])
             want(True, own.epoch + 1, [1])
             if opening:
                 want(True, own.epoch, [own.page - 1, own.page])
@@ -848,10 +906,9 @@ class ChatService:
                     break
         for _round in range(MAX_PROBE_ROUNDS):
             probes = [top + step for step in _GALLOP]
-            if (epoch, top + 1) in session.fresh and not self._present(
-                pair, state, session, mine, epoch, top + 1, used_keys
-            ):
-                # Pages are written in order: with the next one absent, the lane has not grown.
+            if (epoch, top + 1) in session.fresh and view.pages.get((epoch, top + 1)) is None:
+                # Pages are written in order: with the next one absent, the lane has not grown. (Junk
+                # there does not stop the search: a writer must not hide what comes after it.)
                 return top
             # A page found missing in an earlier update may exist now: never trust an old miss.
             self._fetch({
@@ -883,7 +940,20 @@ class ChatService:
             if (epoch + 1, 1) not in view.pages:
                 self._fetch({key: (False, epoch + 1, 1)}, session)
             if not self._present(pair, state, session, False, epoch + 1, 1, used_keys):
-                break
+                if view.pages.get((epoch + 1, 1)) is None:
+                    break
+                # Something that is not a verified page sits where a restart would begin: say so, and
+                # look past it, since a writer may have overwritten a genuine restart.
+                value = view.pages[(epoch + 1, 1)]
+                assert value is not None
+                opened = self._open(pair, state, False, epoch + 1, 1, value, used_keys)
+                detail = opened.detail if isinstance(opened, Problem) else ""
+                problems.append(Problem(pair.friend.nickname, "forged" if "signed" in detail else "damaged",
+                                        f"a restart of this lane may be hidden: epoch {epoch + 1}, {detail}"))
+                later = {self._address(pair, False, epoch + 1, n): (False, epoch + 1, n) for n in (2, 3)}
+                self._fetch(later, session)
+                if not any(self._present(pair, state, session, False, epoch + 1, n, used_keys) for n in (2, 3)):
+                    break
             epoch += 1
             if state.theirs.epoch and epoch > state.theirs.epoch:
                 problems.append(Problem(pair.friend.nickname, "restart",
@@ -903,8 +973,8 @@ class ChatService:
             return [], False
         # Another copy of this identity wrote past our state (a backup restored, a second machine):
         # never write over it; the next send restarts the lane in a new epoch.
-        ahead = [(own.epoch, own.page + 1), (own.epoch + 1, 1)]
-        if any(view.pages.get(pid) is not None for pid in ahead) and not own.restart_needed:
+        self._lane_checked.add(pair.conversation)
+        if self._behind(pair, own, view.pages) and not own.restart_needed:
             with pair.store.lock():
                 fresh = pair.store.load()
                 fresh_own = OwnLane.from_dict(fresh.mine)
@@ -950,9 +1020,11 @@ class ChatService:
         """Mark own messages delivered when a ledger read returned them; re-send overdue pages."""
         seen: set[int] = set()
         overdue: list[str] = []
+        exact: set[str] = set()  # pages a read returned exactly as we wrote them
         now = self.clock()
         for page_number in own.unconfirmed():
-            local = SealedPage.from_string(own.pages[str(page_number)])
+            local_value = own.pages[str(page_number)]
+            local = SealedPage.from_string(local_value)
             first = own.last_seq[str(page_number)] - len(local.records) + 1
             remote_value = session.mine.pages.get((own.epoch, page_number))
             remote: list[bytes] = []
@@ -963,14 +1035,16 @@ class ChatService:
                     remote = []
             matching = [first + i for i, rec in enumerate(local.records) if i < len(remote) and remote[i] == rec]
             seen.update(matching)
-            if len(matching) != len(local.records):
+            if remote_value == local_value:
+                exact.add(str(page_number))
+            elif len(matching) != len(local.records) or str(page_number) in own.unseen:
                 written = own.written_at.get(str(page_number))
                 if written is None or now - parse_timestamp(written) >= self.resend_after:
                     overdue.append(str(page_number))
         newly = own.confirmed
         while newly + 1 in seen:
             newly += 1
-        if newly == own.confirmed and not overdue:
+        if newly == own.confirmed and not overdue and not exact & set(own.unseen):
             return own.confirmed
         with pair.store.lock():
             state = pair.store.load()
@@ -978,6 +1052,7 @@ class ChatService:
             if fresh.epoch != own.epoch:
                 return own.confirmed
             fresh.confirmed = max(fresh.confirmed, newly)
+            fresh.unseen = [n for n in fresh.unseen if n not in exact]
             for number in overdue:
                 value = fresh.pages.get(number)
                 if value is None:
@@ -1040,7 +1115,9 @@ class ChatService:
                 theirs.top = top
                 changed = True
             newest_page = opened.get(top) if top else None
-            if newest_page is not None and theirs.receive_key != newest_page.header.next_receive_key.hex():
+            announced_at = _parse_pid(theirs.receive_key_at)
+            if newest_page is not None and (epoch, top) > announced_at \
+                    and theirs.receive_key != newest_page.header.next_receive_key.hex():
                 theirs.receive_key = newest_page.header.next_receive_key.hex()
                 theirs.receive_key_at = page_id(epoch, top)
                 changed = True
@@ -1130,6 +1207,24 @@ _EXPIRED = "expired"
 def _timer(state: ConversationState) -> int:
     value = state.settings.get("disappear", 0)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _parses(value: str | None) -> bool:
+    if value is None:
+        return False
+    try:
+        SealedPage.from_string(value)
+    except PageFormatError:
+        return False
+    return True
+
+
+def _parse_pid(text: str) -> tuple[int, int]:
+    try:
+        epoch, number = text.split(":")
+        return int(epoch), int(number)
+    except ValueError:
+        return (0, 0)
 
 
 def _shown_at(state: ConversationState, message: ChatMessage) -> int:

@@ -11,6 +11,8 @@ kept, and names every problem it finds.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,6 +26,7 @@ from reschat.errors import PageFormatError
 from reschat.page import (
     GENESIS_HASH,
     SLOT_BYTES,
+    TAG_BYTES,
     Header,
     Record,
     SealedPage,
@@ -133,9 +136,17 @@ def add_record(
     index = len(sealed.records)
     key = as_keys(page_secret).message_key(index)
     signed = replace(record, signature=signer(record.signed_bytes(header.digest, index)))
-    page = SealedPage(slots=sealed.slots, header=sealed.header, records=[*sealed.records, b""])
+    page = SealedPage(slots=sealed.slots, header=sealed.header, records=[*sealed.records, b""], tag=sealed.tag)
     page.records[index] = seal_record(signed, key, header.digest, index)
     return page, signed, signed.digest(header.digest, index)
+
+
+def writer_tag(tag_key: bytes, conversation: bytes, epoch: int, number: int, sealed: SealedPage) -> bytes:
+    """The writer's own mark on a page: HMAC over its place and its fixed part (slots and header)."""
+    mac = hmac.new(tag_key, b"reschat2 writer tag", hashlib.sha256)
+    mac.update(conversation + epoch.to_bytes(4, "big") + number.to_bytes(8, "big"))
+    mac.update(sealed.slots_digest + hashlib.sha256(sealed.header).digest())
+    return mac.digest()[:TAG_BYTES]
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -331,4 +342,5 @@ __all__ = [
     "new_page",
     "open_header",
     "open_page",
+    "writer_tag",
 ]
