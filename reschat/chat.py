@@ -71,8 +71,10 @@ MAX_TEXT_BYTES = 16 * 1024
 #: Any payload (a file manifest included) must fit the largest padding bucket.
 MAX_PAYLOAD_BYTES = 32 * 1024
 ME = "me"
-#: How far past the newest known page one round of reads looks.
-_GALLOP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: How far past the newest known page the first round of the search looks: 1, 2, 4 ... 2**20.
+_EXPONENTIAL: tuple[int, ...] = tuple(1 << k for k in range(21))
+#: How many parts each further round of the search for a lane's newest page splits what is left into.
+_SPLIT = 64
 #: Older pages re-read by each update in rotation, to notice a rewrite at any depth. Two keys more
 #: in the update's one round of reads.
 ROTATION_PAGES = 2
@@ -389,8 +391,10 @@ class ChatService:
 
     def _new_receive_key(self, state: ConversationState) -> kem.ReceiveKey:
         key = kem.ReceiveKey.generate()
-        index = max((entry.index for entry in state.receive_keys), default=0) + 1
-        state.receive_keys.append(ReceiveKeyEntry(index=index, key=key.to_dict()))
+        state.key_counter = max([state.key_counter, *(entry.index for entry in state.receive_keys)]) + 1
+        state.receive_keys.append(ReceiveKeyEntry(index=state.key_counter, key=key.to_dict()))
+        # Bounded: a friend who never moves to our newer keys cannot make us keep keys without end.
+        state.receive_keys = sorted(state.receive_keys, key=lambda e: e.index)[-MAX_RECEIVE_KEYS:]
         return key
 
     def _start_page(self, pair: _Pair, state: ConversationState, own: OwnLane) -> tuple[SealedPage, bytes]:
@@ -511,7 +515,14 @@ class ChatService:
             elif mine:
                 raise _Unopenable("its key is not in this profile (written before this profile's last restart)")
             else:
-                found = find_page_secret(sealed, self._candidates(state))
+                if len(sealed.slots) != 1:
+                    # A pair's page has one reader: more slots only make the reader try more keys.
+                    raise PageFormatError("it has more than the one key slot of a pair's page")
+                candidates = self._candidates(state)
+                if self._decaps + len(candidates) > MAX_DECAPSULATIONS:
+                    raise _Budget
+                self._decaps += len(candidates)
+                found = find_page_secret(sealed, candidates)
                 if found is None:
                     raise _Unopenable("no key of ours opens it")
                 secret, key_index = found
@@ -521,6 +532,9 @@ class ChatService:
                 verified=self._verified,
             )
             used_keys[(epoch, number)] = key_index
+        except _Budget:
+            # Not refused, only not tried in this update: no result is kept.
+            return Problem(owner, "skipped", f"page {number} waits for the next update (keys tried: budget spent)")
         except _Expired:
             result = Problem(owner, "expired", f"page {number}: its messages disappeared")
         except _Unopenable as exc:
@@ -528,7 +542,8 @@ class ChatService:
         except PageFormatError as exc:
             kind = "old-format" if "old format" in str(exc) else "damaged"
             if "signature" in str(exc) or "signed as" in str(exc) or "another conversation" in str(exc) \
-                    or "does not follow" in str(exc) or "does not open" in str(exc) or "replaced" in str(exc):
+                    or "does not follow" in str(exc) or "does not open" in str(exc) or "replaced" in str(exc) \
+                    or "key slot" in str(exc):
                 kind = "forged"
             result = Problem(owner, kind, f"page {number}: {exc}")
         if len(self._opened) > 512:
@@ -550,6 +565,7 @@ class ChatService:
         opening = theirs_view.low == 0
         problems: list[Problem] = []
         self._notes = problems  # deep helpers report what they skipped here
+        self._decaps = 0
         used_keys: dict[tuple[int, int], int] = {}
 
         # Round 1: everything an ordinary update needs, in one concurrent batch.
@@ -571,7 +587,7 @@ class ChatService:
         else:
             want(False, f_epoch, [1, 2, 3])
         if opening:
-            want(False, f_epoch, [max(f_base, 1) + step for step in _GALLOP])
+            want(False, f_epoch, [f_base + step for step in _EXPONENTIAL])
         want(False, f_epoch + 1, [1])
         if not state.theirs.epoch:
             for epoch in range(2, _MAX_EPOCH_PROBE + 1):
@@ -646,7 +662,7 @@ class ChatService:
         my_messages, my_has_older = self._read_own(pair, state, own, session, older, everything, problems)
 
         # Save what was verified, publish a new receive key if we consumed an old one.
-        self._remember(pair, friend_pages, result, f_epoch, top, rotation, used_keys, problems)
+        self._remember(pair, friend_pages, result, f_epoch, top, rotation, used_keys, problems, low)
 
         messages: list[ChatMessage] = []
         new_messages: list[ChatMessage] = []
@@ -904,25 +920,42 @@ class ChatService:
                 if self._present(pair, state, session, mine, epoch, number, used_keys):
                     top = number
                     break
+        # Pages are written in order, so "page n verifies" is true up to the lane's top and false past
+        # it. One round probes top + 1, 2, 4 ... 2**20; each further round splits the range that is left
+        # into 64: a lane of a million pages is found in four rounds, a thousand in three.
+        low, high = top, 0  # low verifies (or is 0); high, once known, does not
         for _round in range(MAX_PROBE_ROUNDS):
-            probes = [top + step for step in _GALLOP]
-            if (epoch, top + 1) in session.fresh and view.pages.get((epoch, top + 1)) is None:
-                # Pages are written in order: with the next one absent, the lane has not grown. (Junk
-                # there does not stop the search: a writer must not hide what comes after it.)
-                return top
+            if high == 0:
+                if (epoch, top + 1) in session.fresh and view.pages.get((epoch, top + 1)) is None:
+                    # The next page is absent: the lane has not grown. (Junk there does not stop the
+                    # search: a writer must not hide what comes after it.)
+                    return top
+                probes = [low + step for step in _EXPONENTIAL]
+            else:
+                span = high - low
+                probes = sorted({low + max(1, span * i // _SPLIT) for i in range(1, _SPLIT)} - {high})
+                probes = [n for n in probes if low < n < high]
+                if not probes:
+                    return low
             # A page found missing in an earlier update may exist now: never trust an old miss.
             self._fetch({
                 self._address(pair, mine, epoch, n): (mine, epoch, n)
                 for n in probes if (epoch, n) not in session.fresh
             }, session)
-            found = max((n for n in probes if self._present(pair, state, session, mine, epoch, n, used_keys)),
-                        default=0)
-            if found == 0:
-                return top
-            top = found
+            present = [n for n in probes if self._present(pair, state, session, mine, epoch, n, used_keys)]
+            if not present:
+                if high == 0:
+                    return low
+                high = min(n for n in probes if n > low)
+                continue
+            low = max(present)
+            above = [n for n in probes if n > low]
+            high = min(above) if above else (0 if high == 0 else high)
+            if high == low + 1:
+                return low
         owner = ME if mine else pair.friend.nickname
-        self._notes.append(Problem(owner, "skipped", f"the lane goes on past page {top}: the rest is read next time"))
-        return top
+        self._notes.append(Problem(owner, "skipped", f"the lane goes on past page {low}: the rest is read next time"))
+        return low
 
     def _follow_restarts(
         self, pair: _Pair, state: ConversationState, session: _Session, epoch: int, problems: list[Problem],
@@ -1072,7 +1105,7 @@ class ChatService:
 
     def _remember(
         self, pair: _Pair, pages: dict[int, OpenPage | None], result: object, epoch: int, top: int,
-        rotation: Sequence[int], used_keys: dict[tuple[int, int], int], problems: list[Problem],
+        rotation: Sequence[int], used_keys: dict[tuple[int, int], int], problems: list[Problem], window_low: int,
     ) -> None:
         """Keep what this update verified: checkpoint, digests, page secrets, the friend's newest key."""
         from reschat.lane import LaneResult
@@ -1126,7 +1159,10 @@ class ChatService:
                 changed = True
             # Receive keys the friend has moved past are deleted: their pages now use a newer one.
             used = [used_keys[(epoch, n)] for n in sorted(opened) if (epoch, n) in used_keys]
-            newest_used = max((i for i in used if i > 0), default=0)
+            # Only when every page of the window opened: a page missing or damaged in this update (a
+            # writer, a stale read) may come back keyed to an older key, which must still be there.
+            complete = bool(top) and all(pages.get(n) is not None for n in range(max(window_low, 1), top + 1))
+            newest_used = max((i for i in used if i > 0), default=0) if complete else 0
             if newest_used:
                 before = len(state.receive_keys)
                 state.receive_keys = [e for e in state.receive_keys if e.index >= newest_used]
@@ -1134,18 +1170,25 @@ class ChatService:
                 held = {e.index for e in state.receive_keys}
                 # Which key opened a page matters only while that key exists (disappearing messages).
                 theirs.page_keys = {pid: i for pid, i in theirs.page_keys.items() if i in held}
-            # A reader who only reads still moves on: a page keyed to our card's static keys, or to
-            # an older receive key than our newest, gets a fresh key announced in our lane.
+            # A reader who only reads still moves on. A page keyed to our card's static keys, when we
+            # have announced no receive key yet, gets one announced in our lane; and once the friend has
+            # keyed ROTATE_AFTER_PAGES pages to our newest key, a fresh one follows (post-compromise
+            # security for the side that only reads). A key announced but not used yet is still
+            # pending: announcing another would only grow both lanes and stores (one write at most).
             newest_own = max((e.index for e in state.receive_keys), default=0)
+            uses_of_newest = sum(1 for i in theirs.page_keys.values() if i == newest_own) if newest_own else 0
             for number in sorted(opened):
                 index = used_keys.get((epoch, number))
                 pid = page_id(epoch, number)
                 if index is None or index < 0 or pid in state.moved_on:
                     continue
-                if index == 0 or index < newest_own:
+                stale_static = index == 0 and newest_own == 0
+                worn = newest_own > 0 and index == newest_own and uses_of_newest >= ROTATE_AFTER_PAGES
+                if stale_static or worn:
                     state.moved_on = [*state.moved_on[-63:], pid]
                     publish = True
                     changed = True
+                    break
             if publish:
                 self._publish_receive_key(pair, state)
             elif changed:
@@ -1197,6 +1240,10 @@ class _Unopenable(Exception):
 
 
 class _Expired(Exception):
+    pass
+
+
+class _Budget(Exception):
     pass
 
 

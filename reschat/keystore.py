@@ -98,6 +98,7 @@ class ConversationState:
     moved_on: list[str] = field(default_factory=list)  # friend pages we already published a new key for
     settings: dict[str, Any] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # hash of a refused ledger value -> why
+    key_counter: int = 0  # the index of the newest receive key ever made (indices are never reused)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +113,7 @@ class ConversationState:
             return cls(
                 mine=dict(data.get("mine", {})), theirs=theirs, receive_keys=keys,
                 moved_on=list(data.get("moved_on", [])), settings=dict(data.get("settings", {})),
-                refused=dict(data.get("refused", {})),
+                refused=dict(data.get("refused", {})), key_counter=int(data.get("key_counter", 0)),
             )
         except TypeError as exc:
             raise ProfileError("a conversation's key store is damaged") from exc
