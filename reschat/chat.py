@@ -877,7 +877,9 @@ class ChatService:
         view = session.mine if mine else session.theirs
         wanted: dict[str, tuple[bool, int, int]] = {}
         for number in range(max(low, 1), top + 1):
-            if (epoch, number) not in view.pages:
+            # A miss from an earlier update is asked again: the page may have been written since.
+            stale_miss = not mine and view.pages.get((epoch, number)) is None and (epoch, number) not in session.fresh
+            if (epoch, number) not in view.pages or stale_miss:
                 wanted[self._address(pair, mine, epoch, number)] = (mine, epoch, number)
         self._fetch(wanted, session)
 
