@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -592,8 +592,10 @@ class ChatService:
         if not state.theirs.epoch:
             for epoch in range(2, _MAX_EPOCH_PROBE + 1):
                 want(False, epoch, [1])
-        rotation = self._rotation_numbers(state, f_base)
-        want(False, f_epoch, rotation)
+        rotation_places = self._rotation_places(state, f_base, f_epoch)
+        for epoch, number in rotation_places:
+            want(False, epoch, [number])
+        rotation = [n for e, n in rotation_places if e == f_epoch]
         if own.epoch:
             want(True, own.epoch, [*own.unconfirmed(), own.page, own.page + 1])
             want(True, own.epoch + 1, [1])
@@ -657,12 +659,24 @@ class ChatService:
         problems += result.problems
         if rotated is not None:
             problems += [p for p in rotated.problems if p.kind == "rewritten"]
+        # The rotation reaches epochs before a restart too: a rewrite there is found all the same.
+        for epoch in sorted({e for e, _n in rotation_places if e != f_epoch}):
+            old_pages: dict[int, OpenPage | None] = {}
+            for e, number in rotation_places:
+                if e == epoch:
+                    old_pages[number] = self._page_or_problem(pair, state, session, False, e, number, problems,
+                                                              used_keys)
+            kept_old = {int(k.split(":")[1]): bytes.fromhex(v) for k, v in state.theirs.digests.items()
+                        if k.startswith(f"{epoch}:")}
+            present_old = {n: p for n, p in old_pages.items() if p is not None}
+            problems += [p for p in check_lane(friend.nickname, present_old, Checkpoint(kept=kept_old)).problems
+                         if p.kind == "rewritten"]
 
         # Our own lane.
         my_messages, my_has_older = self._read_own(pair, state, own, session, older, everything, problems)
 
         # Save what was verified, publish a new receive key if we consumed an old one.
-        self._remember(pair, friend_pages, result, f_epoch, top, rotation, used_keys, problems, low)
+        self._remember(pair, friend_pages, result, f_epoch, top, len(rotation_places), used_keys, problems, low)
 
         messages: list[ChatMessage] = []
         new_messages: list[ChatMessage] = []
@@ -855,13 +869,17 @@ class ChatService:
                                     "opened here: their keys were not kept by this profile"))
         return messages
 
-    def _rotation_numbers(self, state: ConversationState, base: int) -> list[int]:
-        """The next ``rotation_pages`` older pages of the friend's lane to re-read, in rotation."""
-        older = base - 2  # pages below the usual window
-        if older < 1 or self.rotation_pages < 1:
+    def _rotation_places(self, state: ConversationState, base: int, epoch: int) -> list[tuple[int, int]]:
+        """The next ``rotation_pages`` older pages of the friend's lane to re-read, in rotation: every
+        page of the epochs before a restart, then the current epoch's below the usual window."""
+        places = [(int(e), n) for e, top in sorted(state.theirs.epoch_tops.items(), key=lambda kv: int(kv[0]))
+                  if int(e) < epoch for n in range(1, top + 1)]
+        places += [(epoch, n) for n in range(1, base - 1)]  # below the window of the two newest pages
+        if not places or self.rotation_pages < 1:
             return []
-        start = state.theirs.rotation % older
-        return sorted({(start + i) % older + 1 for i in range(min(self.rotation_pages, older))})
+        start = state.theirs.rotation % len(places)
+        count = min(self.rotation_pages, len(places))
+        return sorted({places[(start + i) % len(places)] for i in range(count)})
 
     def _fetch(self, wanted: dict[str, tuple[bool, int, int]], session: _Session) -> None:
         if not wanted:
@@ -1107,7 +1125,7 @@ class ChatService:
 
     def _remember(
         self, pair: _Pair, pages: dict[int, OpenPage | None], result: object, epoch: int, top: int,
-        rotation: Sequence[int], used_keys: dict[tuple[int, int], int], problems: list[Problem], window_low: int,
+        rotation_count: int, used_keys: dict[tuple[int, int], int], problems: list[Problem], window_low: int,
     ) -> None:
         """Keep what this update verified: checkpoint, digests, page secrets, the friend's newest key."""
         from reschat.lane import LaneResult
@@ -1128,6 +1146,7 @@ class ChatService:
             if theirs.epoch != epoch and epoch >= theirs.epoch:
                 if theirs.epoch:
                     theirs.restarts_seen += 1
+                    theirs.epoch_tops[str(theirs.epoch)] = theirs.top
                 theirs.epoch, theirs.top, theirs.seq, theirs.digest = epoch, 0, 0, ""
                 changed = True
             for number, page in opened.items():
@@ -1156,8 +1175,8 @@ class ChatService:
                 theirs.receive_key = newest_page.header.next_receive_key.hex()
                 theirs.receive_key_at = page_id(epoch, top)
                 changed = True
-            if rotation:
-                theirs.rotation += len(rotation)
+            if rotation_count:
+                theirs.rotation += rotation_count
                 changed = True
             # Receive keys the friend has moved past are deleted: their pages now use a newer one.
             used = [used_keys[(epoch, n)] for n in sorted(opened) if (epoch, n) in used_keys]

@@ -78,6 +78,7 @@ class FriendLane:
     receive_key: str = ""  # the friend's newest announced hybrid public key (hex)
     receive_key_at: str = ""  # "epoch:page" where it was announced
     rotation: int = 0  # the next older page the rotating re-read checks
+    epoch_tops: dict[str, int] = field(default_factory=dict)  # epoch before a restart -> its last page
     #: Disappearing messages: "epoch:page" -> [sending time, first display (0: not yet)] per record.
     record_times: dict[str, list[list[int]]] = field(default_factory=dict)
     page_keys: dict[str, int] = field(default_factory=dict)  # "epoch:page" -> our receive key that opened it

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -283,7 +283,7 @@ class LaneResult:
 
 
 def check_lane(
-    owner: str, pages: dict[int, OpenPage | None], checkpoint: Checkpoint, *, complete_to: int = 0
+    owner: str, pages: Mapping[int, OpenPage | None], checkpoint: Checkpoint, *, complete_to: int = 0
 ) -> LaneResult:
     """Join the opened pages of one epoch, compare them with the checkpoint, and name every problem.
 

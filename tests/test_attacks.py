@@ -593,8 +593,6 @@ def test_a_page_hidden_for_one_update_is_readable_once_it_is_back(
     assert "b58" in texts(view) and later[-1] in texts(view)
 
 
-@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: after a restart, the friend rewrites messages of the old epoch "
-                   "and no update ever reports it (the rotation re-reads the current epoch only)")
 def test_a_friend_rewriting_an_old_epoch_is_reported_by_the_rotation(
     pair: tuple[Person, Person], ledger: MemoryLedger
 ) -> None:
