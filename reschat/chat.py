@@ -681,9 +681,26 @@ class ChatService:
         messages: list[ChatMessage] = []
         new_messages: list[ChatMessage] = []
         now = self.clock()
+        mine_at = {(m.epoch, m.seq): m.time for m in my_messages}
+        previous: datetime | None = None
         for record, _digest in result.records:
+            # Order a friend cannot game: a record never sorts above one its writer wrote before it, nor
+            # above our message it claims to have seen. Either claim of an earlier date is flagged.
+            shown_at = record.timestamp
+            if previous is not None and shown_at < previous:
+                problems.append(Problem(friend.nickname, "backdated", f"message #{record.seq} is dated before "
+                                        "the message written before it; it is shown in the order written",
+                                        previous))
+                shown_at = previous
+            seen = mine_at.get(record.causal)
+            if seen is not None and shown_at < seen:
+                problems.append(Problem(friend.nickname, "backdated", f"message #{record.seq} was written after "
+                                        f"your message #{record.causal[1]} but is dated before it; it is shown "
+                                        "after it", seen))
+                shown_at = seen + timedelta(microseconds=1)
+            previous = shown_at
             message = ChatMessage(
-                sender=friend.nickname, receiver=ME, time=record.timestamp, type=record.type,
+                sender=friend.nickname, receiver=ME, time=shown_at, type=record.type,
                 type_ext=record.type_ext, body=record.body, seq=record.seq, epoch=f_epoch,
                 clock_ahead=record.timestamp - now > CLOCK_AHEAD,
             )

@@ -301,8 +301,6 @@ def test_the_gallop_is_bounded_per_update(
     assert count[0] <= 6, f"{count[0]} sequential rounds of reads in one update"
 
 
-@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: a friend's record dated before the one it follows is shown "
-                   "above it, unflagged (issue 11 item 5 is not implemented on protocol 2)")
 def test_a_friend_cannot_backdate_a_message_below_an_earlier_one(
     pair: tuple[Person, Person], ledger: MemoryLedger
 ) -> None:
@@ -318,8 +316,6 @@ def test_a_friend_cannot_backdate_a_message_below_an_earlier_one(
     assert texts(view) == ["I never said that"] or view.problems, texts(view)
 
 
-@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: a record that claims to have seen bob's message 3 but is "
-                   "dated before bob's message 1 is slipped in above it, unflagged")
 def test_a_friend_cannot_slip_a_reply_above_the_message_it_answers(
     pair: tuple[Person, Person], ledger: MemoryLedger
 ) -> None:
