@@ -88,7 +88,7 @@ _MAX_EPOCH_PROBE = 8
 #: pages, restarts followed, and pages held in the window. What is left waits for the next update.
 MAX_PROBE_ROUNDS = 4
 MAX_RESTARTS_PER_UPDATE = 2
-#: Decapsulations one update may try on pages it has no stored key for (each costs ~0.3 ms).
+#: Fruitless decapsulations one update may try on pages no key of ours opens (each costs ~0.3 ms).
 MAX_DECAPSULATIONS = 64
 #: Receive keys kept per conversation, and how many of the friend's pages one of ours serves before a
 #: reader who only reads announces a fresh one (post-compromise security for the silent side).
@@ -288,8 +288,13 @@ class ChatService:
         with pair.store.lock():
             state = pair.store.load()
             own = OwnLane.from_dict(state.mine)
+            unchecked: LedgerError | None = None
             if own.epoch and pair.conversation not in self._lane_checked:
-                self._check_own_lane(pair, own)
+                try:
+                    self._check_own_lane(pair, own)
+                except LedgerError as exc:
+                    # The message is kept (pending) and goes out after an update has made the check.
+                    unchecked = exc
             if own.epoch == 0 or own.restart_needed:
                 self._start_lane(pair, own)
             now = self.clock()
@@ -308,6 +313,8 @@ class ChatService:
             # the message to the ledger; it is never lost and never given a second sequence number.
             pair.store.save(state)
             try:
+                if unchecked is not None:
+                    raise unchecked
                 self.ledger.set(self._address(pair, True, own.epoch, number), value)
             except LedgerError as exc:
                 log.warning("send deferred: %s", exc)
@@ -521,8 +528,10 @@ class ChatService:
                 candidates = self._candidates(state)
                 if self._decaps + len(candidates) > MAX_DECAPSULATIONS:
                     raise _Budget
-                self._decaps += len(candidates)
                 found = find_page_secret(sealed, candidates)
+                if found is None:
+                    # Only fruitless tries count: a genuine history costs what it costs, once.
+                    self._decaps += len(candidates)
                 if found is None:
                     raise _Unopenable("no key of ours opens it")
                 secret, key_index = found
@@ -1123,7 +1132,7 @@ class ChatService:
                 return own.confirmed
             fresh.confirmed = max(fresh.confirmed, newly)
             fresh.unseen = [n for n in fresh.unseen if n not in exact]
-            for number in overdue:
+            for number in overdue if not fresh.restart_needed else []:  # never over another copy's pages
                 value = fresh.pages.get(number)
                 if value is None:
                     continue
