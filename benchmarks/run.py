@@ -50,6 +50,7 @@ from reschat.keystore import ReceiveKeyEntry
 from reschat.ledger import Ledger, LocalLedger, MemoryLedger, ResilientDBLedger
 from reschat.outbox import OwnLane, page_id
 from reschat.page import Record, SealedPage, format_timestamp, to_micros
+from reschat.storage import atomic_write
 from tests.standin import Call, StandInCluster
 
 DEFAULT_JSON = Path(__file__).with_name("results.json")
@@ -508,6 +509,15 @@ def measure_bytes(root: Path, keys: Sequence[RSA.RsaKey]) -> dict[str, Any]:
             "bytes_written_per_send_mean": round(written / PAGE_MESSAGES, 1),
         }
     return result
+
+
+def measure_disk(root: Path, reps: int, size: int = 24_000) -> dict[str, Any]:
+    """What one crash-safe write of a key-store-sized file costs on this disk (``storage.atomic_write``:
+    a temporary file, fsync, rename, fsync of the directory): every send writes the key store once."""
+    path = root / "disk" / "probe.state"
+    data = os.urandom(size)
+    times = [timed(lambda: atomic_write(path, data)) for _ in range(reps)]
+    return {"bytes": size, **summary_ms(times)}
 
 
 # --- a new page: its cost in time and bytes --------------------------------------------------------
@@ -980,6 +990,10 @@ def format_table(results: dict[str, Any], targets: list[Target], conversation: i
               f"{new_page['announced_key_bytes']}-byte receive key, in base64); writing it "
               f"{new_page['write']['median_ms']:.2f} ms (p95 {new_page['write']['p95_ms']:.2f}), reading it "
               f"{new_page['read']['median_ms']:.2f} ms (p95 {new_page['read']['p95_ms']:.2f}), medians"]
+    disk = results["disk_write"]
+    lines += ["", f"disk: one crash-safe write of {disk['bytes'] // 1000} KB (what each send does to the key store: "
+              f"temporary file, fsync, rename, fsync of the directory) takes {disk['median_ms']:.2f} ms here "
+              f"(p95 {disk['p95_ms']:.2f})"]
     lines += ["", "| history (pages in the friend's lane) | reader | gets on opening | pages opened | KEM decaps |"
               " writes | open, local median | best | x floor |", "|---|---|---|---|---|---|---|---|---|"]
     for row in results["history"]:
@@ -1013,6 +1027,7 @@ def run(
 ) -> Report:
     """Every measurement; returns the figures and the targets checked against them."""
     started, cpu_started = time.perf_counter(), time.process_time()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     if keys is None:
         log("generating two RSA-3072 keys...")
         keys = [RSA.generate(crypto.RSA_BITS) for _ in range(2)]
@@ -1034,6 +1049,7 @@ def run(
             results["operations"] = measure_operations(workdir, keys, sizes)
             results["bytes"] = measure_bytes(workdir, keys)
             results["new_page"] = measure_new_page(keys, sizes.new_page_reps, floor)
+            results["disk_write"] = measure_disk(workdir, sizes.new_page_reps)
         with stage("latency on the local ledger"):
             local = LocalLedger(workdir / "local" / "ledger.sqlite")
             results["latency"] = {"local": measure_latency(
@@ -1062,7 +1078,11 @@ def run(
     results["our_design_per_message_ops"] = OUR_DESIGN_OPS
     report = Report(results=results, targets=check_targets(results, sizes.conversation))
     results["targets"] = [{"name": t.name, "passed": t.passed, "measured": t.measured} for t in report.targets]
-    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    results["machine"] = {
+        "cpus": os.cpu_count(), "python": sys.version.split()[0],
+        # Load averages (1, 5, 15 min) at the start and the end: other jobs on a shared machine.
+        "load_at_start": load_at_start, "load_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
     results["stage_seconds"] = stages
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     # CPU time of this process (the stand-in's tool processes mostly sleep): on a machine shared with
@@ -1089,7 +1109,9 @@ def main(argv: Sequence[str] | None = None, *, keys: Sequence[RSA.RsaKey] | None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(format_table(report.results, report.targets, sizes.conversation))
-    print(f"\nwall time {report.results['wall_time_s']} s (CPU {report.results['cpu_time_s']} s), by stage: "
+    machine = report.results["machine"]
+    print(f"\nload average (1/5/15 min) {machine['load_at_start']} at the start, {machine['load_at_end']} at the end")
+    print(f"wall time {report.results['wall_time_s']} s (CPU {report.results['cpu_time_s']} s), by stage: "
           + ", ".join(f"{name} {seconds} s" for name, seconds in report.results["stage_seconds"].items()))
     args.json.write_text(json.dumps(report.results, indent=1) + "\n", encoding="utf-8")
     print(f"figures written to {args.json}")
