@@ -87,9 +87,9 @@ class Sizes:
 
     floor_reps: int = 40
     loop_local: int = 30  # send / update rounds on the local ledger
-    loop_standin: int = 6
+    loop_standin: int = 5
     open_local: int = 15  # fresh sessions opening the 40-message chat
-    open_standin: int = 3
+    open_standin: int = 2
     lone_standin: int = 3  # bare tool calls, for reference
     history: tuple[int, ...] = (1, 10, 100, 1000)
     history_full_pages: int = 100  # pages of the history that hold 20 messages (the deeper ones hold 1)
