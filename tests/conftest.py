@@ -5,6 +5,11 @@ the levers of whoever runs the ledger: write anything anywhere, erase, list, and
 service has). RESCHAT_TEST_LEDGER chooses the backends, comma-separated: ``memory``, ``local``
 (SQLite), ``resilientdb`` (the kv_service_tools stand-in) and ``http`` (the gateway stand-in); unset,
 all four. Tests written for one backend's own behaviour run only when that backend is chosen.
+
+Stale reads are the normal case: on the two stand-ins the rig serves the real cluster's (a get within
+1 s of a set of the same key returns the previous value with probability 0.3) unless
+RESCHAT_STANDIN_STALE_READS=0 turns them off. A test that waits for a write to show reads again, a
+bounded number of times (``settle``, ``update_until``, ``arrivals``), and checks what it finally reads in full.
 """
 
 from __future__ import annotations
@@ -19,17 +24,24 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from Crypto.PublicKey import RSA
 
 from reschat import crypto, kem
-from reschat.chat import ChatService
+from reschat.chat import ChatMessage, ChatService, ConversationView
 from reschat.errors import LedgerUnavailableError
 from reschat.friends import FriendStore
 from reschat.ledger import Ledger, LocalLedger, MemoryLedger, ResilientDBHttpLedger, ResilientDBLedger
 from reschat.ledger.base import check_key, check_value
-from tests.standin import STALE_PROBABILITY, STALE_WINDOW_S, StandInCluster, stale_reads_requested
+from tests.standin import (
+    STALE_PROBABILITY,
+    STALE_READS_ENV,
+    STALE_WINDOW_S,
+    StandInCluster,
+    stale_reads_requested,
+)
 from tests.standin.http_gateway import GatewayStandIn
 
 #: Low scrypt cost for tests that create identities; one test checks the real default separately.
@@ -130,6 +142,13 @@ def selected_backends(environ: Mapping[str, str] | None = None) -> tuple[str, ..
     return chosen
 
 
+def standin_stale_reads(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the rig's stand-ins serve the real cluster's stale reads: yes, unless
+    RESCHAT_STANDIN_STALE_READS is set to an off value ("", "0", "off", "no", "false")."""
+    environ = os.environ if environ is None else environ
+    return STALE_READS_ENV not in environ or stale_reads_requested(dict(environ))
+
+
 def needs_backend(kind: str) -> pytest.MarkDecorator:
     """Skip a test of one backend's own behaviour unless RESCHAT_TEST_LEDGER chose that backend."""
     return pytest.mark.skipif(kind not in selected_backends(), reason=f"{TEST_LEDGER_ENV} does not choose {kind}")
@@ -190,14 +209,21 @@ class LedgerRig:
     gateway: GatewayStandIn | None = None
     faulty: FaultyLedger | None = None
     local_path: Path | None = None
+    #: The backend serves the real cluster's occasional stale reads when no fault is turned on.
+    stale_normally: bool = False
 
     # -- writing what no client of ours would write --------------------------------------------------
 
     def plant(self, key: str, value: str) -> None:
-        """Store ``value`` under ``key`` as is (any size, any text), as another client could."""
+        """Store ``value`` under ``key`` as is (any size, any text), as another client could.
+
+        Every read returns it at once, as one written long ago: the stale reads the rig serves are
+        those that follow the writes of the people under test.
+        """
         if self.gateway is not None:
             with self.gateway.lock:
                 self.gateway.store[key] = json.dumps({"id": key, "value": value}).encode()
+                self._forget_gateway_write(key)
         elif self.cluster is not None:
             self._cluster_sql("INSERT OR REPLACE INTO kv (key, value, previous, set_at) VALUES (?, ?, '', 0)",
                               (key, value))
@@ -207,20 +233,24 @@ class LedgerRig:
                            (key, value.encode("utf-8", "surrogateescape")))
         else:
             self._memory()._data[key] = value
+        if self.faulty is not None:
+            self.faulty.previous.pop(key, None)
 
     def plant_foreign(self, key: str) -> None:
-        """What another program using the same service would leave under ``key``."""
+        """What another program using the same service would leave under ``key`` (read back at once)."""
         if self.gateway is not None:
             with self.gateway.lock:
                 self.gateway.store[key] = json.dumps({"id": key, "note": "another program's record"}).encode()
+                self._forget_gateway_write(key)
         else:
             self.plant(key, "another program's record")
 
     def erase(self, key: str) -> None:
-        """Make ``key`` empty, as a restarted in-memory cluster would."""
+        """Make ``key`` empty, as a restarted in-memory cluster would (every read then finds nothing)."""
         if self.gateway is not None:
             with self.gateway.lock:
                 self.gateway.store.pop(key, None)
+                self._forget_gateway_write(key)
         elif self.cluster is not None:
             self._cluster_sql("DELETE FROM kv WHERE key = ?", (key,))
         elif self.local_path is not None:
@@ -228,6 +258,8 @@ class LedgerRig:
                 db.execute("DELETE FROM kv WHERE key = ?", (key,))
         else:
             self._memory()._data.pop(key, None)
+        if self.faulty is not None:
+            self.faulty.previous.pop(key, None)
 
     # -- looking at what is stored --------------------------------------------------------------------
 
@@ -263,11 +295,11 @@ class LedgerRig:
     def behave(self, *, stale: bool | None = None, drop_sets: bool | None = None, down: bool | None = None) -> None:
         """Turn faults on (True) or off (False): every read stale, every write lost, the ledger unreachable.
 
-        Off means as the backend normally is: with RESCHAT_STANDIN_STALE_READS the stand-ins then go
-        on serving the real cluster's occasional stale reads.
+        Off means as the backend normally is: the stand-ins then go on serving the real cluster's
+        occasional stale reads (``stale_normally``).
         """
         normal = {"stale_reads_after_set_s": STALE_WINDOW_S, "stale_read_probability": STALE_PROBABILITY} \
-            if stale_reads_requested() else {"stale_reads_after_set_s": None, "stale_read_probability": None}
+            if self.stale_normally else {"stale_reads_after_set_s": None, "stale_read_probability": None}
         if self.cluster is not None:
             knobs: dict[str, object] = {}
             if stale is not None:
@@ -292,6 +324,12 @@ class LedgerRig:
                     setattr(self.faulty, name, value)
 
     # -- helpers --------------------------------------------------------------------------------------
+
+    def _forget_gateway_write(self, key: str) -> None:
+        """The gateway serves no stale read of ``key`` (its lock held)."""
+        assert self.gateway is not None
+        self.gateway.previous.pop(key, None)
+        self.gateway.written_at.pop(key, None)
 
     def _memory(self) -> MemoryLedger:
         assert self.faulty is not None and isinstance(self.faulty.inner, MemoryLedger)
@@ -318,13 +356,19 @@ def ledger_rig(kind: str, root: Path) -> Iterator[LedgerRig]:
                             root=None if kind == "memory" else root, faulty=faulty,
                             local_path=None if kind == "memory" else path)
         elif kind == "resilientdb":
-            cluster = StandInCluster.create(root / "cluster")
+            stale = standin_stale_reads()
+            knobs = {"stale_reads_after_set_s": STALE_WINDOW_S, "stale_read_probability": STALE_PROBABILITY} \
+                if stale else {}
+            cluster = StandInCluster.create(root / "cluster", **knobs)
             connect = partial(ResilientDBLedger, cluster.tool, cluster.config, timeout_s=60)
-            rig = LedgerRig(kind, connect(), connect, root=cluster.root, cluster=cluster)
+            rig = LedgerRig(kind, connect(), connect, root=cluster.root, cluster=cluster, stale_normally=stale)
         elif kind == "http":
+            stale = standin_stale_reads()
             gateway = stack.enter_context(GatewayStandIn())
+            gateway.stale_window_s = STALE_WINDOW_S if stale else 0.0
+            gateway.stale_probability = STALE_PROBABILITY
             connect = partial(ResilientDBHttpLedger, gateway.url, timeout_s=30)
-            rig = LedgerRig(kind, connect(), connect, gateway=gateway)
+            rig = LedgerRig(kind, connect(), connect, gateway=gateway, stale_normally=stale)
         else:
             raise ValueError(f"unknown ledger backend {kind!r}: one of {BACKENDS}")
         try:
@@ -357,3 +401,54 @@ def people(tmp_path: Path, ledger: Ledger) -> Callable[..., tuple[Person, Person
         return alice, bob
 
     return factory
+
+
+# --- reading until stale reads have settled ---------------------------------------------------------
+
+T = TypeVar("T")
+
+#: How many times a test reads before it takes what it read as final. A read is stale only within 1 s
+#: of a write, and then with probability 0.3, so 40 reads in a row that miss a write (with the few
+#: keys one update depends on, each stale with probability 1 - 0.7 ** 3 at worst) come with a chance
+#: below 1e-7; a state that never settles fails the assertion the test makes on the last read.
+SETTLE_READS = 40
+
+
+def settle(read: Callable[[], T], done: Callable[[T], bool], reads: int = SETTLE_READS) -> T:
+    """``read()`` again until ``done`` holds of what it returned (at most ``reads`` times): the last result.
+
+    The caller then asserts everything it expects of that result, so nothing is checked less than on
+    a ledger without stale reads, and a state that never comes fails there.
+    """
+    for _ in range(reads - 1):
+        result = read()
+        if done(result):
+            return result
+    return read()
+
+
+def texts_of(view: ConversationView, *, outgoing: bool | None = None) -> list[str]:
+    return [m.text for m in view.messages if outgoing is None or m.outgoing == outgoing]
+
+
+def update_until(person: Person, friend: str, done: Callable[[ConversationView], bool],
+                 reads: int = SETTLE_READS) -> ConversationView:
+    """``person``'s updates of the chat with ``friend`` until ``done`` holds of one (see ``settle``)."""
+    return settle(lambda: person.chat.get_update(friend), done, reads)
+
+
+def arrivals(person: Person, friend: str, count: int = 0, *,
+             until: Callable[[ConversationView], bool] | None = None,
+             reads: int = SETTLE_READS) -> tuple[list[ChatMessage], ConversationView]:
+    """Updates until ``count`` new messages from ``friend`` arrived (and ``until`` holds of the view):
+    every new message the updates reported, in order (a message reported twice is there twice), and
+    the last view."""
+    arrived: list[ChatMessage] = []
+    view = person.chat.get_update(friend)
+    arrived += view.new_messages
+    for _ in range(reads - 1):
+        if len(arrived) >= count and (until is None or until(view)):
+            break
+        view = person.chat.get_update(friend)
+        arrived += view.new_messages
+    return arrived, view

@@ -1,4 +1,5 @@
-"""Delivery confirmation, on every backend RESCHAT_TEST_LEDGER chooses (see conftest).
+"""Delivery confirmation, on every backend RESCHAT_TEST_LEDGER chooses (see conftest), with the stale
+reads the stand-ins serve (a read right after a write may still return the key's previous value).
 
 A sent message is "pending" until a ledger read returns it, then "delivered"; one still unconfirmed
 after ``resend_after`` is written again (same page, same sequence number, never shown twice); pending
@@ -13,12 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from reschat.chat import ChatMessage
+from reschat.chat import ChatMessage, ConversationView
 from reschat.errors import LedgerConfigError, LedgerTimeoutError, LedgerUnavailableError
 from reschat.ledger import ResilientDBLedger
 from reschat.page import PAGE_CAPACITY
-from tests.conftest import LedgerRig, Person, befriend, make_person, needs_backend
-from tests.standin import StandInCluster
+from tests.conftest import (
+    LedgerRig,
+    Person,
+    arrivals,
+    befriend,
+    make_person,
+    needs_backend,
+    settle,
+    standin_stale_reads,
+    texts_of,
+    update_until,
+)
+from tests.standin import STALE_PROBABILITY, STALE_WINDOW_S, StandInCluster
 from tests.test_doctor import no_process_mentions
 
 
@@ -48,8 +60,11 @@ def setup(rig: LedgerRig, tmp_path: Path, **alice_options: object) -> tuple[Pers
 def setup_cluster(
     tmp_path: Path, *, timeout_s: float = 30, **alice_options: object
 ) -> tuple[StandInCluster, ResilientDBLedger, Person, Person]:
-    """alice and bob on a stand-in cluster of their own, for the tool's failure table."""
-    cluster = StandInCluster.create(tmp_path / "cluster")
+    """alice and bob on a stand-in cluster of their own, for the tool's failure table (with the real
+    cluster's stale reads, as in the rig)."""
+    stale = {"stale_reads_after_set_s": STALE_WINDOW_S, "stale_read_probability": STALE_PROBABILITY} \
+        if standin_stale_reads() else {}
+    cluster = StandInCluster.create(tmp_path / "cluster", **stale)
     ledger = ResilientDBLedger(cluster.tool, cluster.config, timeout_s=timeout_s)
     alice = make_person("alice", 0, tmp_path / "alice", ledger, **alice_options)
     bob = make_person("bob", 1, tmp_path / "bob", ledger)
@@ -64,7 +79,7 @@ def first_message(alice: Person) -> None:
     lane there, so with the ledger down it raises instead of queueing.)
     """
     assert alice.chat.send_message("before", "bob").error is None
-    assert mine(alice, "bob") == [("before", "delivered")]
+    assert mine_once(alice, "bob", [("before", "delivered")]) == [("before", "delivered")]
 
 
 def lane_key(sender: Person, receiver: Person, number: int) -> str:
@@ -72,12 +87,26 @@ def lane_key(sender: Person, receiver: Person, number: int) -> str:
     return sender.chat.lane_address(receiver.name, mine=True, number=number, epoch=1)
 
 
-def mine(person: Person, friend: str) -> list[tuple[str, str | None]]:
-    return [(m.text, m.status) for m in person.chat.get_update(friend).messages if m.outgoing]
+Statuses = list[tuple[str, str | None]]
 
 
-def received(person: Person, friend: str) -> list[ChatMessage]:
-    view = person.chat.load_all(friend)
+def own_statuses(view: ConversationView) -> Statuses:
+    return [(m.text, m.status) for m in view.messages if m.outgoing]
+
+
+def mine(person: Person, friend: str) -> Statuses:
+    """One update's own messages and their status."""
+    return own_statuses(person.chat.get_update(friend))
+
+
+def mine_once(person: Person, friend: str, expected: Statuses) -> Statuses:
+    """Updates until one shows ``expected`` (a write is read back, so a message is confirmed): the last."""
+    return own_statuses(update_until(person, friend, lambda view: own_statuses(view) == expected))
+
+
+def received(person: Person, friend: str, count: int) -> list[ChatMessage]:
+    """The friend's messages in the whole conversation, once ``count`` of them read back; no problem."""
+    view = settle(lambda: person.chat.load_all(friend), lambda v: len(texts_of(v, outgoing=False)) >= count)
     assert view.problems == []
     return [m for m in view.messages if not m.outgoing]
 
@@ -97,18 +126,20 @@ def test_a_message_is_pending_while_reads_are_stale_and_delivered_once_a_read_re
     assert rig.stored(key) is not None  # the write did land: only the reads lag behind
     for _ in range(2):
         assert mine(alice, "bob") == [("hello", "pending")]
-    rig.behave(stale=False)
-    assert mine(alice, "bob") == [("hello", "delivered")]
+    rig.behave(stale=False)  # as the ledger normally is: the stand-ins' reads are stale now and then
+    assert mine_once(alice, "bob", [("hello", "delivered")]) == [("hello", "delivered")]
 
     # A stale read of a page returns it as it was before the last write: it confirms only what it holds.
     rig.behave(stale=True)
     alice.chat.send_message("two", "bob")
     assert mine(alice, "bob") == [("hello", "delivered"), ("two", "pending")]
     rig.behave(stale=False)
-    assert mine(alice, "bob") == [("hello", "delivered"), ("two", "delivered")]
+    both = [("hello", "delivered"), ("two", "delivered")]
+    assert mine_once(alice, "bob", both) == both
     assert rig.sets_of(key) == 2  # confirmed by reads, never re-sent
-    view = bob.chat.get_update("alice")
-    assert view.problems == [] and [m.text for m in view.messages] == ["hello", "two"]
+    arrived, view = arrivals(bob, "alice", 2)
+    assert view.problems == [] and texts_of(view) == ["hello", "two"]
+    assert [m.text for m in arrived] == ["hello", "two"]
 
 
 # --- a write the cluster dropped is written again --------------------------------------------------
@@ -122,8 +153,9 @@ def test_a_dropped_write_is_re_sent_after_resend_after_and_arrives_once(rig: Led
     sent = alice.chat.send_message("lost", "bob")
     assert sent.error is None  # ret = 0: the tool cannot tell a dropped write from a committed one
     key = lane_key(alice, bob, 1)
-    assert mine(alice, "bob") == [("first", "delivered"), ("lost", "pending")]
-    assert [m.text for m in bob.chat.get_update("alice").messages] == ["first"]
+    expected = [("first", "delivered"), ("lost", "pending")]
+    assert mine_once(alice, "bob", expected) == expected
+    assert texts_of(update_until(bob, "alice", lambda v: texts_of(v) == ["first"])) == ["first"]
 
     rig.behave(drop_sets=False)
     clock.advance(RESEND_AFTER.total_seconds() - 1)
@@ -133,17 +165,20 @@ def test_a_dropped_write_is_re_sent_after_resend_after_and_arrives_once(rig: Led
     clock.advance(1)
     assert mine(alice, "bob") == [("first", "delivered"), ("lost", "pending")]  # re-sent in this round
     assert rig.sets_of(key) == 3
-    view = bob.chat.get_update("alice")
+    arrived, view = arrivals(bob, "alice", 1)
     assert view.problems == []
     assert [(m.text, m.seq) for m in view.messages] == [("first", 1), ("lost", 2)]
-    assert [m.text for m in view.new_messages] == ["lost"]
-    assert mine(alice, "bob") == [("first", "delivered"), ("lost", "delivered")]
+    assert [m.text for m in arrived] == ["lost"]
+    # Not overdue again (the manual clock stands still), so nothing is re-sent while reads catch up.
+    both = [("first", "delivered"), ("lost", "delivered")]
+    assert mine_once(alice, "bob", both) == both
+    assert rig.sets_of(key) == 3
 
     clock.advance(3600)
     alice.chat.get_update("bob")
     assert rig.sets_of(key) == 3  # delivered messages are never written again
-    view = bob.chat.get_update("alice")
-    assert [(m.text, m.seq) for m in view.messages] == [("first", 1), ("lost", 2)] and view.new_messages == []
+    arrived, view = arrivals(bob, "alice", until=lambda v: len(v.messages) == 2)
+    assert [(m.text, m.seq) for m in view.messages] == [("first", 1), ("lost", 2)] and arrived == []
 
 
 # --- quit and restart, with the outbox holding ciphertext only -----------------------------------
@@ -189,12 +224,15 @@ def test_pending_messages_survive_a_quit_as_ciphertext_and_are_re_sent_on_the_ne
     rig.behave(drop_sets=False)
     again = make_person("alice", 0, home, ledger, resend_after=timedelta(0))
     assert mine(again, "bob") == [("one", "pending"), (secret.decode(), "pending")]  # re-sent in this round
-    view = bob.chat.get_update("alice")
+    arrived, view = arrivals(bob, "alice", 2)
     assert view.problems == []
     assert [(m.body, m.seq) for m in view.messages] == [(b"one", 1), (secret, 2)]
-    assert mine(again, "bob") == [("one", "delivered"), (secret.decode(), "delivered")]
+    assert [m.body for m in arrived] == [b"one", secret]
+    both = [("one", "delivered"), (secret.decode(), "delivered")]
+    assert mine_once(again, "bob", both) == both
     assert again.chat.send_message("three", "bob").message.seq == 3
-    assert [m.text for m in bob.chat.get_update("alice").new_messages] == ["three"]
+    arrived, _view = arrivals(bob, "alice", 1)
+    assert [m.text for m in arrived] == ["three"]
     assert files_holding(secret, home, bob.home, *([rig.root] if rig.root else [])) == []
     assert not [key for key, value in rig.values().items()
                 if any(form in value.encode("utf-8", "surrogateescape") for form in encodings(secret))]
@@ -212,8 +250,9 @@ def test_a_ledger_that_cannot_be_reached_keeps_the_message_pending_until_it_can(
         alice.chat.get_update("bob")
     rig.behave(down=False)
     assert mine(alice, "bob") == [("before", "delivered"), ("while down", "pending")]  # re-sent in this round
-    assert mine(alice, "bob") == [("before", "delivered"), ("while down", "delivered")]
-    assert [m.text for m in received(bob, "alice")] == ["before", "while down"]
+    both = [("before", "delivered"), ("while down", "delivered")]
+    assert mine_once(alice, "bob", both) == both
+    assert [m.text for m in received(bob, "alice", 2)] == ["before", "while down"]
 
 
 # --- the failure table, through the chat service ---------------------------------------------------
@@ -239,7 +278,8 @@ def test_every_row_of_the_failure_table_keeps_the_message_pending_until_the_ledg
         """The next update re-sends ``text`` (its write never landed), the one after confirms it."""
         sent_texts.append(text)
         assert mine(person, "bob")[-1] == (text, "pending")
-        assert mine(person, "bob") == [(t, "delivered") for t in sent_texts]
+        delivered: Statuses = [(t, "delivered") for t in sent_texts]
+        assert mine_once(person, "bob", delivered) == delivered
 
     # Proxy not listening: set prints ret = -1, gets fail.
     on_ledger = cluster.stored(key)
@@ -270,7 +310,8 @@ def test_every_row_of_the_failure_table_keeps_the_message_pending_until_the_ledg
         alice.chat.get_update("bob")
     cluster.behave(fail_get=None)
     sent_texts.append("reads failing")
-    assert mine(alice, "bob") == [(t, "delivered") for t in sent_texts]
+    delivered: Statuses = [(t, "delivered") for t in sent_texts]
+    assert mine_once(alice, "bob", delivered) == delivered
 
     # A stuck cluster: the tool hangs; a session with a short timeout abandons it and kills it.
     impatient = make_person(
@@ -286,9 +327,9 @@ def test_every_row_of_the_failure_table_keeps_the_message_pending_until_the_ledg
     cluster.behave(hang=None)
     recovers(make_person("alice", 0, alice.home, ledger, resend_after=timedelta(0)), "into the void")
 
-    view = bob.chat.load_all("alice")
+    view = settle(lambda: bob.chat.load_all("alice"), lambda v: len(v.messages) >= len(sent_texts))
     assert view.problems == []
-    assert [m.text for m in view.messages] == sent_texts  # each exactly once, in order
+    assert texts_of(view) == sent_texts  # each exactly once, in order
 
 
 # --- the engine's confirmation rule, where it needs many messages -----------------------------------
@@ -311,6 +352,7 @@ def test_a_lost_write_of_a_full_page_is_not_confirmed_by_the_next_page(rig: Ledg
     assert statuses["m0"] == "delivered"
     clock.advance(RESEND_AFTER.total_seconds())
     alice.chat.get_update("bob")  # re-sends page 1 from the outbox
-    texts = [m.text for m in received(bob, "alice")]
+    texts = [m.text for m in received(bob, "alice", PAGE_CAPACITY + 1)]
     assert texts == [f"m{i}" for i in range(PAGE_CAPACITY)] + ["next page"]
-    assert set(dict(mine(alice, "bob")).values()) == {"delivered"}
+    delivered = [(text, "delivered") for text in texts]
+    assert mine_once(alice, "bob", delivered) == delivered

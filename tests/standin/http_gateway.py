@@ -29,6 +29,10 @@ class GatewayStandIn(ThreadingHTTPServer):
     """The gateway; use as a context manager, point a ledger at ``url``."""
 
     daemon_threads = True
+    #: The listen backlog. socketserver's default of 5 makes the kernel reset connections when a client
+    #: opens more at once (files.store_chunks writes 16 chunks concurrently); a real server listens
+    #: with a backlog of hundreds.
+    request_queue_size = 128
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
