@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from Crypto.PublicKey import RSA
 from reschat import crypto, files, kem, retention, schedule
 from reschat.errors import KeyFormatError, LedgerError, MessageError, PageFormatError, ProfileError
 from reschat.friends import Friend, FriendStore
-from reschat.keystore import ConversationState, ConversationStore, ReceiveKeyEntry
+from reschat.keystore import ConversationState, ConversationStore, PageCopies, ReceiveKeyEntry
 from reschat.lane import (
     Checkpoint,
     OpenPage,
@@ -94,6 +94,8 @@ MAX_DECAPSULATIONS = 64
 #: reader who only reads announces a fresh one (post-compromise security for the silent side).
 MAX_RECEIVE_KEYS = 8
 ROTATE_AFTER_PAGES = 4
+#: Pages one update writes back to a ledger that lost or altered them (newest first); the rest follow.
+MAX_REPAIRS_PER_UPDATE = 4
 MAX_WINDOW_PAGES = 1000
 #: Values that failed to open or verify, remembered (by hash) so that they cost nothing again.
 MAX_REFUSED = 256
@@ -184,6 +186,7 @@ class _Pair:
     address_key: bytes
     conversation: bytes
     store: ConversationStore
+    copies: PageCopies
 
 
 class ChatService:
@@ -237,6 +240,7 @@ class ChatService:
             friend=friend, key=friend.key, fingerprint=fingerprint, statics=statics, address_key=address_key,
             conversation=conversation,
             store=ConversationStore(self.state_dir, conversation, self.identity.store_key),
+            copies=PageCopies(self.state_dir, conversation, self.identity.store_key),
         )
         self._pairs[friend.fingerprint] = pair
         return pair
@@ -406,6 +410,10 @@ class ChatService:
 
     def _start_page(self, pair: _Pair, state: ConversationState, own: OwnLane) -> tuple[SealedPage, bytes]:
         number = own.page + 1
+        finished = own.pages.get(str(own.page)) if own.page else None
+        if finished is not None and page_id(own.epoch, own.page) in own.secrets:
+            # The page is final now: its exact value is kept, to put it back if the ledger loses it.
+            pair.copies.put("m", own.epoch, own.page, finished)
         sealed, header, secret = new_page(
             conversation=pair.conversation, writer=self.my_fingerprint, epoch=own.epoch, number=number,
             first_seq=own.seq + 1, link=bytes.fromhex(own.head), readers=self._readers(state, pair),
@@ -606,7 +614,8 @@ class ChatService:
             want(False, epoch, [number])
         rotation = [n for e, n in rotation_places if e == f_epoch]
         if own.epoch:
-            want(True, own.epoch, [*own.unconfirmed(), own.page, own.page + 1])
+            own_checks = self._own_rotation(pair, state, own)
+            want(True, own.epoch, [*own.unconfirmed(), own.page, own.page + 1, *own_checks])
             want(True, own.epoch + 1, [1])
             if opening:
                 want(True, own.epoch, [own.page - 1, own.page])
@@ -952,18 +961,35 @@ class ChatService:
             return False
         return isinstance(self._open(pair, state, mine, epoch, number, value, used_keys), OpenPage)
 
+    def _exists(self, session: _Session, mine: bool, epoch: int, number: int) -> bool:
+        """True when page ``number`` of ``epoch`` holds something shaped like a pair's page.
+
+        Finding a lane's end needs no key: a writer cannot put anything at an address no page has been
+        written to (it cannot compute one), so whatever is there was written by the lane's writer, or
+        over a page of theirs. Whether it opens and verifies is then said page by page: a reader that
+        lost its keys still finds the newest page (and says it cannot open it) instead of stopping at
+        the last page it can open; and junk over a page never hides the pages after it.
+        """
+        value = (session.mine if mine else session.theirs).pages.get((epoch, number))
+        if value is None:
+            return False
+        try:
+            return len(SealedPage.from_string(value).slots) == 1
+        except PageFormatError:
+            return False
+
     def _discover_top(
         self, pair: _Pair, state: ConversationState, session: _Session, mine: bool, epoch: int, base: int,
         used_keys: dict[tuple[int, int], int],
     ) -> int:
         """The newest page of a lane's epoch that verifies; the stored hint is only a starting point."""
         view = session.mine if mine else session.theirs
-        top = base if base and self._present(pair, state, session, mine, epoch, base, used_keys) else 0
+        top = base if base and self._exists(session, mine, epoch, base) else 0
         if not top:
             # The hint's page is gone or junk: the newest verified page below it, from what was read.
             candidates = [n for (e, n) in view.pages if e == epoch and n < max(base, 1) + 3]
             for number in sorted(candidates, reverse=True):
-                if self._present(pair, state, session, mine, epoch, number, used_keys):
+                if self._exists(session, mine, epoch, number):
                     top = number
                     break
         # Pages are written in order, so "page n verifies" is true up to the lane's top and false past
@@ -988,7 +1014,7 @@ class ChatService:
                 self._address(pair, mine, epoch, n): (mine, epoch, n)
                 for n in probes if (epoch, n) not in session.fresh
             }, session)
-            present = [n for n in probes if self._present(pair, state, session, mine, epoch, n, used_keys)]
+            present = [n for n in probes if self._exists(session, mine, epoch, n)]
             if not present:
                 if high == 0:
                     return low
@@ -1012,13 +1038,13 @@ class ChatService:
         if not state.theirs.epoch:
             # No checkpoint: the newest epoch whose first page verifies.
             found = [e for e in range(1, _MAX_EPOCH_PROBE + 1)
-                     if self._present(pair, state, session, False, e, 1, used_keys)]
+                     if self._exists(session, False, e, 1)]
             epoch = max(found, default=1)
         for _restart in range(MAX_RESTARTS_PER_UPDATE):
             key = self._address(pair, False, epoch + 1, 1)
             if (epoch + 1, 1) not in view.pages:
                 self._fetch({key: (False, epoch + 1, 1)}, session)
-            if not self._present(pair, state, session, False, epoch + 1, 1, used_keys):
+            if not self._exists(session, False, epoch + 1, 1):
                 if view.pages.get((epoch + 1, 1)) is None:
                     break
                 # Something that is not a verified page sits where a restart would begin: say so, and
@@ -1031,7 +1057,7 @@ class ChatService:
                                         f"a restart of this lane may be hidden: epoch {epoch + 1}, {detail}"))
                 later = {self._address(pair, False, epoch + 1, n): (False, epoch + 1, n) for n in (2, 3)}
                 self._fetch(later, session)
-                if not any(self._present(pair, state, session, False, epoch + 1, n, used_keys) for n in (2, 3)):
+                if not any(self._exists(session, False, epoch + 1, n) for n in (2, 3)):
                     break
             epoch += 1
             if state.theirs.epoch and epoch > state.theirs.epoch:
@@ -1041,6 +1067,58 @@ class ChatService:
             problems.append(Problem(pair.friend.nickname, "skipped",
                                     "more restarts than one update follows: the rest is read next time"))
         return epoch
+
+    def _own_rotation(self, pair: _Pair, state: ConversationState, own: OwnLane) -> list[int]:
+        """The next few of our own kept pages to compare with the ledger, in rotation."""
+        kept = pair.copies.numbers("m", own.epoch)
+        if not kept or self.rotation_pages < 1:
+            return []
+        start = state.theirs.rotation % len(kept)
+        return sorted({kept[(start + i) % len(kept)] for i in range(min(self.rotation_pages, len(kept)))})
+
+    def _repair(
+        self, pair: _Pair, own: OwnLane, session: _Session, friend_epoch: int, friend_top: int,
+        problems: list[Problem],
+    ) -> set[int]:
+        """Put back, from our kept copies, pages the ledger lost, damaged, rolled back or altered.
+
+        Our own lane: any page but one not yet confirmed (the outbox re-sends those). The friend's:
+        only pages a later page of theirs already follows: their writer never changes them again, so a
+        re-write can never roll back the friend's current page. Newest first, a few per update.
+        Returns the numbers of our own pages being restored (their messages are not shown as ✓).
+        """
+        repairs: list[tuple[bool, int, int, str]] = []
+        unconfirmed = set(own.unconfirmed())
+        for (epoch, number), remote in session.mine.pages.items():
+            if epoch != own.epoch or number > own.page or number in unconfirmed:
+                continue
+            local = own.pages.get(str(number)) if number == own.page else pair.copies.get("m", epoch, number)
+            if local is None or remote == local:
+                continue
+            if remote is not None and self._is_mine(pair, epoch, number, remote) and len(remote) > len(local):
+                continue  # another copy of us wrote more: that is a restart's business, not a repair's
+            repairs.append((True, epoch, number, local))
+        for (epoch, number), remote in session.theirs.pages.items():
+            if (epoch, number) not in session.fresh or (epoch == friend_epoch and number >= friend_top):
+                continue
+            kept = pair.copies.get("t", epoch, number)
+            if kept is not None and remote != kept:
+                repairs.append((False, epoch, number, kept))
+        if not repairs:
+            return set()
+        repairs.sort(key=lambda r: (r[1], r[2]), reverse=True)
+        problems.append(Problem(ME, "restoring", f"restoring {len(repairs)} page(s) to the ledger"))
+        restored: set[int] = set()
+        for mine, epoch, number, value in repairs[:MAX_REPAIRS_PER_UPDATE]:
+            try:
+                self.ledger.set(self._address(pair, mine, epoch, number), value)
+            except LedgerError as exc:
+                log.warning("restoring a page failed: %s", exc)
+                continue
+            view = session.mine if mine else session.theirs
+            view.pages.pop((epoch, number), None)  # read it again next time, never trust our own write
+        restored = {number for mine, epoch, number, _v in repairs if mine}
+        return restored
 
     def _read_own(
         self, pair: _Pair, state: ConversationState, own: OwnLane, session: _Session, older: bool,
@@ -1077,6 +1155,7 @@ class ChatService:
         self._refetch_window(pair, session, True, own.epoch, min(missing, default=1), max(missing, default=0))
         confirmed = self._confirm(pair, own, session)
         messages: list[ChatMessage] = []
+        pages_of: dict[int, int] = {}  # our sequence number -> its page
         used: dict[tuple[int, int], int] = {}
         for number in range(view.low, own.page + 1):
             value = own.pages.get(str(number)) or view.pages.get((own.epoch, number))
@@ -1088,11 +1167,17 @@ class ChatService:
                 problems.append(opened)
                 continue
             for record in opened.records:
+                pages_of[record.seq] = number
                 status = "delivered" if record.seq <= confirmed else "pending"
                 messages.append(ChatMessage(
                     sender=ME, receiver=pair.friend.nickname, time=record.timestamp, type=record.type,
                     type_ext=record.type_ext, body=record.body, seq=record.seq, status=status, epoch=own.epoch,
                 ))
+        friend_top = max(session.theirs.top, state.theirs.top if state.theirs.epoch == session.theirs.epoch else 0)
+        restoring = self._repair(pair, own, session, session.theirs.epoch, friend_top, problems)
+        if restoring:
+            # Being put back on the ledger: not delivered until a read returns them again (no false ✓).
+            messages = [replace(m, status="pending") if pages_of.get(m.seq) in restoring else m for m in messages]
         return messages, view.low > 1
 
     def _confirm(self, pair: _Pair, own: OwnLane, session: _Session) -> int:
@@ -1177,6 +1262,8 @@ class ChatService:
                 changed = True
             for number, page in opened.items():
                 pid = page_id(epoch, number)
+                if number < top and not pair.copies.has("t", epoch, number):
+                    pair.copies.put("t", epoch, number, page.value)  # final: kept to heal the ledger
                 if pid not in theirs.secrets:
                     theirs.secrets[pid] = page.keys.to_text()
                     if used_keys.get((epoch, number), 0) > 0:
@@ -1191,8 +1278,9 @@ class ChatService:
             if result.newest and result.newest[0] > theirs.seq and not rewritten:
                 theirs.seq, theirs.digest = result.newest[0], result.newest[1].hex()
                 changed = True
-            if top and top > theirs.top and top in opened:
-                theirs.top = top
+            verified_top = max((n for n in opened if n <= top), default=0)
+            if verified_top > theirs.top:
+                theirs.top = verified_top
                 changed = True
             newest_page = opened.get(top) if top else None
             announced_at = _parse_pid(theirs.receive_key_at)

@@ -154,4 +154,49 @@ class ConversationStore:
             self.save(state)
 
 
-__all__ = ["ConversationState", "ConversationStore", "FriendLane", "ReceiveKeyEntry", "read_sealed", "write_sealed"]
+class PageCopies:
+    """The exact ledger values of pages we hold (our own lane's and the friend's verified ones), kept
+    so that a ledger that lost them can be healed: one sealed file per page, written once."""
+
+    def __init__(self, directory: Path, conversation: bytes, store_key: bytes) -> None:
+        self.directory = Path(directory) / f"{conversation.hex()[:32]}.pages"
+        self.store_key = store_key
+
+    def _path(self, lane: str, epoch: int, number: int) -> Path:
+        return self.directory / f"{lane}-{epoch}-{number}"
+
+    def has(self, lane: str, epoch: int, number: int) -> bool:
+        return self._path(lane, epoch, number).exists()
+
+    def put(self, lane: str, epoch: int, number: int, value: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_sealed(self._path(lane, epoch, number), self.store_key, value)
+
+    def get(self, lane: str, epoch: int, number: int) -> str | None:
+        try:
+            value = read_sealed(self._path(lane, epoch, number), self.store_key)
+        except ProfileError:
+            return None  # a damaged copy heals nothing, and hurts nothing
+        return value if isinstance(value, str) else None
+
+    def numbers(self, lane: str, epoch: int) -> list[int]:
+        prefix = f"{lane}-{epoch}-"
+        try:
+            names = [p.name for p in self.directory.iterdir()]
+        except FileNotFoundError:
+            return []
+        return sorted(int(n[len(prefix):]) for n in names if n.startswith(prefix) and n[len(prefix):].isdigit())
+
+    def drop(self, lane: str, epoch: int, number: int) -> None:
+        self._path(lane, epoch, number).unlink(missing_ok=True)
+
+
+__all__ = [
+    "ConversationState",
+    "ConversationStore",
+    "FriendLane",
+    "PageCopies",
+    "ReceiveKeyEntry",
+    "read_sealed",
+    "write_sealed",
+]

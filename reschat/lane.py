@@ -321,7 +321,7 @@ def check_lane(
     hidden = {id(r) for r, _d in rewritten}
     shown = [(r, d) for r, d in records if id(r) not in hidden]
     newest = (records[-1][0].seq, records[-1][1]) if records else None
-    if present and checkpoint.seq and (newest is None or newest[0] < checkpoint.seq):
+    if present and checkpoint.seq and newest is not None and newest[0] < checkpoint.seq:
         newest_seq = newest[0] if newest else 0
         problems.append(Problem(owner, "rollback",
                                 f"the ledger shows an older state of this lane (newest #{newest_seq}, "
