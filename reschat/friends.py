@@ -71,6 +71,7 @@ class Friend:
     read_seq: int = 0  # the newest of their messages the user has seen
     own_confirmed_seq: int = 0  # the newest of our own messages a ledger read has returned
     added: str = ""
+    verified: bool = False  # the user compared the safety number with this friend (see safety.py)
 
     @property
     def key(self) -> RSA.RsaKey:
@@ -184,6 +185,32 @@ class FriendStore:
             updated = replace(current, **values)
             self._table.update(asdict(updated), Query().fingerprint == current.fingerprint)
         return updated
+
+    def replace_key(self, nickname: str, public_key: str | RSA.RsaKey, name: str | None = None) -> Friend:
+        """Pin a new key for ``nickname``, which the user chose after a warning: never call it silently.
+
+        The old key's conversation state (page hint, high-water marks, read position) belongs to a
+        conversation that the new key does not share, so it starts afresh; the friend is no longer
+        verified. ``name`` (the new card's) replaces the old one when given.
+        """
+        key = string_to_public_key(public_key) if isinstance(public_key, str) else public_key
+        fpr = fingerprint_bytes(key).hex()
+        if self.own_fingerprint is not None and fpr == self.own_fingerprint:
+            raise DuplicateFriendError("that is your own key: add your friend's key instead")
+        with self._locked():
+            current = self.get_friend(nickname)
+            for friend in self._all():
+                if friend.fingerprint == fpr and friend.nickname != current.nickname:
+                    raise DuplicateFriendError(f"that key is already your friend {friend.nickname!r}")
+            fresh = Friend(
+                nickname=current.nickname,
+                public_key=public_key_to_string(key),
+                fingerprint=fpr,
+                name=current.name if name is None else name,
+                added=current.added,
+            )
+            self._table.update(asdict(fresh), Query().fingerprint == current.fingerprint)
+        return fresh
 
     def close(self) -> None:
         self._db.close()
