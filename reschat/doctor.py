@@ -267,8 +267,11 @@ def run_doctor(
     ledger: Ledger | None = None,
     randfunc: RandFunc | None = None,
     confirm_within_s: float = CONFIRM_WITHIN_S,
+    check_profile: bool = True,
 ) -> DoctorReport:
-    """Check the configured ledger (and the profile) end to end; problems are failed checks, not errors."""
+    """Check the configured ledger (and, unless ``check_profile`` is False, the profile) end to end;
+    problems are failed checks, not errors. The first-run question and ``reschat ledger`` check a
+    ledger before choosing it with ``check_profile=False``."""
     doctor = _Doctor(settings, ledger, randfunc or get_random_bytes, confirm_within_s)
     backend = settings.ledger.backend
     opened: Ledger | None = None
@@ -285,7 +288,8 @@ def run_doctor(
     finally:
         if close and opened is not None:
             opened.close()
-    doctor.profile()
+    if check_profile:
+        doctor.profile()
     return doctor.report
 
 

@@ -317,3 +317,9 @@ def test_damaged_friend_store_fails_the_profile_check(tmp_path: Path) -> None:
     report = run_doctor(settings)
     assert failed(report) == ["profile"]
     assert "friend store" in check(report, "profile")[1] and "damaged" in check(report, "profile")[1]
+
+
+def test_checking_only_the_ledger_leaves_the_profile_out(tmp_path: Path, gateway: GatewayStandIn) -> None:
+    report = run_doctor(http_settings(tmp_path, gateway.url), randfunc=fixed_random, check_profile=False)
+    assert report.ok, format_report(report)
+    assert names(report) == ["gateway answers", "write", "read back"]
