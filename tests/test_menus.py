@@ -17,21 +17,25 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from Crypto.PublicKey import RSA
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from reschat import crypto, files
+from reschat import crypto, files, menus, safety
 from reschat.app import ProfilePaths, open_friend_store
 from reschat.chat import page_key
 from reschat.config import Settings, load_settings
+from reschat.doctor import KEY_PREFIX
 from reschat.errors import WrongPasswordError
-from reschat.ledger import MemoryLedger
+from reschat.ledger import Ledger, MemoryLedger, ResilientDBHttpLedger
 from reschat.menus import Menus, friend_completer, key_input_complete
 from reschat.page import Page
-from tests.conftest import TEST_SCRYPT_N, Person, make_person
+from tests.conftest import TEST_SCRYPT_N, Person, make_person, rsa_key
+from tests.standin import StandInCluster
+from tests.standin.http_gateway import GatewayStandIn
 
 PASSWORD = "correct horse"
 CTRL_C, CTRL_D = "\x03", "\x04"
@@ -82,9 +86,13 @@ def befriended(settings: Settings, bob: Person) -> Person:
 class Terminal:
     """The menus running in a thread on a pipe input; what they print collects in ``output``."""
 
-    def __init__(self, settings: Settings, ledger: MemoryLedger) -> None:
+    def __init__(
+        self, settings: Settings, ledger: Ledger | None, body: Callable[[Menus], int] | None = None
+    ) -> None:
         self.out = io.StringIO()
         self.menus = Menus(settings, ledger=ledger, stdout=self.out, scrypt_n=TEST_SCRYPT_N)
+        #: What runs in the session: the whole program, or one flow of it.
+        self._body: Callable[[Menus], int] = body or Menus.run
         self.status: int | None = None
         self.error: BaseException | None = None
         self._input: PipeInput | None = None
@@ -101,7 +109,7 @@ class Terminal:
             self._started.set()
             try:
                 with create_app_session(input=pipe, output=DummyOutput()):
-                    self.status = self.menus.run()
+                    self.status = self._body(self.menus)
             except BaseException as exc:  # handed to the test thread, which re-raises or checks it
                 self.error = exc
 
@@ -167,18 +175,39 @@ def login(keys: str = "") -> str:
 # --- start-up ------------------------------------------------------------------------------------
 
 
-def test_register_asks_name_and_password_twice(tmp_path: Path, ledger: MemoryLedger) -> None:
+def test_register_asks_name_and_password_twice_then_where_messages_travel(
+    tmp_path: Path, ledger: MemoryLedger
+) -> None:
     settings = load_settings(home=str(tmp_path / "new"), environ={})
     term = Terminal(settings, ledger).start()
-    term.type("\r" + "carol\r" + "pw1\r" + "pw2\r" + "\r" + "pw1\r" + "pw1\r" + CTRL_D)
+    term.type("\r" + "carol\r" + "pw1\r" + "pw2\r" + "\r" + "pw1\r" + "pw1\r" + "7\r" + "\r" + CTRL_D)
     output = term.finish()
     assert term.error is None and term.status == 0
+    assert f"(Profile directory: {tmp_path / 'new'})" in output
     assert "error: the name must not be empty" in output
     assert "error: the passwords do not match; try again" in output
     assert "error: the password must not be empty" in output
     identity = crypto.load_identity(tmp_path / "new", "pw1")
     assert identity.name == "carol"
     assert f"Your fingerprint: {identity.fingerprint}" in output
+    # The first run asks where messages travel; Enter takes the default, this machine only.
+    after_keys = output.split("Your fingerprint", 1)[1]
+    assert "Where should your messages travel?" in after_keys
+    assert "  1. This machine only (the default)" in after_keys
+    assert "error: no such choice '7': enter a number from 1 to 3" in after_keys
+    assert load_settings(home=str(tmp_path / "new"), environ={}).config_file == tmp_path / "new" / "config.toml"
+    assert 'backend = "local"' in (tmp_path / "new" / "config.toml").read_text()
+    # The main menu's first screen says where the profile is and where messages travel.
+    top = output.split("Main menu", 1)[0]
+    assert f"Profile: {tmp_path / 'new'}\nLedger:  this machine only, the file " in top
+
+
+def test_the_main_menu_starts_with_the_profile_and_the_ledger(
+    run: Callable[[str], str], settings: Settings
+) -> None:
+    output = run(login(CTRL_D))
+    top = f"\nProfile: {settings.home}\nLedger:  this machine only, the file {settings.ledger_path}\n\nMain menu"
+    assert top in output
 
 
 def test_login_shows_own_fingerprint(run: Callable[[str], str], alice_identity: crypto.Identity) -> None:
@@ -211,6 +240,121 @@ def test_ctrl_c_at_login_interrupts(terminal: Callable[[], Terminal]) -> None:
     assert isinstance(term.error, KeyboardInterrupt)
 
 
+# --- the first run: where messages travel ------------------------------------------------------------
+
+
+@pytest.fixture
+def gateway() -> Iterator[GatewayStandIn]:
+    with GatewayStandIn() as server:
+        yield server
+
+
+def fresh_settings(tmp_path: Path) -> Settings:
+    """A profile without identity or config file, as on a first run."""
+    return load_settings(home=str(tmp_path / "fresh"), environ={})
+
+
+def choose_ledger_only(menus: Menus) -> int:
+    menus.choose_ledger()
+    return 0
+
+
+def saved(settings: Settings) -> Settings:
+    return load_settings(home=str(settings.home), environ={})
+
+
+def test_first_run_through_a_resilientdb_gateway_from_zero_to_the_first_message(
+    tmp_path: Path, gateway: GatewayStandIn
+) -> None:
+    settings = fresh_settings(tmp_path)
+    bob = make_person("bob", 1, tmp_path / "bob", ResilientDBHttpLedger(gateway.url))
+    term = Terminal(settings, ledger=None).start()  # the menus build their ledger from the settings
+    term.type("dana\r" + "pw\r" + "pw\r" + "2\r" + gateway.url + "\r")
+    term.wait_for("Main menu")
+    output = term.output
+    assert f"Checking ResilientDB HTTP gateway at {gateway.url} (a write and a read back)...\nIt works." in output
+    assert f"Messages travel through: ResilientDB HTTP gateway at {gateway.url}" in output
+    assert f"Ledger:  ResilientDB HTTP gateway at {gateway.url}\n" in output.split("Main menu", 1)[0]
+    assert any(key.startswith(KEY_PREFIX) for key in gateway.store)  # the doctor's probe went through it
+    chosen = saved(settings)
+    assert chosen.ledger.backend == "resilientdb-http" and chosen.ledger.http.url == gateway.url
+    # bob, on another machine, writes to dana through the gateway; she adds him and reads it.
+    dana_key = crypto.load_public_key(settings.home)
+    bob.friends.add_friend("dana", dana_key)
+    bob.chat.send_message("hello over the gateway", "dana")
+    term.type("2\r" + "bob\r" + bob.card + "\r" + "y\r" + "n\r" + "1\r")
+    term.wait_for("1. bob (1 unread)")
+    term.type("1\r")
+    term.wait_for("bob: hello over the gateway")
+    term.type(CTRL_D)
+    output = term.finish()
+    assert term.error is None and term.status == 0, output
+
+
+def test_a_gateway_that_fails_the_check_is_not_kept_unless_asked(tmp_path: Path, gateway: GatewayStandIn) -> None:
+    settings = fresh_settings(tmp_path)
+    gateway.failing = True
+    term = Terminal(settings, MemoryLedger(), body=choose_ledger_only).start()
+    term.type("2\r" + gateway.url + "\r" + "n\r" + "2\r" + gateway.url + "\r" + "y\r")
+    output = term.finish()
+    assert term.error is None, output
+    first = output.split("Use it anyway", 1)[0]
+    assert "FAIL gateway answers" in first and "cannot reach the cluster" in first
+    # "n" asked again; "y" kept it although it failed.
+    assert output.count("Where should your messages travel?") == 1 and output.count("\nLedger\n") == 2
+    assert saved(settings).ledger.http.url == gateway.url
+
+
+def test_a_gateway_that_fails_then_this_machine_only(tmp_path: Path) -> None:
+    settings = fresh_settings(tmp_path)
+    term = Terminal(settings, MemoryLedger(), body=choose_ledger_only).start()
+    term.type("2\r" + "ftp://example.org\r" + "2\r" + "http://127.0.0.1:9\r" + "n\r" + "1\r")
+    output = term.finish()
+    assert term.error is None, output
+    assert "error: 'ftp://example.org' is not an http(s) URL" in output
+    assert "FAIL gateway answers" in output and "start the ResilientDB HTTP gateway" in output
+    assert saved(settings).ledger.backend == "local"
+
+
+def test_first_run_through_kv_service_tools(tmp_path: Path) -> None:
+    cluster = StandInCluster.create(tmp_path / "cluster")
+    settings = fresh_settings(tmp_path)
+    term = Terminal(settings, MemoryLedger(), body=choose_ledger_only).start()
+    term.type("3\r" + str(cluster.tool) + "\r" + str(cluster.config) + "\r")
+    output = term.finish()
+    assert term.error is None, output
+    assert "It works." in output
+    chosen = saved(settings)
+    assert chosen.ledger.backend == "resilientdb"
+    assert chosen.ledger.resilientdb.tool == str(cluster.tool)
+    assert chosen.ledger.resilientdb.client_config == str(cluster.config)
+    assert [c.cmd for c in cluster.calls()][:2] == ["set", "get"]  # checked through the tool
+
+
+def test_a_broken_kv_service_tools_setup_is_explained(tmp_path: Path) -> None:
+    cluster = StandInCluster.create(tmp_path / "cluster", down=True)
+    settings = fresh_settings(tmp_path)
+    term = Terminal(settings, MemoryLedger(), body=choose_ledger_only).start()
+    term.type("3\r" + str(cluster.tool) + "\r" + str(cluster.config) + "\r" + "n\r" + "\r")
+    output = term.finish()
+    assert term.error is None, output
+    assert "FAIL write" in output and "start the ResilientDB proxy on 127.0.0.1:10005 (node 5)" in output
+    assert saved(settings).ledger.backend == "local"  # then Enter: the default
+
+
+def test_no_ledger_question_when_a_config_or_ledger_flag_chose(tmp_path: Path, ledger: MemoryLedger) -> None:
+    config = tmp_path / "given.toml"
+    config.write_text("[chat]\npoll_interval = 0.5\n")
+    settings = load_settings(home=str(tmp_path / "new"), config=str(config), environ={})
+    assert not Menus(settings).first_run_ledger
+    assert not Menus(fresh_settings(tmp_path), first_run_ledger=False).first_run_ledger
+    term = Terminal(settings, ledger).start()
+    term.type("erin\r" + "pw\r" + "pw\r" + CTRL_D)
+    output = term.finish()
+    assert "Where should your messages travel?" not in output
+    assert config.read_text() == "[chat]\npoll_interval = 0.5\n"
+
+
 # --- main menu -------------------------------------------------------------------------------------
 
 
@@ -218,7 +362,7 @@ def test_main_menu_lists_the_seed_items_and_the_card(
     run: Callable[[str], str], alice_identity: crypto.Identity
 ) -> None:
     output = run(login("3\r4\r"))
-    assert "1. Start chatting\n  2. Add friend\n  3. Show my contact card\n  4. Quit" in output
+    assert "1. Start chatting\n  2. Add or verify a friend\n  3. Show my contact card\n  4. Quit" in output
     card_line = next(line for line in output.splitlines() if line.startswith(crypto.CARD_PREFIX))
     assert card_line == alice_identity.card
     assert crypto.fingerprint(crypto.parse_contact(card_line).public_key) == alice_identity.fingerprint
@@ -246,23 +390,43 @@ def bob_fpr(bob: Person) -> str:
     return crypto.fingerprint_bytes(bob.identity.public_key).hex()
 
 
-def test_add_friend_by_pasting_a_card(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
-    output = run(login("2\rbobby\r" + bob.card + "\r" + "y\r" + CTRL_D))
+def safety_block(own: crypto.Identity, key: RSA.RsaKey) -> str:
+    """The safety number's lines as the menus print them."""
+    return "\n".join(f"    {line}" for line in safety.safety_lines(safety.safety_number(own.public_key, key)))
+
+
+def test_add_friend_by_pasting_a_card(
+    run: Callable[[str], str], settings: Settings, bob: Person, alice_identity: crypto.Identity
+) -> None:
+    output = run(login("2\rbobby\r" + bob.card + "\r" + "y\r" + "n\r" + CTRL_D))
     assert "Name on the card: bob" in output
     assert f"Fingerprint: {crypto.fingerprint(bob.identity.public_key)}" in output
+    # The safety number, and why it, not the card's checksum, is the check that counts.
+    assert safety.CHECKSUM_NOTE in output
+    assert "Safety number with bobby (the same digits appear on their screen):\n" in output
+    assert safety_block(alice_identity, bob.identity.public_key) in output
     assert "Added bobby." in output
+    assert "bobby is not verified yet: compare the number later" in output
     assert friend_keys(settings) == {"bobby": bob_fpr(bob)}
+    assert not open_friend_store(settings).get_friend("bobby").verified
+
+
+def test_adding_a_friend_can_mark_them_verified(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
+    output = run(login("2\rbob\r" + bob.card + "\r" + "y\r" + "y\r" + CTRL_D))
+    assert "bob is verified." in output
+    assert open_friend_store(settings).get_friend("bob").verified
 
 
 def test_add_friend_by_typing_a_pem_line_by_line(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
     # A terminal without bracketed paste sends a pasted PEM as lines, each ended by Enter.
     pem = crypto.public_key_to_string(bob.identity.public_key)
     assert pem.count("\n") > 5
-    output = run(login("2\rbob\r" + pem.replace("\n", "\r") + "\r" + "y\r" + "3\r" + CTRL_D))
+    output = run(login("2\rbob\r" + pem.replace("\n", "\r") + "\r" + "y\r" + "n\r" + "3\r" + CTRL_D))
     assert f"Fingerprint: {crypto.fingerprint(bob.identity.public_key)}" in output
     assert "Added bob." in output
     assert friend_keys(settings) == {"bob": bob_fpr(bob)}
     assert "no such choice" not in output  # no PEM line leaked into a later menu as a choice
+    assert menus.INCOMPLETE_CARD not in output  # a PEM arriving line by line is not a cut card
 
 
 def test_add_friend_by_bracketed_paste(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
@@ -279,37 +443,93 @@ def test_add_friend_can_be_declined(run: Callable[[str], str], settings: Setting
     assert friend_keys(settings) == {}
 
 
+def carol_card() -> str:
+    return crypto.make_card("carol", rsa_key(2).public_key())
+
+
 @pytest.mark.parametrize(
-    ("nickname", "key", "error"),
+    ("key", "error"),
     [
-        ("bob", "bob-card", "error: the nickname 'bob' is already in use"),
-        ("carol", "garbage", "error: not a contact card (reschat-card:1:...) or a PEM public key"),
-        ("carol", "own-card", "error: that is your own key: add your friend's key instead"),
-        ("carol", "bob-card", "error: that key is already your friend 'bob'"),
-        ("carol", "cut-card", "error: the contact card's checksum does not match: it was cut or altered"),
-        ("1234", "bob-card", "error: the nickname must not be only digits"),
-        ("", "bob-card", "error: the nickname must not be empty"),
+        ("garbage", "error: not a contact card (reschat-card:1:...) or a PEM public key"),
+        ("own-card", "error: that is your own key: add your friend's key instead"),
+        ("bob-card", "error: that key is already your friend 'bob'"),
+        ("cut-card", "error: the contact card's checksum does not match: it was cut or altered"),
+        ("bad-pem", "error: not a valid RSA public key in PEM format"),
     ],
 )
-def test_add_friend_errors_are_one_line_and_back_to_the_menu(
+def test_a_card_error_keeps_the_nickname_and_asks_for_the_card_again(
     run: Callable[[str], str], settings: Settings, befriended: Person, alice_identity: crypto.Identity,
-    nickname: str, key: str, error: str,
+    key: str, error: str,
 ) -> None:
     cards = {
         "bob-card": befriended.card,
         "own-card": alice_identity.card,
         "cut-card": befriended.card[:100] + befriended.card[104:],
         "garbage": "hello there",
+        "bad-pem": "-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----",
     }
-    keys = "2\r" + nickname + "\r"
-    if "nickname" not in error:
-        keys += PASTE_START + cards[key] + PASTE_END + "\r"
-    output = run(login(keys + "3\r" + CTRL_D))
+    # The nickname is typed once; after the error only the card is pasted again.
+    keys = "2\r" + "carol\r" + PASTE_START + cards[key] + PASTE_END + "\r" + PASTE_START + carol_card() + PASTE_END
+    output = run(login(keys + "\r" + "y\r" + "n\r" + CTRL_D))
     assert error in output
     after_error = output.split(error, 1)[1]
-    assert "Main menu" in after_error and alice_identity.card in after_error  # back at the menu, which works
-    assert friend_keys(settings) == {"bob": bob_fpr(befriended)}
+    assert after_error.startswith("\nPaste the card for carol again, or press Enter to cancel.\n")
+    assert "Added carol." in after_error
+    assert friend_keys(settings) == {
+        "bob": bob_fpr(befriended), "carol": crypto.fingerprint_bytes(rsa_key(2)).hex()
+    }
     assert "Traceback" not in output
+
+
+def test_a_card_error_then_enter_cancels(run: Callable[[str], str], settings: Settings) -> None:
+    output = run(login("2\r" + "carol\r" + "hello there\r" + "\r" + "3\r" + CTRL_D))
+    assert "error: not a contact card" in output
+    assert "Nothing pasted; no friend added." in output
+    assert crypto.CARD_PREFIX in output.split("Nothing pasted", 1)[1]  # back at the main menu, which works
+    assert friend_keys(settings) == {}
+
+
+@pytest.mark.parametrize(
+    ("nickname", "error"),
+    [("1234", "error: the nickname must not be only digits"), ("x" * 33, "error: the nickname is longer than 32")],
+)
+def test_a_bad_nickname_is_asked_again(
+    run: Callable[[str], str], settings: Settings, nickname: str, error: str
+) -> None:
+    output = run(login("2\r" + nickname + "\r" + "carol\r" + carol_card() + "\r" + "y\r" + "n\r" + CTRL_D))
+    assert error in output
+    assert "Added carol." in output.split(error, 1)[1]
+    assert list(friend_keys(settings)) == ["carol"]
+
+
+def test_an_empty_nickname_adds_nobody(run: Callable[[str], str], settings: Settings) -> None:
+    output = run(login("2\r" + "\r" + "3\r" + CTRL_D))
+    assert "No nickname: no friend added." in output
+    assert crypto.CARD_PREFIX in output.split("No nickname", 1)[1]
+    assert friend_keys(settings) == {}
+
+
+def test_a_card_cut_short_says_so_and_takes_the_rest(
+    terminal: Callable[[], Terminal], settings: Settings, bob: Person
+) -> None:
+    term = terminal()
+    term.type(login("2\r" + "bob\r" + bob.card[:60] + "\r"))
+    term.wait_for(menus.INCOMPLETE_CARD)  # it used to wait silently here
+    assert menus.INCOMPLETE_CARD == "incomplete: paste the rest, or press Enter to cancel"
+    term.type(bob.card[60:] + "\r")
+    term.wait_for("Name on the card: bob")
+    term.type("y\r" + "n\r" + CTRL_D)
+    output = term.finish()
+    assert "Added bob." in output
+    assert friend_keys(settings) == {"bob": bob_fpr(bob)}
+
+
+def test_a_card_cut_short_then_enter_cancels(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
+    output = run(login("2\r" + "bob\r" + bob.card[:60] + "\r" + "\r" + "3\r" + CTRL_D))
+    assert menus.INCOMPLETE_CARD in output
+    assert "Cancelled: the card was incomplete; nothing changed." in output
+    assert crypto.CARD_PREFIX in output.split("Cancelled", 1)[1]  # back at the main menu
+    assert friend_keys(settings) == {}
 
 
 def test_an_empty_paste_cancels(run: Callable[[str], str], settings: Settings) -> None:
@@ -332,12 +552,118 @@ def test_ctrl_c_while_adding_goes_back_to_the_main_menu(run: Callable[[str], str
         ("reschat-card:1:Ym9i:MIIBojAN", False),
         ("reschat-card:1:Ym9i:MIIBojAN:1234", False),
         ("reschat-card:1:Ym9i:MIIBojAN:12345678", True),
+        ("resch", False),  # the start of a card
         ("reschat-card:1:Ym9i:MIIB\n", True),  # an empty line always ends the input
         ("something else", True),
     ],
 )
 def test_when_enter_ends_a_pasted_key(text: str, complete: bool) -> None:
     assert key_input_complete(text) is complete
+
+
+# --- safety numbers, verification and key changes ----------------------------------------------------
+
+
+def test_a_friends_nickname_shows_the_safety_number_and_marks_them_verified(
+    run: Callable[[str], str], settings: Settings, befriended: Person, alice_identity: crypto.Identity
+) -> None:
+    output = run(login("2\r" + "BOB\r" + "1\r" + "3\r" + "1\r" + CTRL_D))
+    assert "bob is already your friend (name on their card: bob)." in output
+    assert safety_block(alice_identity, befriended.identity.public_key) in output
+    assert "bob is not verified.\n" in output
+    assert "  1. Mark bob verified (you compared the safety number: it is the same)" in output
+    assert "bob is now verified." in output
+    assert open_friend_store(settings).get_friend("bob").verified
+    # The friend list shows it.
+    assert "Friends\n  1. bob [verified]\n  2. Previous menu" in output
+
+
+def test_a_verified_friend_can_be_unmarked(run: Callable[[str], str], settings: Settings, befriended: Person) -> None:
+    open_friend_store(settings).update("bob", verified=True)
+    output = run(login("2\r" + "bob\r" + "1\r" + "3\r" + CTRL_D))
+    assert "bob is verified.\n" in output and "  1. Mark bob not verified" in output
+    assert "bob is now not verified." in output
+    assert not open_friend_store(settings).get_friend("bob").verified
+
+
+def test_the_chat_header_says_whether_the_friend_is_verified(
+    run: Callable[[str], str], settings: Settings, befriended: Person, alice_identity: crypto.Identity
+) -> None:
+    digits = safety.safety_number(alice_identity.public_key, befriended.identity.public_key)
+    output = run(login("1\r1\r" + CTRL_D))
+    assert f"Chatting with bob (not verified)\nSafety number: {safety.grouped(digits)}\n" in output
+    open_friend_store(settings).update("bob", verified=True)
+    output = run(login("1\r1\r" + CTRL_D))
+    assert "Chatting with bob (verified)\n" in output and "Safety number" not in output
+
+
+def new_bob_card() -> str:
+    """A card that says "bob" but carries another key."""
+    return crypto.make_card("bob", rsa_key(2).public_key())
+
+
+def test_a_new_key_for_a_friend_is_a_loud_warning_and_kept_by_default(
+    run: Callable[[str], str], settings: Settings, befriended: Person, alice_identity: crypto.Identity
+) -> None:
+    open_friend_store(settings).update("bob", verified=True)
+    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + "1\r" + "3\r" + CTRL_D))
+    assert "!! WARNING: this card's key is NOT the key you have for bob." in output
+    assert f"!!   old key (the one you have): {crypto.fingerprint(befriended.identity.public_key)}" in output
+    assert f"!!   new key (on this card):     {crypto.fingerprint(rsa_key(2))}" in output
+    assert safety_block(alice_identity, rsa_key(2)) in output  # the NEW safety number, to compare
+    assert "  1. Keep the old key (change nothing)\n  2. Replace bob's key with this one" in output
+    assert "Kept the old key of bob; nothing changed." in output
+    bob_now = open_friend_store(settings).get_friend("bob")
+    assert bob_now.fingerprint == bob_fpr(befriended) and bob_now.verified
+
+
+def test_ctrl_c_at_a_key_change_keeps_the_old_key(
+    run: Callable[[str], str], settings: Settings, befriended: Person
+) -> None:
+    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + CTRL_C + "3\r" + CTRL_D))
+    assert "Kept the old key of bob; nothing changed." in output
+    assert friend_keys(settings) == {"bob": bob_fpr(befriended)}
+
+
+def test_replacing_a_key_clears_verified_and_restarts_the_conversation(
+    run: Callable[[str], str], settings: Settings, befriended: Person
+) -> None:
+    store = open_friend_store(settings)
+    store.update("bob", verified=True, hw_seq=7, read_seq=5, lane_page=3)
+    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + "2\r" + "n\r" + "3\r" + CTRL_D))
+    assert "Replaced the key of bob. bob is not verified." in output
+    bob_now = open_friend_store(settings).get_friend("bob")
+    assert bob_now.fingerprint == crypto.fingerprint_bytes(rsa_key(2)).hex()
+    assert not bob_now.verified
+    assert (bob_now.hw_seq, bob_now.read_seq, bob_now.lane_page) == (0, 0, 1)
+
+
+def test_the_same_card_again_changes_nothing(run: Callable[[str], str], settings: Settings, befriended: Person) -> None:
+    output = run(login("2\r" + "bob\r" + "2\r" + befriended.card + "\r" + "3\r" + CTRL_D))
+    assert "This card has the key you already have for bob: nothing changed." in output
+    assert "WARNING" not in output
+    assert friend_keys(settings) == {"bob": bob_fpr(befriended)}
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [("1", {"bob"}), ("2", {"bob"}), ("3", {"bob", "bobby"})],
+)
+def test_a_card_with_a_friends_name_and_another_key_is_a_loud_warning(
+    run: Callable[[str], str], settings: Settings, befriended: Person, choice: str, expected: set[str]
+) -> None:
+    output = run(login("2\r" + "bobby\r" + new_bob_card() + "\r" + choice + "\r" + "n\r" + CTRL_D))
+    assert "!! WARNING: your friend bob goes by the name 'bob' too, with ANOTHER key." in output
+    assert "  3. Add bobby as a new friend (someone else with the same name)" in output
+    keys = friend_keys(settings)
+    assert set(keys) == expected
+    new_fpr = crypto.fingerprint_bytes(rsa_key(2)).hex()
+    if choice == "1":
+        assert keys["bob"] == bob_fpr(befriended)
+    elif choice == "2":
+        assert keys["bob"] == new_fpr
+    else:
+        assert keys == {"bob": bob_fpr(befriended), "bobby": new_fpr}
 
 
 # --- second menu -------------------------------------------------------------------------------------
