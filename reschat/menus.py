@@ -443,7 +443,7 @@ class Menus:
         if self.confirm(f"Add {neutralize(nickname)} with this key? [y/n]: "):
             friend = self.chat.friends.add_friend(nickname, contact.public_key, contact.name)
             self.say(f"Added {neutralize(friend.nickname)}.")
-            self._offer_verify(friend)
+            self._verify_hint(friend)
         else:
             self.say("Not added.")
 
@@ -491,41 +491,35 @@ class Menus:
             "Compare it with them by voice (on the phone or face to face) before you trust this key.",
         )
 
-    def _offer_verify(self, friend: Friend) -> None:
+    def _verify_hint(self, friend: Friend) -> None:
         shown = neutralize(friend.nickname)
-        if self.confirm(f"Have you compared the safety number with {shown}, and is it the same? [y/n]: "):
-            self.chat.friends.update(friend.nickname, verified=True)
-            self.say(f"{shown} is verified.")
-        else:
-            self.say(f"{shown} is not verified yet: compare the number later (main menu 2, nickname {shown},"
-                     f" or 'reschat verify {shown}').")
+        self.say(f"{shown} is not verified yet: once you have compared the safety number with them, mark them"
+                 f" verified (main menu 2, nickname {shown}, or 'reschat verify {shown} --mark').")
 
     def friend_info(self, friend: Friend) -> None:
         """A friend's name, fingerprint, safety number and verification; mark verified or check a new card."""
-        while True:
-            friend = self.chat.friends.get_friend(friend.nickname)
-            shown = neutralize(friend.nickname)
-            name = f" (name on their card: {neutralize(friend.name)})" if friend.name else ""
-            self.say("", f"{shown} is already your friend{name}.", f"Fingerprint: {crypto.fingerprint(friend.key)}")
-            self._show_safety_number(friend.nickname, friend.key)
-            self.say(f"{shown} is {safety.verification_label(friend)}.")
-            mark = (f"Mark {shown} not verified" if friend.verified
-                    else f"Mark {shown} verified (you compared the safety number: it is the same)")
-            number = self._choose(f"Friend {shown}", [mark, f"Paste a new card from {shown}", "Previous menu"])
-            if number is None or number == 3:
-                return
-            if number == 1:
-                friend = self.chat.friends.update(friend.nickname, verified=not friend.verified)
-                self.say(f"{shown} is now {safety.verification_label(friend)}.")
-                continue
-            self.say(f"Paste {shown}'s card, then press Enter (an empty line cancels).")
-            contact = self._ask_card(friend.nickname, existing=friend)
-            if contact is None:
-                continue
-            if crypto.fingerprint_bytes(contact.public_key).hex() == friend.fingerprint:
-                self.say(f"This card has the key you already have for {shown}: nothing changed.")
-                continue
-            self._key_change(friend, contact)
+        shown = neutralize(friend.nickname)
+        name = f" (name on their card: {neutralize(friend.name)})" if friend.name else ""
+        self.say("", f"{shown} is already your friend{name}.", f"Fingerprint: {crypto.fingerprint(friend.key)}")
+        self._show_safety_number(friend.nickname, friend.key)
+        self.say(f"{shown} is {safety.verification_label(friend)}.")
+        mark = (f"Mark {shown} not verified" if friend.verified
+                else f"Mark {shown} verified (you compared the safety number: it is the same)")
+        number = self._choose(f"Friend {shown}", [mark, f"Paste a new card from {shown}", "Previous menu"])
+        if number is None or number == 3:
+            return
+        if number == 1:
+            friend = self.chat.friends.update(friend.nickname, verified=not friend.verified)
+            self.say(f"{shown} is now {safety.verification_label(friend)}.")
+            return
+        self.say(f"Paste {shown}'s card, then press Enter (an empty line cancels).")
+        contact = self._ask_card(friend.nickname, existing=friend)
+        if contact is None:
+            return
+        if crypto.fingerprint_bytes(contact.public_key).hex() == friend.fingerprint:
+            self.say(f"This card has the key you already have for {shown}: nothing changed.")
+            return
+        self._key_change(friend, contact)
 
     def _key_change(self, friend: Friend, contact: crypto.Contact, *, new_nickname: str | None = None) -> None:
         """A card with another key for ``friend`` (or, with ``new_nickname``, for someone who uses their
@@ -553,12 +547,12 @@ class Menus:
         elif number == 2:
             replaced = self.chat.friends.replace_key(friend.nickname, contact.public_key, contact.name)
             self.say(f"Replaced the key of {shown}. {shown} is not verified.")
-            self._offer_verify(replaced)
+            self._verify_hint(replaced)
         else:
             assert new_nickname is not None
             added = self.chat.friends.add_friend(new_nickname, contact.public_key, contact.name)
             self.say(f"Added {neutralize(added.nickname)}.")
-            self._offer_verify(added)
+            self._verify_hint(added)
 
     def chat_header(self, nickname: str) -> list[str]:
         """The first lines of a chat: who, verified or not, and while not verified, the safety number."""

@@ -143,6 +143,8 @@ def test_bad_input_never_shows_a_traceback(tmp_path: Path) -> None:
         choose(carol, "Nickname", "dave")
         choose(carol, "Key", "-----BEGIN PUBLIC KEY-----\rnot base64 at all\r-----END PUBLIC KEY-----")
         carol.expect("error: not a valid RSA public key in PEM format")
+        choose(carol, "Key", "")  # the card is asked again for the same nickname; an empty line cancels
+        carol.expect("Nothing pasted; no friend added.")
         choose(carol, "Choose", "1")
         carol.expect("You have no friends yet")
         choose(carol, "Choose", "x")

@@ -282,7 +282,7 @@ def test_first_run_through_a_resilientdb_gateway_from_zero_to_the_first_message(
     dana_key = crypto.load_public_key(settings.home)
     bob.friends.add_friend("dana", dana_key)
     bob.chat.send_message("hello over the gateway", "dana")
-    term.type("2\r" + "bob\r" + bob.card + "\r" + "y\r" + "n\r" + "1\r")
+    term.type("2\r" + "bob\r" + bob.card + "\r" + "y\r" + "1\r")
     term.wait_for("1. bob (1 unread)")
     term.type("1\r")
     term.wait_for("bob: hello over the gateway")
@@ -398,7 +398,7 @@ def safety_block(own: crypto.Identity, key: RSA.RsaKey) -> str:
 def test_add_friend_by_pasting_a_card(
     run: Callable[[str], str], settings: Settings, bob: Person, alice_identity: crypto.Identity
 ) -> None:
-    output = run(login("2\rbobby\r" + bob.card + "\r" + "y\r" + "n\r" + CTRL_D))
+    output = run(login("2\rbobby\r" + bob.card + "\r" + "y\r" + CTRL_D))
     assert "Name on the card: bob" in output
     assert f"Fingerprint: {crypto.fingerprint(bob.identity.public_key)}" in output
     # The safety number, and why it, not the card's checksum, is the check that counts.
@@ -406,22 +406,16 @@ def test_add_friend_by_pasting_a_card(
     assert "Safety number with bobby (the same digits appear on their screen):\n" in output
     assert safety_block(alice_identity, bob.identity.public_key) in output
     assert "Added bobby." in output
-    assert "bobby is not verified yet: compare the number later" in output
+    assert "bobby is not verified yet: once you have compared the safety number with them, mark them verified" in output
     assert friend_keys(settings) == {"bobby": bob_fpr(bob)}
     assert not open_friend_store(settings).get_friend("bobby").verified
-
-
-def test_adding_a_friend_can_mark_them_verified(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
-    output = run(login("2\rbob\r" + bob.card + "\r" + "y\r" + "y\r" + CTRL_D))
-    assert "bob is verified." in output
-    assert open_friend_store(settings).get_friend("bob").verified
 
 
 def test_add_friend_by_typing_a_pem_line_by_line(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
     # A terminal without bracketed paste sends a pasted PEM as lines, each ended by Enter.
     pem = crypto.public_key_to_string(bob.identity.public_key)
     assert pem.count("\n") > 5
-    output = run(login("2\rbob\r" + pem.replace("\n", "\r") + "\r" + "y\r" + "n\r" + "3\r" + CTRL_D))
+    output = run(login("2\rbob\r" + pem.replace("\n", "\r") + "\r" + "y\r" + "3\r" + CTRL_D))
     assert f"Fingerprint: {crypto.fingerprint(bob.identity.public_key)}" in output
     assert "Added bob." in output
     assert friend_keys(settings) == {"bob": bob_fpr(bob)}
@@ -470,7 +464,7 @@ def test_a_card_error_keeps_the_nickname_and_asks_for_the_card_again(
     }
     # The nickname is typed once; after the error only the card is pasted again.
     keys = "2\r" + "carol\r" + PASTE_START + cards[key] + PASTE_END + "\r" + PASTE_START + carol_card() + PASTE_END
-    output = run(login(keys + "\r" + "y\r" + "n\r" + CTRL_D))
+    output = run(login(keys + "\r" + "y\r" + CTRL_D))
     assert error in output
     after_error = output.split(error, 1)[1]
     assert after_error.startswith("\nPaste the card for carol again, or press Enter to cancel.\n")
@@ -496,7 +490,7 @@ def test_a_card_error_then_enter_cancels(run: Callable[[str], str], settings: Se
 def test_a_bad_nickname_is_asked_again(
     run: Callable[[str], str], settings: Settings, nickname: str, error: str
 ) -> None:
-    output = run(login("2\r" + nickname + "\r" + "carol\r" + carol_card() + "\r" + "y\r" + "n\r" + CTRL_D))
+    output = run(login("2\r" + nickname + "\r" + "carol\r" + carol_card() + "\r" + "y\r" + CTRL_D))
     assert error in output
     assert "Added carol." in output.split(error, 1)[1]
     assert list(friend_keys(settings)) == ["carol"]
@@ -518,7 +512,7 @@ def test_a_card_cut_short_says_so_and_takes_the_rest(
     assert menus.INCOMPLETE_CARD == "incomplete: paste the rest, or press Enter to cancel"
     term.type(bob.card[60:] + "\r")
     term.wait_for("Name on the card: bob")
-    term.type("y\r" + "n\r" + CTRL_D)
+    term.type("y\r" + CTRL_D)
     output = term.finish()
     assert "Added bob." in output
     assert friend_keys(settings) == {"bob": bob_fpr(bob)}
@@ -567,7 +561,7 @@ def test_when_enter_ends_a_pasted_key(text: str, complete: bool) -> None:
 def test_a_friends_nickname_shows_the_safety_number_and_marks_them_verified(
     run: Callable[[str], str], settings: Settings, befriended: Person, alice_identity: crypto.Identity
 ) -> None:
-    output = run(login("2\r" + "BOB\r" + "1\r" + "3\r" + "1\r" + CTRL_D))
+    output = run(login("2\r" + "BOB\r" + "1\r" + "1\r" + CTRL_D))
     assert "bob is already your friend (name on their card: bob)." in output
     assert safety_block(alice_identity, befriended.identity.public_key) in output
     assert "bob is not verified.\n" in output
@@ -580,7 +574,7 @@ def test_a_friends_nickname_shows_the_safety_number_and_marks_them_verified(
 
 def test_a_verified_friend_can_be_unmarked(run: Callable[[str], str], settings: Settings, befriended: Person) -> None:
     open_friend_store(settings).update("bob", verified=True)
-    output = run(login("2\r" + "bob\r" + "1\r" + "3\r" + CTRL_D))
+    output = run(login("2\r" + "bob\r" + "1\r" + CTRL_D))
     assert "bob is verified.\n" in output and "  1. Mark bob not verified" in output
     assert "bob is now not verified." in output
     assert not open_friend_store(settings).get_friend("bob").verified
@@ -606,7 +600,7 @@ def test_a_new_key_for_a_friend_is_a_loud_warning_and_kept_by_default(
     run: Callable[[str], str], settings: Settings, befriended: Person, alice_identity: crypto.Identity
 ) -> None:
     open_friend_store(settings).update("bob", verified=True)
-    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + "1\r" + "3\r" + CTRL_D))
+    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + "1\r" + CTRL_D))
     assert "!! WARNING: this card's key is NOT the key you have for bob." in output
     assert f"!!   old key (the one you have): {crypto.fingerprint(befriended.identity.public_key)}" in output
     assert f"!!   new key (on this card):     {crypto.fingerprint(rsa_key(2))}" in output
@@ -620,7 +614,7 @@ def test_a_new_key_for_a_friend_is_a_loud_warning_and_kept_by_default(
 def test_ctrl_c_at_a_key_change_keeps_the_old_key(
     run: Callable[[str], str], settings: Settings, befriended: Person
 ) -> None:
-    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + CTRL_C + "3\r" + CTRL_D))
+    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + CTRL_C + CTRL_D))
     assert "Kept the old key of bob; nothing changed." in output
     assert friend_keys(settings) == {"bob": bob_fpr(befriended)}
 
@@ -630,7 +624,7 @@ def test_replacing_a_key_clears_verified_and_restarts_the_conversation(
 ) -> None:
     store = open_friend_store(settings)
     store.update("bob", verified=True, hw_seq=7, read_seq=5, lane_page=3)
-    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + "2\r" + "n\r" + "3\r" + CTRL_D))
+    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + "2\r" + CTRL_D))
     assert "Replaced the key of bob. bob is not verified." in output
     bob_now = open_friend_store(settings).get_friend("bob")
     assert bob_now.fingerprint == crypto.fingerprint_bytes(rsa_key(2)).hex()
@@ -639,7 +633,7 @@ def test_replacing_a_key_clears_verified_and_restarts_the_conversation(
 
 
 def test_the_same_card_again_changes_nothing(run: Callable[[str], str], settings: Settings, befriended: Person) -> None:
-    output = run(login("2\r" + "bob\r" + "2\r" + befriended.card + "\r" + "3\r" + CTRL_D))
+    output = run(login("2\r" + "bob\r" + "2\r" + befriended.card + "\r" + CTRL_D))
     assert "This card has the key you already have for bob: nothing changed." in output
     assert "WARNING" not in output
     assert friend_keys(settings) == {"bob": bob_fpr(befriended)}
@@ -652,7 +646,7 @@ def test_the_same_card_again_changes_nothing(run: Callable[[str], str], settings
 def test_a_card_with_a_friends_name_and_another_key_is_a_loud_warning(
     run: Callable[[str], str], settings: Settings, befriended: Person, choice: str, expected: set[str]
 ) -> None:
-    output = run(login("2\r" + "bobby\r" + new_bob_card() + "\r" + choice + "\r" + "n\r" + CTRL_D))
+    output = run(login("2\r" + "bobby\r" + new_bob_card() + "\r" + choice + "\r" + CTRL_D))
     assert "!! WARNING: your friend bob goes by the name 'bob' too, with ANOTHER key." in output
     assert "  3. Add bobby as a new friend (someone else with the same name)" in output
     keys = friend_keys(settings)
