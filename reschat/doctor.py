@@ -191,7 +191,11 @@ class _Doctor:
             where = " or ".join(self.proxies) or "127.0.0.1:10005"
             return f"{_PROXY_HINT}: nothing accepted the write at {where} ({exc})"
         if backend == "resilientdb-http" and isinstance(exc, LedgerUnavailableError):
-            return f"start the ResilientDB HTTP gateway or fix ledger.http.url ({exc})"
+            if "(HTTP 500" in str(exc):  # the gateway runs; what is behind it does not
+                return (
+                    f"the gateway runs but cannot reach the cluster: start ResilientDB's KV service behind it ({exc})"
+                )
+            return f"start the ResilientDB HTTP gateway or fix its URL ('reschat ledger http URL') ({exc})"
         return str(exc)
 
     def round_trip(self, ledger: Ledger) -> None:
