@@ -321,6 +321,9 @@ def http_ledger(url: str) -> dict[str, Any]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{url!r} is not an http(s) URL: give the gateway's address, e.g. http://192.0.2.7:18000")
+    if parts.username is not None or parts.password is not None:
+        # The gateway has no accounts, and a password must never sit on a command line or in a file.
+        raise ConfigError("the gateway URL must not carry a user name or password: give only http://HOST:PORT")
     return {"ledger": {"backend": "resilientdb-http", "http": {"url": url}}}
 
 

@@ -468,7 +468,7 @@ class Menus:
                 self.say("Nothing pasted; no friend added." if existing is None else "Nothing pasted; nothing changed.")
                 return None
             if card_incomplete(text):
-                self.say("Cancelled: the card was incomplete; nothing changed.")
+                self.say("Cancelled: the card was cut short; nothing changed. Copy the whole line and try again.")
                 return None
             try:
                 contact = crypto.parse_contact(text)

@@ -155,6 +155,13 @@ def test_a_gateway_url_must_be_http(url: str) -> None:
         http_ledger(url)
 
 
+@pytest.mark.parametrize("url", ["http://me:secret@192.0.2.7:18000", "https://me@192.0.2.7"])
+def test_a_gateway_url_carries_no_password(url: str) -> None:
+    with pytest.raises(ConfigError, match="must not carry a user name or password") as caught:
+        http_ledger(url)
+    assert "secret" not in str(caught.value)
+
+
 def test_ledger_paths_are_stored_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert local_ledger("chat.sqlite") == {"ledger": {"backend": "local", "path": str(tmp_path / "chat.sqlite")}}

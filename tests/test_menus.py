@@ -521,7 +521,7 @@ def test_a_card_cut_short_says_so_and_takes_the_rest(
 def test_a_card_cut_short_then_enter_cancels(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
     output = run(login("2\r" + "bob\r" + bob.card[:60] + "\r" + "\r" + "3\r" + CTRL_D))
     assert menus.INCOMPLETE_CARD in output
-    assert "Cancelled: the card was incomplete; nothing changed." in output
+    assert "Cancelled: the card was cut short; nothing changed. Copy the whole line and try again." in output
     assert crypto.CARD_PREFIX in output.split("Cancelled", 1)[1]  # back at the main menu
     assert friend_keys(settings) == {}
 
