@@ -352,7 +352,7 @@ class Menus:
             f"Your fingerprint: {self.identity.fingerprint}",
         )
 
-    # -- where messages travel (the first run, and `reschat ledger` outside the menus) ----------------
+    # -- where messages travel (asked on the first run; `reschat ledger` changes it later) -------------
 
     def choose_ledger(self) -> None:
         """Ask where messages travel, check a ResilientDB choice as the doctor does, save it in config.toml."""
