@@ -18,24 +18,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from Crypto.PublicKey import RSA
 from prompt_toolkit import prompt
+from prompt_toolkit.application import run_in_terminal
 from prompt_toolkit.completion import Completer, PathCompleter, WordCompleter
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from reschat import crypto
+from reschat import crypto, safety
 from reschat.app import ProfilePaths, open_chat
 from reschat.chat import ChatMessage, ChatService, ConversationView
-from reschat.config import Settings
-from reschat.errors import (
-    DuplicateFriendError,
-    ReschatError,
-    UnknownFriendError,
-    WeakPasswordError,
-    WrongPasswordError,
+from reschat.config import (
+    Settings,
+    config_target,
+    describe_ledger,
+    http_ledger,
+    load_file,
+    local_ledger,
+    preview_config,
+    tool_ledger,
+    update_config,
 )
+from reschat.doctor import format_report, run_doctor
+from reschat.errors import ReschatError, UnknownFriendError, WeakPasswordError, WrongPasswordError
 from reschat.files import FILE_TYPE, message_label
-from reschat.friends import validate_nickname
+from reschat.friends import Friend, validate_nickname
 from reschat.ledger import Ledger
 from reschat.passwords import check_new_password
 from reschat.render import DELIVERED_MARK, format_conversation, format_message, local_time, neutralize
@@ -43,7 +50,13 @@ from reschat.render import DELIVERED_MARK, format_conversation, format_message, 
 log = logging.getLogger(__name__)
 
 LOGIN_ATTEMPTS = 3
-MAIN_MENU = ("Start chatting", "Add friend", "Show my contact card", "Quit")
+MAIN_MENU = ("Start chatting", "Add or verify a friend", "Show my contact card", "Quit")
+LEDGER_MENU = (
+    "This machine only (the default): friends who use this computer",
+    "A ResilientDB HTTP gateway: a URL such as http://192.0.2.7:18000",
+    "A ResilientDB cluster through kv_service_tools: the tool and its client config",
+)
+INCOMPLETE_CARD = "incomplete: paste the rest, or press Enter to cancel"
 CHAT_MENU = ("Send message", "Update", "Load older messages", "Send file", "Save a file", "Previous menu")
 #: The chat's background poll checks the other friends' unread counts on every this-many-th tick:
 #: one more round of reads, which the open conversation does not need every time.
@@ -105,17 +118,35 @@ def key_input_complete(text: str) -> bool:
     if "-----BEGIN" in stripped:
         return "-----END" in stripped
     compact = re.sub(r"\s+", "", stripped)
-    if compact.startswith(crypto.CARD_PREFIX):  # reschat-card:2:<body>:<checksum>
-        parts = compact[len(crypto.CARD_PREFIX) :].split(":")
-        return len(parts) >= 2 and len(parts[1]) >= _CHECKSUM_CHARS
     if compact.startswith(crypto.OLD_CARD_PREFIX):  # reschat-card:1:<name>:<key>:<checksum>
         parts = compact[len(crypto.OLD_CARD_PREFIX) :].split(":")
         return len(parts) >= 3 and len(parts[2]) >= _CHECKSUM_CHARS
-    return True
+    return not card_incomplete(compact)
 
 
-def ask_key() -> str:
-    """A pasted contact card (possibly broken over lines by the terminal)."""
+def card_incomplete(text: str) -> bool:
+    """Whether ``text`` is the start of a contact card that was cut short (its checksum is missing).
+
+    The start of the prefix counts (``resch``), and so does a card (``reschat-card:2:<body>``) whose
+    checksum of 8 hex digits is missing or short. An old card is not "cut": it is refused whole.
+    """
+    compact = re.sub(r"\s+", "", text)
+    if not compact or compact.startswith(crypto.OLD_CARD_PREFIX):
+        return False
+    if crypto.CARD_PREFIX.startswith(compact):
+        return True
+    if not compact.startswith(crypto.CARD_PREFIX):
+        return False
+    parts = compact[len(crypto.CARD_PREFIX) :].split(":")
+    return not (len(parts) >= 2 and len(parts[1]) >= _CHECKSUM_CHARS)
+
+
+def ask_key(on_incomplete: Callable[[], None] | None = None) -> str:
+    """A pasted contact card (possibly broken over lines by the terminal).
+
+    Enter on a card that is cut short starts a new line for the rest and calls ``on_incomplete``
+    (the menus say so); Enter on an empty line always ends the input.
+    """
     bindings = KeyBindings()
 
     @bindings.add("enter")
@@ -123,8 +154,10 @@ def ask_key() -> str:
         buffer = event.current_buffer
         if key_input_complete(buffer.text):
             buffer.validate_and_handle()
-        else:
-            buffer.newline(copy_margin=False)
+            return
+        buffer.newline(copy_margin=False)
+        if on_incomplete is not None and card_incomplete(buffer.text):
+            run_in_terminal(on_incomplete)
 
     try:
         return prompt("Card: ", multiline=True, key_bindings=bindings, prompt_continuation="")
@@ -203,9 +236,13 @@ class Menus:
         ledger: Ledger | None = None,
         stdout: TextIO | None = None,
         scrypt_n: int = crypto.SCRYPT_N,
+        first_run_ledger: bool = True,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
+        #: Ask where messages travel when a first run creates the identity, unless a config file (or the
+        #: caller, for --ledger) has already chosen.
+        self.first_run_ledger = first_run_ledger and settings.config_file is None
         self._stdout = stdout
         self.scrypt_n = scrypt_n
         self._print_lock = threading.Lock()
@@ -266,6 +303,7 @@ class Menus:
         try:
             self.identity = self.start()
             self._chat = open_chat(self.settings, self.identity, ledger=self.ledger)
+            self.say("", *self.locations())
             self.main_menu()
         except QuitRequested:
             pass
@@ -274,12 +312,25 @@ class Menus:
 
     def start(self) -> crypto.Identity:
         """Register when the profile has no identity, else log in; then show the fingerprint."""
-        identity = self.login() if crypto.identity_exists(self.settings.home) else self.register()
+        first_run = not crypto.identity_exists(self.settings.home)
+        identity = self.register() if first_run else self.login()
         self.say(f"Logged in as {neutralize(identity.name)}.", f"Your fingerprint: {identity.fingerprint}")
+        if first_run and self.first_run_ledger:
+            self.choose_ledger()
         return identity
 
+    def locations(self) -> list[str]:
+        """Where this session keeps its profile and sends its messages (the main menu's first lines)."""
+        return [
+            f"Profile: {neutralize(str(self.settings.home))}",
+            f"Ledger:  {neutralize(describe_ledger(self.settings))}",
+        ]
+
     def register(self) -> crypto.Identity:
-        self.say("Welcome to ResChat. This profile has no identity yet: let us create one.")
+        self.say(
+            "Welcome to ResChat. This profile has no identity yet: let us create one.",
+            f"(Profile directory: {neutralize(str(self.settings.home))})",
+        )
         while True:
             try:
                 name = crypto.validate_name(ask("Username: "))
@@ -325,35 +376,226 @@ class Menus:
             f"Your fingerprint: {self.identity.fingerprint}",
         )
 
-    def add_friend(self) -> None:
-        friends = self.chat.friends
-        nickname = validate_nickname(ask("Nickname: "))
-        with contextlib.suppress(UnknownFriendError):
-            friends.get_friend(nickname)
-            raise DuplicateFriendError(f"the nickname {nickname!r} is already in use")
-        self.say("Paste your friend's contact card (reschat-card:2:...), then press Enter (an empty line cancels).")
-        text = ask_key()
-        if not text.strip():
-            self.say("Nothing pasted; no friend added.")
+    # -- where messages travel (asked on the first run; `reschat ledger` changes it later) -------------
+
+    def choose_ledger(self) -> None:
+        """Ask where messages travel, check a ResilientDB choice as the doctor does, save it in config.toml."""
+        target = config_target(self.settings)
+        self.say("", "Where should your messages travel? (Change it later with 'reschat ledger'.)")
+        while True:
+            self._menu("Ledger", LEDGER_MENU)
+            try:
+                choice = ask("Choose [1]: ").strip() or "1"
+            except KeyboardInterrupt:
+                choice = "1"
+            number = _pick(choice, len(LEDGER_MENU))
+            if number is None:
+                self.error(f"no such choice {choice!r}: enter a number from 1 to {len(LEDGER_MENU)}")
+                continue
+            try:
+                changes = self._ledger_changes(number)
+                if changes is None:
+                    continue
+                chosen = preview_config(self.settings, changes)
+                if number != 1 and not self._ledger_works(chosen):
+                    continue
+                update_config(target, changes)
+                self.settings = load_file(target, self.settings)
+            except KeyboardInterrupt:
+                self.say("(cancelled)")
+                continue
+            except ReschatError as exc:
+                self.error(exc)
+                continue
+            self.say(f"Messages travel through: {neutralize(describe_ledger(self.settings))}", f"Saved in {target}")
             return
-        contact = crypto.parse_contact(text)
-        fpr = crypto.fingerprint_bytes(contact.public_key).hex()
-        if fpr == crypto.fingerprint_bytes(self.chat.identity.public_key).hex():
-            raise DuplicateFriendError("that is your own key: add your friend's key instead")
-        for friend in friends.all_friends():
-            if friend.fingerprint == fpr:
-                raise DuplicateFriendError(f"that key is already your friend {friend.nickname!r}")
+
+    def _ledger_changes(self, number: int) -> dict[str, object] | None:
+        """The settings for menu item ``number``; None when the user left a question empty."""
+        if number == 1:
+            return local_ledger()
+        if number == 2:
+            url = ask("Gateway URL (for example http://192.0.2.7:18000): ").strip()
+            return http_ledger(url) if url else None
+        tool = ask("kv_service_tools (a path, or Enter for the one on PATH): ",
+                   completer=PathCompleter(expanduser=True)).strip()
+        config = ask("Client config (the file that names the proxy, node 5): ",
+                     completer=PathCompleter(expanduser=True)).strip()
+        return tool_ledger(tool, config) if config else None
+
+    def _ledger_works(self, chosen: Settings) -> bool:
+        """Check ``chosen`` as the doctor does; when it fails, show why and let the user keep it anyway."""
+        self.say(f"Checking {neutralize(describe_ledger(chosen))} (a write and a read back)...")
+        report = run_doctor(chosen, check_profile=False)
+        if report.ok:
+            self.say("It works.")
+            return True
+        self.say(*(neutralize(line) for line in format_report(report).splitlines()))
+        return self.confirm("Use it anyway (for example because the cluster is not running yet)? [y/n]: ")
+
+    # -- adding and verifying friends ----------------------------------------------------------------
+
+    def add_friend(self) -> None:
+        """Add a friend by nickname and card; a nickname you already use shows that friend instead."""
+        nickname = self._ask_nickname()
+        if nickname is None:
+            return
+        try:
+            existing = self.chat.friends.get_friend(nickname)
+        except UnknownFriendError:
+            pass
+        else:
+            self.friend_info(existing)
+            return
+        self.say(
+            "Paste your friend's contact card (reschat-card:2:...), then press Enter (an empty line cancels).",
+            safety.CHECKSUM_NOTE,
+        )
+        contact = self._ask_card(nickname)
+        if contact is None:
+            return
+        check = safety.check_card(self.chat.friends, self.chat.identity.public_key, nickname,
+                                  contact.public_key, contact.name)
+        if check.kind == "name-clash":
+            assert check.friend is not None
+            self._key_change(check.friend, contact, new_nickname=nickname)
+            return
         if contact.name:
             self.say(f"Name on the card: {neutralize(contact.name)}")
-        self.say(
-            f"Fingerprint: {crypto.fingerprint(contact.public_key)}",
-            "Compare it with the one your friend sees (for example on the phone) before you confirm.",
-        )
-        if self.confirm(f"Add {nickname} with this key? [y/n]: "):
-            friends.add_friend(nickname, contact)
-            self.say(f"Added {neutralize(nickname)}.")
+        self.say(f"Fingerprint: {crypto.fingerprint(contact.public_key)}")
+        self._show_safety_number(nickname, contact.public_key)
+        if self.confirm(f"Add {neutralize(nickname)} with this key? [y/n]: "):
+            friend = self.chat.friends.add_friend(nickname, contact)
+            self.say(f"Added {neutralize(friend.nickname)}.")
+            self._verify_hint(friend)
         else:
             self.say("Not added.")
+
+    def _ask_nickname(self) -> str | None:
+        """A valid nickname; asked again after an error, None (nothing added) when left empty."""
+        while True:
+            typed = ask("Nickname (a new friend's, or a friend's to see the safety number): ")
+            if not typed.strip():
+                self.say("No nickname: no friend added.")
+                return None
+            try:
+                return validate_nickname(typed)
+            except ReschatError as exc:
+                self.error(exc)
+
+    def _ask_card(self, nickname: str, existing: Friend | None = None) -> crypto.Contact | None:
+        """A pasted card that is neither your own key nor another friend's; asked again after an error
+        (the nickname stays), None when the user cancels."""
+        while True:
+            text = ask_key(on_incomplete=lambda: self.say(INCOMPLETE_CARD))
+            if not text.strip():
+                self.say("Nothing pasted; no friend added." if existing is None else "Nothing pasted; nothing changed.")
+                return None
+            if card_incomplete(text):
+                self.say("Cancelled: the card was cut short; nothing changed. Copy the whole line and try again.")
+                return None
+            try:
+                contact = crypto.parse_contact(text)
+                check = safety.check_card(self.chat.friends, self.chat.identity.public_key, nickname,
+                                          contact.public_key, contact.name)
+                if check.kind == "own":
+                    raise ReschatError("that is your own key: add your friend's key instead")
+                if check.kind == "known-key" and check.friend is not None:
+                    raise ReschatError(f"that key is already your friend {check.friend.nickname!r}")
+                return contact
+            except ReschatError as exc:
+                self.error(exc)
+                self.say(f"Paste the card for {neutralize(nickname)} again, or press Enter to cancel.")
+
+    def _show_safety_number(self, nickname: str, key: RSA.RsaKey) -> None:
+        digits = safety.safety_number(self.chat.identity.public_key, key)
+        self.say(
+            f"Safety number with {neutralize(nickname)} (the same digits appear on their screen):",
+            *(f"    {line}" for line in safety.safety_lines(digits)),
+            "Compare it with them by voice (on the phone or face to face) before you trust this key.",
+        )
+
+    def _verify_hint(self, friend: Friend) -> None:
+        shown = neutralize(friend.nickname)
+        self.say(f"{shown} is not verified yet: once you have compared the safety number with them, mark them"
+                 f" verified (main menu 2, nickname {shown}, or 'reschat verify {shown} --mark').")
+
+    def friend_info(self, friend: Friend) -> None:
+        """A friend's name, fingerprint, safety number and verification; mark verified or check a new card."""
+        shown = neutralize(friend.nickname)
+        name = f" (name on their card: {neutralize(friend.name)})" if friend.name else ""
+        self.say("", f"{shown} is already your friend{name}.", f"Fingerprint: {crypto.fingerprint(friend.key)}")
+        self._show_safety_number(friend.nickname, friend.key)
+        self.say(f"{shown} is {safety.verification_label(friend)}.")
+        mark = (f"Mark {shown} not verified" if friend.verified
+                else f"Mark {shown} verified (you compared the safety number: it is the same)")
+        number = self._choose(f"Friend {shown}", [mark, f"Paste a new card from {shown}", "Previous menu"])
+        if number is None or number == 3:
+            return
+        if number == 1:
+            friend = self.chat.friends.update(friend.nickname, verified=not friend.verified)
+            self.say(f"{shown} is now {safety.verification_label(friend)}.")
+            return
+        self.say(f"Paste {shown}'s card, then press Enter (an empty line cancels).")
+        contact = self._ask_card(friend.nickname, existing=friend)
+        if contact is None:
+            return
+        if crypto.fingerprint_bytes(contact.public_key).hex() == friend.fingerprint:
+            if safety.renews(friend, contact):
+                self.chat.friends.replace_key(friend.nickname, contact)
+                self.chat.friends.update(friend.nickname, verified=friend.verified)  # the same identity key
+                self.say(f"This card has the key you already have for {shown}, with new static keys"
+                         " (signed by that key): the card is updated.")
+                return
+            self.say(f"This card has the key you already have for {shown}: nothing changed.")
+            return
+        self._key_change(friend, contact)
+
+    def _key_change(self, friend: Friend, contact: crypto.Contact, *, new_nickname: str | None = None) -> None:
+        """A card with another key for ``friend`` (or, with ``new_nickname``, for someone who uses their
+        name): a loud warning, the new safety number, and a choice; nothing changes by default."""
+        shown = neutralize(friend.nickname)
+        if new_nickname is None:
+            self.say("", f"!! WARNING: this card's key is NOT the key you have for {shown}.",
+                     f"!! {shown} may have a new key (a new computer, a reinstall), or someone may be"
+                     f" pretending to be {shown}.")
+        else:
+            self.say("", f"!! WARNING: your friend {shown} goes by the name"
+                         f" {neutralize(contact.name or '')!r} too, with ANOTHER key.",
+                     f"!! Either this is {shown}'s new key, or someone else uses the same name,"
+                     f" or someone is pretending to be {shown}.")
+        self.say(f"!!   old key (the one you have): {crypto.fingerprint(friend.key)}",
+                 f"!!   new key (on this card):     {crypto.fingerprint(contact.public_key)}")
+        self._show_safety_number(friend.nickname, contact.public_key)
+        items = ["Keep the old key (change nothing)",
+                 f"Replace {shown}'s key with this one ({shown} is then no longer verified)"]
+        if new_nickname is not None:
+            items.append(f"Add {neutralize(new_nickname)} as a new friend (someone else with the same name)")
+        number = self._choose("What should happen?", items)
+        if number is None or number == 1:
+            self.say(f"Kept the old key of {shown}; nothing changed.")
+        elif number == 2:
+            replaced = self.chat.friends.replace_key(friend.nickname, contact)
+            self.say(f"Replaced the key of {shown}. {shown} is not verified.")
+            self._verify_hint(replaced)
+        else:
+            assert new_nickname is not None
+            added = self.chat.friends.add_friend(new_nickname, contact)
+            self.say(f"Added {neutralize(added.nickname)}.")
+            self._verify_hint(added)
+
+    def chat_header(self, nickname: str) -> list[str]:
+        """The first lines of a chat: who, verified or not, and while not verified, the safety number."""
+        friend = self.chat.friends.get_friend(nickname)
+        shown = neutralize(friend.nickname)
+        if friend.verified:
+            return [f"Chatting with {shown} (verified)"]
+        digits = safety.safety_number(self.chat.identity.public_key, friend.key)
+        return [
+            f"Chatting with {shown} (not verified)",
+            f"Safety number: {safety.grouped(digits)}",
+            f"Compare it with {shown} by voice, then mark them verified (main menu 2, nickname {shown}).",
+        ]
 
     def confirm(self, question: str) -> bool:
         while True:
@@ -380,8 +622,11 @@ class Menus:
                 self.error(f"cannot count unread messages: {exc}")
                 counted = None
             counts = counted or {}
+            verified = {friend.nickname for friend in self.chat.friends.all_friends() if friend.verified}
             items = [
-                neutralize(nick) + (f" ({counts[nick]} unread)" if counts.get(nick) else "") for nick in nicknames
+                neutralize(nick) + (" [verified]" if nick in verified else "")
+                + (f" ({counts[nick]} unread)" if counts.get(nick) else "")
+                for nick in nicknames
             ]
             self._menu("Friends", [*items, "Previous menu"])
             try:
@@ -417,7 +662,7 @@ class Menus:
         """The chat with ``nickname``; ``unread`` are the counts already shown, so only later arrivals
         from other friends are announced."""
         screen = _Screen(nickname, others=None if unread is None else dict(unread))
-        self.say("", f"Chatting with {neutralize(nickname)}")
+        self.say("", *self.chat_header(nickname))
         with self._chat_lock:
             view = self.chat.get_update(nickname)
         if not self._show_new(view, screen):

@@ -145,10 +145,11 @@ def test_bad_input_never_shows_a_traceback(tmp_path: Path) -> None:
         choose(carol, "Nickname", "dave")
         choose(carol, "Card", "-----BEGIN PUBLIC KEY-----\rnot base64 at all\r-----END PUBLIC KEY-----")
         carol.expect("error: that card has no static keys \\(an old card or a bare key\\): ask for a new card")
-        choose(carol, "Choose", "2")
-        choose(carol, "Nickname", "dave")
+        # The card is asked again for the same nickname; an empty line cancels.
         choose(carol, "Card", "reschat-card:2:bm90IGEgY2FyZA:12345678")
         carol.expect("error: the contact card's checksum does not match")
+        choose(carol, "Card", "")
+        carol.expect("Nothing pasted; no friend added.")
         choose(carol, "Choose", "1")
         carol.expect("You have no friends yet")
         choose(carol, "Choose", "x")

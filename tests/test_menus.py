@@ -17,22 +17,27 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from Crypto.PublicKey import RSA
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from reschat import crypto, files
+from reschat import crypto, files, menus, safety, schedule
 from reschat.app import ProfilePaths, open_friend_store
 from reschat.config import Settings, load_settings
 from reschat.errors import WrongPasswordError
-from reschat.ledger import MemoryLedger
+from reschat.ledger import Ledger, MemoryLedger, ResilientDBHttpLedger
 from reschat.menus import Menus, friend_completer, key_input_complete
 from reschat.page import SealedPage
-from tests.conftest import TEST_SCRYPT_N, Person, make_person
+from tests.conftest import TEST_SCRYPT_N, Person, make_identity, make_person, rsa_key, statics_key
+from tests.standin import StandInCluster
+from tests.standin.http_gateway import GatewayStandIn
 
 PASSWORD = "correct horse"
+#: A password strong enough for a new identity (passwords.check_new_password).
+STRONG = "tulip marble 1987 ferry"
 CTRL_C, CTRL_D = "\x03", "\x04"
 PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
 #: Generous: only reached when a test is broken and a prompt waits for input that never comes.
@@ -81,9 +86,13 @@ def befriended(settings: Settings, bob: Person) -> Person:
 class Terminal:
     """The menus running in a thread on a pipe input; what they print collects in ``output``."""
 
-    def __init__(self, settings: Settings, ledger: MemoryLedger) -> None:
+    def __init__(
+        self, settings: Settings, ledger: Ledger | None, body: Callable[[Menus], int] | None = None
+    ) -> None:
         self.out = io.StringIO()
         self.menus = Menus(settings, ledger=ledger, stdout=self.out, scrypt_n=TEST_SCRYPT_N)
+        #: What runs in the session: the whole program, or one flow of it.
+        self._body: Callable[[Menus], int] = body or Menus.run
         self.status: int | None = None
         self.error: BaseException | None = None
         self._input: PipeInput | None = None
@@ -100,7 +109,7 @@ class Terminal:
             self._started.set()
             try:
                 with create_app_session(input=pipe, output=DummyOutput()):
-                    self.status = self.menus.run()
+                    self.status = self._body(self.menus)
             except BaseException as exc:  # handed to the test thread, which re-raises or checks it
                 self.error = exc
 
@@ -166,14 +175,17 @@ def login(keys: str = "") -> str:
 # --- start-up ------------------------------------------------------------------------------------
 
 
-def test_register_asks_name_and_password_twice(tmp_path: Path, ledger: MemoryLedger) -> None:
+def test_register_asks_name_and_password_twice_then_where_messages_travel(
+    tmp_path: Path, ledger: MemoryLedger
+) -> None:
     settings = load_settings(home=str(tmp_path / "new"), environ={})
     term = Terminal(settings, ledger).start()
     strong, other = "tulip marble 1987 ferry", "ferry tulip 1987 marble"
     term.type("\r" + "carol\r" + "pw1\r" + "password123!\r" + strong + "\r" + other + "\r"
-              + "\r" + strong + "\r" + strong + "\r" + CTRL_D)
+              + "\r" + strong + "\r" + strong + "\r" + "7\r" + "\r" + CTRL_D)
     output = term.finish()
     assert term.error is None and term.status == 0
+    assert f"(Profile directory: {tmp_path / 'new'})" in output
     assert "error: the name must not be empty" in output
     # each refusal gives its reason on one line, and the prompt asks again
     assert "error: too short: use at least 10 characters" in output
@@ -183,6 +195,24 @@ def test_register_asks_name_and_password_twice(tmp_path: Path, ledger: MemoryLed
     identity = crypto.load_identity(tmp_path / "new", strong)
     assert identity.name == "carol"
     assert f"Your fingerprint: {identity.fingerprint}" in output
+    # The first run asks where messages travel; Enter takes the default, this machine only.
+    after_keys = output.split("Your fingerprint", 1)[1]
+    assert "Where should your messages travel?" in after_keys
+    assert "  1. This machine only (the default)" in after_keys
+    assert "error: no such choice '7': enter a number from 1 to 3" in after_keys
+    assert load_settings(home=str(tmp_path / "new"), environ={}).config_file == tmp_path / "new" / "config.toml"
+    assert 'backend = "local"' in (tmp_path / "new" / "config.toml").read_text()
+    # The main menu's first screen says where the profile is and where messages travel.
+    top = output.split("Main menu", 1)[0]
+    assert f"Profile: {tmp_path / 'new'}\nLedger:  this machine only, the file " in top
+
+
+def test_the_main_menu_starts_with_the_profile_and_the_ledger(
+    run: Callable[[str], str], settings: Settings
+) -> None:
+    output = run(login(CTRL_D))
+    top = f"\nProfile: {settings.home}\nLedger:  this machine only, the file {settings.ledger_path}\n\nMain menu"
+    assert top in output
 
 
 def test_login_shows_own_fingerprint(run: Callable[[str], str], alice_identity: crypto.Identity) -> None:
@@ -215,6 +245,124 @@ def test_ctrl_c_at_login_interrupts(terminal: Callable[[], Terminal]) -> None:
     assert isinstance(term.error, KeyboardInterrupt)
 
 
+# --- the first run: where messages travel ------------------------------------------------------------
+
+
+@pytest.fixture
+def gateway() -> Iterator[GatewayStandIn]:
+    with GatewayStandIn() as server:
+        yield server
+
+
+def fresh_settings(tmp_path: Path) -> Settings:
+    """A profile without identity or config file, as on a first run."""
+    return load_settings(home=str(tmp_path / "fresh"), environ={})
+
+
+def choose_ledger_only(menus: Menus) -> int:
+    menus.choose_ledger()
+    return 0
+
+
+def saved(settings: Settings) -> Settings:
+    return load_settings(home=str(settings.home), environ={})
+
+
+def test_first_run_through_a_resilientdb_gateway_from_zero_to_the_first_message(
+    tmp_path: Path, gateway: GatewayStandIn
+) -> None:
+    settings = fresh_settings(tmp_path)
+    bob = make_person("bob", 1, tmp_path / "bob", ResilientDBHttpLedger(gateway.url))
+    term = Terminal(settings, ledger=None).start()  # the menus build their ledger from the settings
+    term.type("dana\r" + STRONG + "\r" + STRONG + "\r" + "2\r" + gateway.url + "\r")
+    term.wait_for("Main menu")
+    output = term.output
+    assert f"Checking ResilientDB HTTP gateway at {gateway.url} (a write and a read back)...\nIt works." in output
+    assert f"Messages travel through: ResilientDB HTTP gateway at {gateway.url}" in output
+    assert f"Ledger:  ResilientDB HTTP gateway at {gateway.url}\n" in output.split("Main menu", 1)[0]
+    # Nobody else has written yet: what the gateway holds is the doctor's probe, at a private address.
+    probes = list(gateway.store)
+    assert probes and all(key.startswith(schedule.ADDRESS_PREFIX) for key in probes)
+    chosen = saved(settings)
+    assert chosen.ledger.backend == "resilientdb-http" and chosen.ledger.http.url == gateway.url
+    # bob, on another machine, writes to dana through the gateway; she adds him and reads it.
+    dana_card = crypto.load_card(settings.home)
+    assert dana_card is not None
+    bob.friends.add_friend("dana", crypto.parse_contact(dana_card))
+    bob.chat.send_message("hello over the gateway", "dana")
+    term.type("2\r" + "bob\r" + bob.card + "\r" + "y\r" + "1\r")
+    term.wait_for("1. bob (1 unread)")
+    term.type("1\r")
+    term.wait_for("bob: hello over the gateway")
+    term.type(CTRL_D)
+    output = term.finish()
+    assert term.error is None and term.status == 0, output
+
+
+def test_a_gateway_that_fails_the_check_is_not_kept_unless_asked(tmp_path: Path, gateway: GatewayStandIn) -> None:
+    settings = fresh_settings(tmp_path)
+    gateway.failing = True
+    term = Terminal(settings, MemoryLedger(), body=choose_ledger_only).start()
+    term.type("2\r" + gateway.url + "\r" + "n\r" + "2\r" + gateway.url + "\r" + "y\r")
+    output = term.finish()
+    assert term.error is None, output
+    first = output.split("Use it anyway", 1)[0]
+    assert "FAIL gateway answers" in first and "cannot reach the cluster" in first
+    # "n" asked again; "y" kept it although it failed.
+    assert output.count("Where should your messages travel?") == 1 and output.count("\nLedger\n") == 2
+    assert saved(settings).ledger.http.url == gateway.url
+
+
+def test_a_gateway_that_fails_then_this_machine_only(tmp_path: Path) -> None:
+    settings = fresh_settings(tmp_path)
+    term = Terminal(settings, MemoryLedger(), body=choose_ledger_only).start()
+    term.type("2\r" + "ftp://example.org\r" + "2\r" + "http://127.0.0.1:9\r" + "n\r" + "1\r")
+    output = term.finish()
+    assert term.error is None, output
+    assert "error: 'ftp://example.org' is not an http(s) URL" in output
+    assert "FAIL gateway answers" in output and "start the ResilientDB HTTP gateway" in output
+    assert saved(settings).ledger.backend == "local"
+
+
+def test_first_run_through_kv_service_tools(tmp_path: Path) -> None:
+    cluster = StandInCluster.create(tmp_path / "cluster")
+    settings = fresh_settings(tmp_path)
+    term = Terminal(settings, MemoryLedger(), body=choose_ledger_only).start()
+    term.type("3\r" + str(cluster.tool) + "\r" + str(cluster.config) + "\r")
+    output = term.finish()
+    assert term.error is None, output
+    assert "It works." in output
+    chosen = saved(settings)
+    assert chosen.ledger.backend == "resilientdb"
+    assert chosen.ledger.resilientdb.tool == str(cluster.tool)
+    assert chosen.ledger.resilientdb.client_config == str(cluster.config)
+    assert [c.cmd for c in cluster.calls()][:2] == ["set", "get"]  # checked through the tool
+
+
+def test_a_broken_kv_service_tools_setup_is_explained(tmp_path: Path) -> None:
+    cluster = StandInCluster.create(tmp_path / "cluster", down=True)
+    settings = fresh_settings(tmp_path)
+    term = Terminal(settings, MemoryLedger(), body=choose_ledger_only).start()
+    term.type("3\r" + str(cluster.tool) + "\r" + str(cluster.config) + "\r" + "n\r" + "\r")
+    output = term.finish()
+    assert term.error is None, output
+    assert "FAIL write" in output and "start the ResilientDB proxy on 127.0.0.1:10005 (node 5)" in output
+    assert saved(settings).ledger.backend == "local"  # then Enter: the default
+
+
+def test_no_ledger_question_when_a_config_or_ledger_flag_chose(tmp_path: Path, ledger: MemoryLedger) -> None:
+    config = tmp_path / "given.toml"
+    config.write_text("[chat]\npoll_interval = 0.5\n")
+    settings = load_settings(home=str(tmp_path / "new"), config=str(config), environ={})
+    assert not Menus(settings).first_run_ledger
+    assert not Menus(fresh_settings(tmp_path), first_run_ledger=False).first_run_ledger
+    term = Terminal(settings, ledger).start()
+    term.type("erin\r" + STRONG + "\r" + STRONG + "\r" + CTRL_D)
+    output = term.finish()
+    assert "Where should your messages travel?" not in output
+    assert config.read_text() == "[chat]\npoll_interval = 0.5\n"
+
+
 # --- main menu -------------------------------------------------------------------------------------
 
 
@@ -222,7 +370,7 @@ def test_main_menu_lists_the_seed_items_and_the_card(
     run: Callable[[str], str], alice_identity: crypto.Identity
 ) -> None:
     output = run(login("3\r4\r"))
-    assert "1. Start chatting\n  2. Add friend\n  3. Show my contact card\n  4. Quit" in output
+    assert "1. Start chatting\n  2. Add or verify a friend\n  3. Show my contact card\n  4. Quit" in output
     card_line = next(line for line in output.splitlines() if line.startswith(crypto.CARD_PREFIX))
     shown = crypto.parse_contact(card_line)  # RSA-PSS is randomized: each unlock signs it anew
     assert (shown.name, shown.statics, shown.issued) == ("alice", alice_identity.statics.public, alice_identity.issued)
@@ -251,12 +399,25 @@ def bob_fpr(bob: Person) -> str:
     return crypto.fingerprint_bytes(bob.identity.public_key).hex()
 
 
-def test_add_friend_by_pasting_a_card(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
+def safety_block(own: crypto.Identity, key: RSA.RsaKey) -> str:
+    """The safety number's lines as the menus print them."""
+    return "\n".join(f"    {line}" for line in safety.safety_lines(safety.safety_number(own.public_key, key)))
+
+
+def test_add_friend_by_pasting_a_card(
+    run: Callable[[str], str], settings: Settings, bob: Person, alice_identity: crypto.Identity
+) -> None:
     output = run(login("2\rbobby\r" + bob.card + "\r" + "y\r" + CTRL_D))
     assert "Name on the card: bob" in output
     assert f"Fingerprint: {crypto.fingerprint(bob.identity.public_key)}" in output
+    # The safety number, and why it, not the card's checksum, is the check that counts.
+    assert safety.CHECKSUM_NOTE in output
+    assert "Safety number with bobby (the same digits appear on their screen):\n" in output
+    assert safety_block(alice_identity, bob.identity.public_key) in output
     assert "Added bobby." in output
+    assert "bobby is not verified yet: once you have compared the safety number with them, mark them verified" in output
     assert friend_keys(settings) == {"bobby": bob_fpr(bob)}
+    assert not open_friend_store(settings).get_friend("bobby").verified
 
 
 def folded(card: str, width: int = 80) -> list[str]:
@@ -283,11 +444,12 @@ def test_a_pem_key_is_refused_whole_with_ask_for_a_new_card(
 ) -> None:
     pem = crypto.public_key_to_string(bob.identity.public_key)
     assert pem.count("\n") > 5
-    output = run(login("2\rbob\r" + pem.replace("\n", "\r") + "\r" + "3\r" + CTRL_D))
+    output = run(login("2\rbob\r" + pem.replace("\n", "\r") + "\r" + "\r" + "3\r" + CTRL_D))
     assert "ask for a new card" in output
     assert "Fingerprint:" not in output.split("Your fingerprint", 2)[1]
     assert friend_keys(settings) == {}
     assert "no such choice" not in output  # no PEM line leaked into a later menu as a choice
+    assert menus.INCOMPLETE_CARD not in output  # a PEM arriving line by line is not a cut card
 
 
 def test_add_friend_by_bracketed_paste(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
@@ -304,22 +466,24 @@ def test_add_friend_can_be_declined(run: Callable[[str], str], settings: Setting
     assert friend_keys(settings) == {}
 
 
+def carol_card() -> str:
+    return make_identity("carol", 2).card
+
+
 @pytest.mark.parametrize(
-    ("nickname", "key", "error"),
+    ("key", "error"),
     [
-        ("bob", "bob-card", "error: the nickname 'bob' is already in use"),
-        ("carol", "garbage", "error: not a contact card (reschat-card:2:...)"),
-        ("carol", "old-card", "error: that card has no static keys (an old card or a bare key): ask for a new card"),
-        ("carol", "own-card", "error: that is your own key: add your friend's key instead"),
-        ("carol", "bob-card", "error: that key is already your friend 'bob'"),
-        ("carol", "cut-card", "error: the contact card's checksum does not match: it was cut or altered"),
-        ("1234", "bob-card", "error: the nickname must not be only digits"),
-        ("", "bob-card", "error: the nickname must not be empty"),
+        ("garbage", "error: not a contact card (reschat-card:2:...)"),
+        ("old-card", "error: that card has no static keys (an old card or a bare key): ask for a new card"),
+        ("pem", "error: that card has no static keys (an old card or a bare key): ask for a new card"),
+        ("own-card", "error: that is your own key: add your friend's key instead"),
+        ("bob-card", "error: that key is already your friend 'bob'"),
+        ("cut-card", "error: the contact card's checksum does not match: it was cut or altered"),
     ],
 )
-def test_add_friend_errors_are_one_line_and_back_to_the_menu(
+def test_a_card_error_keeps_the_nickname_and_asks_for_the_card_again(
     run: Callable[[str], str], settings: Settings, befriended: Person, alice_identity: crypto.Identity,
-    nickname: str, key: str, error: str,
+    key: str, error: str,
 ) -> None:
     cards = {
         "bob-card": befriended.card,
@@ -327,18 +491,70 @@ def test_add_friend_errors_are_one_line_and_back_to_the_menu(
         "cut-card": befriended.card[:100] + befriended.card[104:],
         "garbage": "hello there",
         "old-card": "reschat-card:1:Ym9i:MIIBojAN:12345678",
+        "pem": "-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----",
     }
-    keys = "2\r" + nickname + "\r"
-    if "nickname" not in error:
-        keys += PASTE_START + cards[key] + PASTE_END + "\r"
-    output = run(login(keys + "3\r" + CTRL_D))
+    # The nickname is typed once; after the error only the card is pasted again.
+    keys = "2\r" + "carol\r" + PASTE_START + cards[key] + PASTE_END + "\r" + PASTE_START + carol_card() + PASTE_END
+    output = run(login(keys + "\r" + "y\r" + CTRL_D))
     assert error in output
     after_error = output.split(error, 1)[1]
-    assert "Main menu" in after_error  # back at the menu, which works: it shows the card
-    shown = next(line for line in after_error.splitlines() if line.startswith(crypto.CARD_PREFIX))
-    assert crypto.parse_contact(shown).public_key == alice_identity.public_key
-    assert friend_keys(settings) == {"bob": bob_fpr(befriended)}
+    assert after_error.startswith("\nPaste the card for carol again, or press Enter to cancel.\n")
+    assert "Added carol." in after_error
+    assert friend_keys(settings) == {
+        "bob": bob_fpr(befriended), "carol": crypto.fingerprint_bytes(rsa_key(2)).hex()
+    }
     assert "Traceback" not in output
+
+
+def test_a_card_error_then_enter_cancels(run: Callable[[str], str], settings: Settings) -> None:
+    output = run(login("2\r" + "carol\r" + "hello there\r" + "\r" + "3\r" + CTRL_D))
+    assert "error: not a contact card" in output
+    assert "Nothing pasted; no friend added." in output
+    assert crypto.CARD_PREFIX in output.split("Nothing pasted", 1)[1]  # back at the main menu, which works
+    assert friend_keys(settings) == {}
+
+
+@pytest.mark.parametrize(
+    ("nickname", "error"),
+    [("1234", "error: the nickname must not be only digits"), ("x" * 33, "error: the nickname is longer than 32")],
+)
+def test_a_bad_nickname_is_asked_again(
+    run: Callable[[str], str], settings: Settings, nickname: str, error: str
+) -> None:
+    output = run(login("2\r" + nickname + "\r" + "carol\r" + carol_card() + "\r" + "y\r" + CTRL_D))
+    assert error in output
+    assert "Added carol." in output.split(error, 1)[1]
+    assert list(friend_keys(settings)) == ["carol"]
+
+
+def test_an_empty_nickname_adds_nobody(run: Callable[[str], str], settings: Settings) -> None:
+    output = run(login("2\r" + "\r" + "3\r" + CTRL_D))
+    assert "No nickname: no friend added." in output
+    assert crypto.CARD_PREFIX in output.split("No nickname", 1)[1]
+    assert friend_keys(settings) == {}
+
+
+def test_a_card_cut_short_says_so_and_takes_the_rest(
+    terminal: Callable[[], Terminal], settings: Settings, bob: Person
+) -> None:
+    term = terminal()
+    term.type(login("2\r" + "bob\r" + bob.card[:60] + "\r"))
+    term.wait_for(menus.INCOMPLETE_CARD)  # it used to wait silently here
+    assert menus.INCOMPLETE_CARD == "incomplete: paste the rest, or press Enter to cancel"
+    term.type(bob.card[60:] + "\r")
+    term.wait_for("Name on the card: bob")
+    term.type("y\r" + CTRL_D)
+    output = term.finish()
+    assert "Added bob." in output
+    assert friend_keys(settings) == {"bob": bob_fpr(bob)}
+
+
+def test_a_card_cut_short_then_enter_cancels(run: Callable[[str], str], settings: Settings, bob: Person) -> None:
+    output = run(login("2\r" + "bob\r" + bob.card[:60] + "\r" + "\r" + "3\r" + CTRL_D))
+    assert menus.INCOMPLETE_CARD in output
+    assert "Cancelled: the card was cut short; nothing changed. Copy the whole line and try again." in output
+    assert crypto.CARD_PREFIX in output.split("Cancelled", 1)[1]  # back at the main menu
+    assert friend_keys(settings) == {}
 
 
 def test_an_empty_paste_cancels(run: Callable[[str], str], settings: Settings) -> None:
@@ -368,11 +584,145 @@ def test_ctrl_c_while_adding_goes_back_to_the_main_menu(run: Callable[[str], str
         ("-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----", True),
         ("reschat-card:1:Ym9i:MIIBojAN", False),
         ("reschat-card:1:Ym9i:MIIBojAN:12345678", True),
+        ("resch", False),  # the start of a card
+        ("reschat-card:", False),
+        ("reschat-card:1:Ym9i:MIIB\n", True),  # an empty line always ends the input
         ("something else", True),
     ],
 )
 def test_when_enter_ends_a_pasted_key(text: str, complete: bool) -> None:
     assert key_input_complete(text) is complete
+
+
+# --- safety numbers, verification and key changes ----------------------------------------------------
+
+
+def test_a_friends_nickname_shows_the_safety_number_and_marks_them_verified(
+    run: Callable[[str], str], settings: Settings, befriended: Person, alice_identity: crypto.Identity
+) -> None:
+    output = run(login("2\r" + "BOB\r" + "1\r" + "1\r" + CTRL_D))
+    assert "bob is already your friend (name on their card: bob)." in output
+    assert safety_block(alice_identity, befriended.identity.public_key) in output
+    assert "bob is not verified.\n" in output
+    assert "  1. Mark bob verified (you compared the safety number: it is the same)" in output
+    assert "bob is now verified." in output
+    assert open_friend_store(settings).get_friend("bob").verified
+    # The friend list shows it.
+    assert "Friends\n  1. bob [verified]\n  2. Previous menu" in output
+
+
+def test_a_verified_friend_can_be_unmarked(run: Callable[[str], str], settings: Settings, befriended: Person) -> None:
+    open_friend_store(settings).update("bob", verified=True)
+    output = run(login("2\r" + "bob\r" + "1\r" + CTRL_D))
+    assert "bob is verified.\n" in output and "  1. Mark bob not verified" in output
+    assert "bob is now not verified." in output
+    assert not open_friend_store(settings).get_friend("bob").verified
+
+
+def test_the_chat_header_says_whether_the_friend_is_verified(
+    run: Callable[[str], str], settings: Settings, befriended: Person, alice_identity: crypto.Identity
+) -> None:
+    digits = safety.safety_number(alice_identity.public_key, befriended.identity.public_key)
+    output = run(login("1\r1\r" + CTRL_D))
+    assert f"Chatting with bob (not verified)\nSafety number: {safety.grouped(digits)}\n" in output
+    open_friend_store(settings).update("bob", verified=True)
+    output = run(login("1\r1\r" + CTRL_D))
+    assert "Chatting with bob (verified)\n" in output and "Safety number" not in output
+
+
+def new_bob_card() -> str:
+    """A card that says "bob" but carries another key."""
+    return make_identity("bob", 2).card
+
+
+def test_a_new_key_for_a_friend_is_a_loud_warning_and_kept_by_default(
+    run: Callable[[str], str], settings: Settings, befriended: Person, alice_identity: crypto.Identity
+) -> None:
+    open_friend_store(settings).update("bob", verified=True)
+    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + "1\r" + CTRL_D))
+    assert "!! WARNING: this card's key is NOT the key you have for bob." in output
+    assert f"!!   old key (the one you have): {crypto.fingerprint(befriended.identity.public_key)}" in output
+    assert f"!!   new key (on this card):     {crypto.fingerprint(rsa_key(2))}" in output
+    assert safety_block(alice_identity, rsa_key(2)) in output  # the NEW safety number, to compare
+    assert "  1. Keep the old key (change nothing)\n  2. Replace bob's key with this one" in output
+    assert "Kept the old key of bob; nothing changed." in output
+    bob_now = open_friend_store(settings).get_friend("bob")
+    assert bob_now.fingerprint == bob_fpr(befriended) and bob_now.verified
+
+
+def test_ctrl_c_at_a_key_change_keeps_the_old_key(
+    run: Callable[[str], str], settings: Settings, befriended: Person
+) -> None:
+    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + CTRL_C + CTRL_D))
+    assert "Kept the old key of bob; nothing changed." in output
+    assert friend_keys(settings) == {"bob": bob_fpr(befriended)}
+
+
+def test_replacing_a_key_clears_verified_and_restarts_the_conversation(
+    run: Callable[[str], str], settings: Settings, befriended: Person, ledger: MemoryLedger, tmp_path: Path,
+    alice_identity: crypto.Identity,
+) -> None:
+    """Protocol 2 derives a conversation from both cards: a new key is a new conversation. The old one's
+    counts start afresh, the new key's messages show, and the old key's do not."""
+    befriended.chat.send_message("from the old key", "alice")
+    store = open_friend_store(settings)
+    store.update("bob", verified=True, unread=7, seen="1:7", read="1:5", updated="2024-05-01T12:00:00.000000Z")
+    new_bob = make_person("bob", 2, tmp_path / "new-bob", ledger)
+    new_bob.friends.add_friend("alice", crypto.parse_contact(alice_identity.card))
+    new_bob.chat.send_message("from the new key", "alice")
+    output = run(login("2\r" + "bob\r" + "2\r" + new_bob_card() + "\r" + "2\r" + "1\r" + "1\r" + CTRL_D))
+    assert "Replaced the key of bob. bob is not verified." in output
+    bob_now = open_friend_store(settings).get_friend("bob")
+    assert bob_now.fingerprint == crypto.fingerprint_bytes(rsa_key(2)).hex()
+    assert bob_now.statics == statics_key(2).public.to_bytes().hex()
+    assert not bob_now.verified
+    chat = output.split("Chatting with bob", 1)[1]
+    assert "bob: from the new key" in chat and "from the old key" not in chat
+    assert "!!" not in chat  # nothing of the old conversation is taken for an attack on the new one
+
+
+def test_a_newer_card_with_the_same_key_updates_the_static_keys(
+    run: Callable[[str], str], settings: Settings, befriended: Person
+) -> None:
+    """A card that the friend's own identity key signed with other static keys, issued later: no key
+    change, no warning; the card is updated and the friend stays verified (the same safety number)."""
+    open_friend_store(settings).update("bob", verified=True)
+    renewed = crypto.make_card("bob", befriended.identity.private_key, statics_key(5).public,
+                               issued=befriended.identity.issued + 1)
+    output = run(login("2\r" + "bob\r" + "2\r" + renewed + "\r" + CTRL_D))
+    assert "This card has the key you already have for bob, with new static keys (signed by that key): the card is" \
+           " updated." in output
+    assert "WARNING" not in output
+    bob_now = open_friend_store(settings).get_friend("bob")
+    assert (bob_now.statics, bob_now.verified) == (statics_key(5).public.to_bytes().hex(), True)
+
+
+def test_the_same_card_again_changes_nothing(run: Callable[[str], str], settings: Settings, befriended: Person) -> None:
+    output = run(login("2\r" + "bob\r" + "2\r" + befriended.card + "\r" + CTRL_D))
+    assert "This card has the key you already have for bob: nothing changed." in output
+    assert "WARNING" not in output
+    assert friend_keys(settings) == {"bob": bob_fpr(befriended)}
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [("1", {"bob"}), ("2", {"bob"}), ("3", {"bob", "bobby"})],
+)
+def test_a_card_with_a_friends_name_and_another_key_is_a_loud_warning(
+    run: Callable[[str], str], settings: Settings, befriended: Person, choice: str, expected: set[str]
+) -> None:
+    output = run(login("2\r" + "bobby\r" + new_bob_card() + "\r" + choice + "\r" + CTRL_D))
+    assert "!! WARNING: your friend bob goes by the name 'bob' too, with ANOTHER key." in output
+    assert "  3. Add bobby as a new friend (someone else with the same name)" in output
+    keys = friend_keys(settings)
+    assert set(keys) == expected
+    new_fpr = crypto.fingerprint_bytes(rsa_key(2)).hex()
+    if choice == "1":
+        assert keys["bob"] == bob_fpr(befriended)
+    elif choice == "2":
+        assert keys["bob"] == new_fpr
+    else:
+        assert keys == {"bob": bob_fpr(befriended), "bobby": new_fpr}
 
 
 # --- second menu -------------------------------------------------------------------------------------
