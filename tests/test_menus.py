@@ -804,6 +804,26 @@ def test_a_draft_over_the_limit_is_kept_for_editing_or_sent_as_a_file(
     assert saved.name == "message.txt" and saved.read_text(encoding="utf-8") == draft
 
 
+def test_a_draft_the_engine_refuses_comes_back_at_the_prompt(
+    terminal: Callable[..., Terminal], befriended: Person, settings: Settings
+) -> None:
+    friends = ProfilePaths(settings.home).friends
+    stored = friends.read_text(encoding="utf-8")
+    term = terminal()
+    term.type(login("1\r1\r"))
+    term.wait_for(CHAT_HINT)
+    # bob is renamed behind the chat's back (another terminal of the profile could): sending fails.
+    friends.write_text(stored.replace('"nickname": "bob"', '"nickname": "robert"'), encoding="utf-8")
+    term.type("my precious draft\r")
+    term.wait_for("error: no friend is called 'bob'")
+    friends.write_text(stored, encoding="utf-8")
+    term.type("\r")  # the prompt holds the draft: Enter sends it now
+    term.wait_for("me: my precious draft")
+    term.type(CTRL_D)
+    term.finish()
+    assert texts(befriended) == ["my precious draft"]
+
+
 # --- safe wrapping in the chat (issue 11.6) -----------------------------------------------------------------
 
 
