@@ -13,6 +13,7 @@ import enum
 import json
 import logging
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Mapping
@@ -107,13 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
                password=True)
     read.add_argument("nick", metavar="NICK")
     read.add_argument("--all", action="store_true", help="the whole conversation")
-    read.add_argument("--json", action="store_true", help="print one JSON array of messages")
+    read.add_argument("--full", action="store_true",
+                      help="whole messages: a friend's long message is otherwise cut after 1,000 characters a line "
+                      "and 40 lines")
+    read.add_argument("--json", action="store_true", help="print one JSON array of messages (always whole)")
 
     save = add("save", cmd_save, "save a file of a conversation into the profile's downloads directory",
                password=True)
     save.add_argument("nick", metavar="NICK")
     save.add_argument("number", metavar="N", nargs="?", type=_positive, default=1,
-                      help="the N-th most recent file, received or sent (default: 1, the newest)")
+                      help="the N-th most recent file, received or sent (default: 1, the newest; the menus' "
+                      "Save a file numbers them the same way)")
 
     add("doctor", cmd_doctor, "check that the configured ledger works (a write and a read back) and the profile")
     return parser
@@ -357,6 +362,8 @@ def cmd_send(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
             f"the message is saved but not yet on the ledger ({result.error}); "
             "it is re-sent by the next 'reschat read' or update"
         )
+    what = f"{files.message_label(result.message)} " if args.file is not None else ""
+    print(f"Sent {what}to {neutralize(result.message.receiver)}.")
     return ExitStatus.OK
 
 
@@ -372,7 +379,11 @@ def cmd_read(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
         undated = [problem_json(p) for p in view.problems if p.time is None]
         print(json.dumps([item for _t, _o, item in items] + undated, indent=2))
     else:
-        for line in format_conversation(view.messages, view.problems):
+        # Wrapped to the terminal (80 columns when it is not one): a row that the terminal or a pager
+        # wraps by itself could pose as a message line.
+        width = shutil.get_terminal_size().columns
+        more = "'reschat read --full' shows it whole"
+        for line in format_conversation(view.messages, view.problems, width=width, full=args.full, more=more):
             print(line)
         if view.has_older:
             print("reschat: older messages exist: use --all to read them", file=sys.stderr)
