@@ -88,5 +88,5 @@ def test_bell_is_off_by_default_and_must_be_a_boolean(tmp_path: Path) -> None:
     cfg.write_text("[chat]\nbell = true\n")
     assert load_settings(home=str(tmp_path), config=str(cfg), environ={}).chat.bell is True
     cfg.write_text("[chat]\nbell = 'yes'\n")
-    with pytest.raises(ConfigError, match="'chat.bell' must be true or false"):
+    with pytest.raises(ConfigError, match=r"'chat\.bell' must be true or false"):
         load_settings(home=str(tmp_path), config=str(cfg), environ={})
