@@ -503,6 +503,7 @@ class Menus:
         pager: Pager | None = None,
         columns: Callable[[], int] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        cadence: Callable[..., float] = poll_gap,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -514,6 +515,7 @@ class Menus:
             (lambda: shutil.get_terminal_size().columns) if stdout is None else (lambda: DEFAULT_WIDTH)
         )
         self._monotonic = monotonic
+        self._cadence = cadence
         self._print_lock = threading.Lock()
         # The background pollers and the menu share one ChatService, which is not thread-safe, and the
         # chat screen's memory: both only under this lock (re-entrant: showing an update marks it read).
@@ -803,8 +805,8 @@ class Menus:
     def _poll_gap(self, screen: _Screen) -> float:
         with self._chat_lock:
             since = None if screen.last_activity is None else self._monotonic() - screen.last_activity
-        chat = self.settings.chat
-        return poll_gap(backend=self.settings.ledger.backend, interval=chat.poll_interval, since_activity=since)
+        interval = self.settings.chat.poll_interval
+        return self._cadence(backend=self.settings.ledger.backend, interval=interval, since_activity=since)
 
     def _recent_activity(self, view: ConversationView, screen: _Screen) -> None:
         """On opening a chat: a message sent or received in the last minute makes it active already

@@ -34,6 +34,7 @@ from reschat.config import Settings, load_settings
 from reschat.errors import UnknownFriendError, WrongPasswordError
 from reschat.ledger import MemoryLedger
 from reschat.menus import (
+    ACTIVE_WINDOW_S,
     CHAT_HINT,
     ChatLine,
     Menus,
@@ -1003,6 +1004,40 @@ def test_the_bell_rings_on_new_messages_when_the_settings_ask(
 )
 def test_poll_cadence(backend: str, interval: float, since: float | None, gap: float) -> None:
     assert poll_gap(backend=backend, interval=interval, since_activity=since) == gap
+
+
+def test_the_open_chat_polls_fast_while_active_and_backs_off_when_quiet(
+    terminal: Callable[..., Terminal], befriended: Person
+) -> None:
+    clock = [1000.0]  # the menus' monotonic clock, moved by the test
+    asked: list[float | None] = []  # what the poll's cadence was asked: seconds since the last activity
+
+    def cadence(*, backend: str, interval: float, since_activity: float | None) -> float:
+        asked.append(since_activity)
+        return poll_gap(backend=backend, interval=interval, since_activity=since_activity)
+
+    def next_asked(check: Callable[[float | None], bool], what: str) -> None:
+        start = len(asked)
+        term.wait_until(lambda: any(check(since) for since in asked[start:]), what)
+
+    befriended.chat.send_message("just now", "alice")
+    term = terminal(monotonic=lambda: clock[0], cadence=cadence)
+    term.type(login("1\r1\r"))
+    term.wait_for("bob: just now")
+    # Opening a chat whose newest message is seconds old: active already.
+    next_asked(lambda since: since is not None and 0 <= since < ACTIVE_WINDOW_S, "active on opening")
+    clock[0] += 61
+    next_asked(lambda since: since is not None and since >= ACTIVE_WINDOW_S, "quiet after a minute")
+    term.type("hello\r")  # sending makes it active
+    term.wait_for("me: hello")
+    next_asked(lambda since: since == 0.0, "active after sending")
+    clock[0] += 61
+    next_asked(lambda since: since is not None and since >= ACTIVE_WINDOW_S, "quiet again")
+    befriended.chat.send_message("back", "alice")  # and so does receiving
+    term.wait_for("bob: back")
+    next_asked(lambda since: since == 0.0, "active after receiving")
+    term.type(CTRL_D)
+    term.finish()
 
 
 def test_a_nudge_cuts_the_wait_short() -> None:
