@@ -13,6 +13,7 @@ import enum
 import json
 import logging
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
@@ -20,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from reschat import __version__, crypto, files, safety
+from reschat import __version__, crypto, files, retention, safety
 from reschat.app import ProfilePaths, open_chat, open_friend_store
 from reschat.chat import ChatMessage, IntegrityProblem, peek_unread_counts
 from reschat.config import (
@@ -47,7 +48,7 @@ from reschat.errors import (
 from reschat.friends import Friend
 from reschat.page import parse_timestamp
 from reschat.passwords import check_new_password
-from reschat.render import format_conversation, local_time, neutralize
+from reschat.render import SETTING_TYPE, format_conversation, local_time, neutralize, setting_text
 from reschat.storage import make_private_dirs
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
                password=True)
     read.add_argument("nick", metavar="NICK")
     read.add_argument("--all", action="store_true", help="the whole conversation")
-    read.add_argument("--json", action="store_true", help="print one JSON array of messages")
+    read.add_argument("--full", action="store_true",
+                      help="whole messages: a friend's long message is otherwise cut after 1,000 characters a line "
+                      "and 40 lines")
+    read.add_argument("--json", action="store_true", help="print one JSON array of messages (always whole)")
 
     save = add("save", cmd_save, "save a file of a conversation into the profile's downloads directory",
                password=True)
     save.add_argument("nick", metavar="NICK")
     save.add_argument("number", metavar="N", nargs="?", type=_positive, default=1,
-                      help="the N-th most recent file, received or sent (default: 1, the newest)")
+                      help="the N-th most recent file, received or sent (default: 1, the newest; the menus' "
+                      "Save a file numbers them the same way)")
+
+    disappear = add("disappear", cmd_disappear,
+                    "show or set the disappearing-messages timer of a conversation (both sides see the change)",
+                    password=True)
+    disappear.add_argument("nick", metavar="NICK")
+    disappear.add_argument("duration", metavar="DURATION", nargs="?",
+                           help="5m, 1h, 2d, 4w (from 5 minutes to 4 weeks) or off; without it, show the timer")
 
     add("doctor", cmd_doctor, "check that the configured ledger works (a write and a read back) and the profile")
 
@@ -300,6 +312,8 @@ def message_json(message: ChatMessage) -> dict[str, Any]:
     """A message as a JSON object; a file message's ``text`` is its label and ``file`` describes it."""
     is_file = message.type == files.FILE_TYPE
     text = message.text if message.type == "text" else files.message_label(message) if is_file else ""
+    if message.type == SETTING_TYPE:
+        text = setting_text(message)
     shown: dict[str, Any] = {
         "from": message.sender,
         "to": message.receiver,
@@ -315,6 +329,8 @@ def message_json(message: ChatMessage) -> dict[str, Any]:
         "verified": True,
         "clock_ahead": message.clock_ahead,
     }
+    if message.type == SETTING_TYPE:
+        shown["disappear"] = retention.parse_setting(message.body)  # seconds (0: off), null: not understood
     if is_file:
         try:
             info = files.describe(message)
@@ -526,6 +542,8 @@ def cmd_send(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
             f"the message is saved but not yet on the ledger ({result.error}); "
             "it is re-sent by the next 'reschat read' or update"
         )
+    what = f"{files.message_label(result.message)} " if args.file is not None else ""
+    print(f"Sent {what}to {neutralize(result.message.receiver)}.")
     return ExitStatus.OK
 
 
@@ -541,10 +559,40 @@ def cmd_read(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
         undated = [problem_json(p) for p in view.problems if p.time is None]
         print(json.dumps([item for _t, _o, item in items] + undated, indent=2))
     else:
-        for line in format_conversation(view.messages, view.problems):
+        # Wrapped to the terminal (80 columns when it is not one): a row that the terminal or a pager
+        # wraps by itself could pose as a message line.
+        width = shutil.get_terminal_size().columns
+        more = "'reschat read --full' shows it whole"
+        for line in format_conversation(view.messages, view.problems, width=width, full=args.full, more=more):
             print(line)
         if view.has_older:
             print("reschat: older messages exist: use --all to read them", file=sys.stderr)
+    return ExitStatus.OK
+
+
+def cmd_disappear(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    """Show the timer, or set it: a signed ``setting`` line in the conversation that both sides see."""
+    friend = open_friend_store(settings).get_friend(args.nick)  # before the password prompt, as the duration
+    seconds = None if args.duration is None else retention.parse_duration(args.duration)
+    shown = neutralize(friend.nickname)
+    chat = open_chat(settings, _unlock(args, settings, env))
+    current = chat.disappearing(friend.nickname)
+    if seconds is None:
+        print(f"Disappearing messages with {shown}: {retention.describe(current)}")
+        return ExitStatus.OK
+    if seconds == current:
+        print(f"Disappearing messages with {shown} are already {retention.describe(current)}: nothing changed")
+        return ExitStatus.OK
+    result = chat.set_disappearing(friend.nickname, seconds)
+    if result.error is not None:
+        raise ReschatError(
+            f"the setting is saved but not yet on the ledger ({result.error}); "
+            "it is re-sent by the next 'reschat read' or update"
+        )
+    if seconds:
+        print(f"Disappearing messages with {shown}: {retention.describe(seconds)} (from now on, on both sides)")
+    else:
+        print(f"Disappearing messages with {shown}: off (from now on, on both sides)")
     return ExitStatus.OK
 
 

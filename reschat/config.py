@@ -59,6 +59,7 @@ class LedgerSettings:
 class ChatSettings:
     poll_interval: float = 2.0  # seconds between background updates while a chat is open
     resend_after: float = 10.0  # seconds before an unconfirmed message is written again
+    bell: bool = False  # ring the terminal bell when a new message arrives
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,10 @@ def _check_table(cls: type, table: Any, where: str, file: Path) -> dict[str, Any
         if key not in known:
             raise ConfigError(f"{file}: unknown setting '{dotted}'")
         default = known[key].default
-        if isinstance(default, str):
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{file}: '{dotted}' must be true or false, not {value!r}")
+        elif isinstance(default, str):
             if not isinstance(value, str):
                 raise ConfigError(f"{file}: '{dotted}' must be a string, not {value!r}")
         elif isinstance(default, float):
@@ -134,12 +138,21 @@ def validate(settings: Settings) -> None:
 def load_file(path: Path, base: Settings) -> Settings:
     """Overlay the TOML file at ``path`` on ``base``."""
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+        raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is no error
+    except UnicodeDecodeError as exc:
+        head = raw[: exc.start]
+        line, column = head.count(b"\n") + 1, exc.start - head.rfind(b"\n")
+        raise ConfigError(
+            f"{path}: not valid UTF-8 (line {line}, column {column}): save the file as UTF-8"
+        ) from exc
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     return _parse(data, path, base)
@@ -250,7 +263,7 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is no error, as in load_file
         return tomllib.loads(text), text
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8; fix or remove the file first") from exc

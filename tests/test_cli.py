@@ -114,11 +114,12 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     top = reschat("--help")
     assert top.returncode == 0
     for command in ("init", "whoami", "add", "friends", "send", "read", "save", "doctor", "verify", "ledger",
-                    "--home", "--ledger", "--debug"):
+                    "disappear", "--home", "--ledger", "--debug"):
         assert command in top.stdout
     capsys.readouterr()
     # in-process: startup costs add up
-    for command in ("init", "whoami", "add", "friends", "send", "read", "save", "doctor", "verify", "ledger"):
+    for command in ("init", "whoami", "add", "friends", "send", "read", "save", "doctor", "verify", "ledger",
+                    "disappear"):
         assert main([command, "--help"], environ={}) == 0
         helped = capsys.readouterr().out
         assert f"usage: reschat {command}" in helped and "--home DIR" in helped
@@ -353,6 +354,41 @@ def test_a_card_with_a_friends_name_and_another_key_needs_a_choice(as_user: Run,
     assert [f["nickname"] for f in friends] == ["bob", "bobby"]
 
 
+# --- disappearing messages ---------------------------------------------------------------------------
+
+
+def test_disappear_shows_and_sets_the_timer_and_both_sides_see_the_line(as_user: Run, world: Path) -> None:
+    befriend(as_user, world)
+    shown = as_user("alice", "disappear", "bob")
+    assert (shown.returncode, shown.stdout) == (0, "Disappearing messages with bob: off\n"), shown.stderr
+    one_line_error(as_user("alice", "disappear", "bob", "3s", password=False),
+                   "disappearing messages take a timer from 5 minutes to 4 weeks")
+    one_line_error(as_user("alice", "disappear", "bob", "soon", password=False), "not a duration: 'soon'")
+    one_line_error(as_user("alice", "disappear", "carol", "1h", password=False), "no friend is called 'carol'")
+    set_ = as_user("alice", "disappear", "bob", "1h")
+    assert set_.returncode == 0, set_.stderr
+    assert set_.stdout == "Disappearing messages with bob: 1 hour (from now on, on both sides)\n"
+    again = as_user("alice", "disappear", "bob", "60m")
+    assert again.stdout == "Disappearing messages with bob are already 1 hour: nothing changed\n"
+    # bob reads the change as a plain line; his side follows it.
+    read = as_user("bob", "read", "alice")
+    assert read.returncode == 0, read.stderr
+    [line] = read.stdout.splitlines()
+    assert line.endswith(" -- alice set disappearing messages to 1 hour")
+    assert as_user("bob", "disappear", "alice").stdout == "Disappearing messages with alice: 1 hour\n"
+    [row] = json.loads(as_user("bob", "read", "alice", "--json").stdout)
+    assert (row["type"], row["disappear"], row["text"], row["from"]) == (
+        "setting", 3600, "set disappearing messages to 1 hour", "alice"
+    )
+    # bob turns it off, and alice sees that.
+    off = as_user("bob", "disappear", "alice", "off")
+    assert off.stdout == "Disappearing messages with alice: off (from now on, on both sides)\n"
+    lines = as_user("alice", "read", "bob").stdout.splitlines()
+    assert lines[-1].endswith(" -- bob turned disappearing messages off")
+    assert lines[0].endswith(" -- you set disappearing messages to 1 hour")
+    assert as_user("alice", "disappear", "bob").stdout == "Disappearing messages with bob: off\n"
+
+
 # --- send, read --------------------------------------------------------------------------------------
 
 
@@ -363,6 +399,7 @@ def test_send_and_read_json_shape(as_user: Run, world: Path) -> None:
     password_file.write_text(PASSWORDS["alice"] + "\n")
     sent = as_user("alice", "send", "bob", "hello bob", "--password-file", str(password_file), password=False)
     assert sent.returncode == 0, sent.stderr
+    assert (sent.stdout, sent.stderr) == ("Sent to bob.\n", "")  # one line, and only on success
     assert as_user("bob", "send", "alice", "-", stdin="line one\nline two\n").returncode == 0
     result = as_user("bob", "read", "alice", "--json")
     assert result.returncode == 0, result.stderr
@@ -382,7 +419,7 @@ def test_send_and_read_json_shape(as_user: Run, world: Path) -> None:
     lines = plain.stdout.splitlines()
     assert lines[0].endswith(" me: hello bob")
     assert lines[1].endswith("   bob: line one")
-    assert lines[2].endswith("| line two")
+    assert lines[2] == " " * 17 + "│ line two"
     log = (world / "alice" / "reschat.log").read_text()
     assert "cmd_send" in log
     assert PASSWORDS["alice"] not in log and "hello bob" not in log
@@ -405,6 +442,42 @@ def test_read_is_inert_and_all_reads_everything(as_user: Run, world: Path) -> No
     assert "alice: \\x1b[2Jgone\\u202e" in plain.stdout
     assert "\x1b" not in plain.stdout and "\u202e" not in plain.stdout
     assert "older messages exist" in plain.stderr
+
+
+def test_read_cuts_long_messages_unless_full_and_wraps_to_the_terminal(as_user: Run, world: Path) -> None:
+    befriend(as_user, world)
+    long_text = "y" * 1200 + "\n" + "\n".join(f"line {i}" for i in range(45))
+    assert as_user("bob", "send", "alice", "-", stdin=long_text).returncode == 0
+    spoof = "x" * 30 + " " * 60 + "✓ me: yes, I agree to wire you 5000 EUR"
+    assert as_user("bob", "send", "alice", spoof).returncode == 0
+    cut = as_user("alice", "read", "bob")
+    assert cut.returncode == 0, cut.stderr
+    gutter = " " * 17 + "│ "
+    compact = "".join(cut.stdout.replace("\n" + gutter, "").split())  # rows joined, blanks ignored
+    assert "[…200morecharacters;'reschatread--full'showsitwhole]" in compact
+    assert "[…6morelines;'reschatread--full'showsitwhole]" in compact
+    full = as_user("alice", "read", "bob", "--full")
+    assert full.returncode == 0, full.stderr
+    rows = full.stdout.splitlines()
+    assert all(len(row) < 80 for row in rows)  # 80 columns when stdout is no terminal
+    assert all(row.startswith(gutter) or row[:4].isdigit() for row in rows)  # no row poses as a message
+    first_line = rows[: rows.index(gutter + "line 0")]
+    assert "".join(row.removeprefix(gutter) for row in first_line).endswith("bob: " + "y" * 1200)
+    assert [row.removeprefix(gutter) for row in rows if "line " in row][-1] == "line 44"
+    assert "more characters" not in full.stdout and "more lines" not in full.stdout
+    narrow = reschat("--home", str(world / "alice"), "--ledger", str(world / "ledger.sqlite"), "read", "bob",
+                     env=clean_env(RESCHAT_PASSWORD=PASSWORDS["alice"], COLUMNS="40"))
+    assert narrow.returncode == 0 and max(len(row) for row in narrow.stdout.splitlines()) < 40
+    assert all(row.startswith("  │ ") or row[:4].isdigit() for row in narrow.stdout.splitlines())
+    # --json always holds the whole text.
+    assert json.loads(as_user("alice", "read", "bob", "--json").stdout)[0]["text"] == long_text
+
+
+def test_a_config_file_that_is_not_utf8_is_a_one_line_error(world: Path) -> None:
+    bad = world / "latin1.toml"
+    bad.write_bytes("[chat]\n# café\n".encode("latin-1"))
+    result = reschat("--home", str(world / "alice"), "--config", str(bad), "friends")
+    one_line_error(result, f"{bad}: not valid UTF-8 (line 2, column 6): save the file as UTF-8")
 
 
 def test_send_and_read_errors(as_user: Run, world: Path) -> None:
@@ -446,6 +519,7 @@ def test_send_a_file_read_it_and_save_it(as_user: Run, world: Path) -> None:
     (world / "out" / "notes.txt").write_bytes(b"some notes\n")
     sent = as_user("alice", "send", "bob", "--file", str(world / "out" / "report.pdf"))
     assert sent.returncode == 0, sent.stderr
+    assert sent.stdout == "Sent file report.pdf (2.9 KiB) to bob.\n"
     assert as_user("alice", "send", "bob", "--file", str(world / "out" / "notes.txt")).returncode == 0
     assert as_user("alice", "send", "bob", "and a message").returncode == 0
 

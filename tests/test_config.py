@@ -181,3 +181,36 @@ def test_describe_ledger(tmp_path: Path) -> None:
     assert describe_ledger(replace(base, ledger=http)) == "ResilientDB HTTP gateway at http://h:18000"
     rdb = LedgerSettings(backend="resilientdb", resilientdb=ResilientDBSettings(tool="t", client_config="c"))
     assert describe_ledger(replace(base, ledger=rdb)) == "ResilientDB through t with the client config c"
+
+
+def test_a_config_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "latin1.toml"
+    cfg.write_bytes("[chat]\n# café\npoll_interval = 2.0\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(home=str(tmp_path), config=str(cfg), environ={})
+    assert str(caught.value) == f"{cfg}: not valid UTF-8 (line 2, column 6): save the file as UTF-8"
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    cfg = tmp_path / "bom.toml"
+    cfg.write_bytes(b"\xef\xbb\xbf[chat]\npoll_interval = 3\n")
+    assert load_settings(home=str(tmp_path), config=str(cfg), environ={}).chat.poll_interval == 3.0
+
+
+def test_bell_is_off_by_default_and_must_be_a_boolean(tmp_path: Path) -> None:
+    assert ChatSettings().bell is False
+    cfg = tmp_path / "bell.toml"
+    cfg.write_text("[chat]\nbell = true\n")
+    assert load_settings(home=str(tmp_path), config=str(cfg), environ={}).chat.bell is True
+    cfg.write_text("[chat]\nbell = 'yes'\n")
+    with pytest.raises(ConfigError, match=r"'chat\.bell' must be true or false"):
+        load_settings(home=str(tmp_path), config=str(cfg), environ={})
+
+
+def test_writing_the_ledger_choice_keeps_the_bell_and_accepts_a_byte_order_mark(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_bytes(b"\xef\xbb\xbf[chat]\nbell = true\n")
+    update_config(cfg, local_ledger())
+    settings = load_settings(home=str(tmp_path), environ={})
+    assert settings.chat.bell is True and settings.ledger.backend == "local"
+    assert "bell = true" in cfg.read_text()

@@ -10,27 +10,46 @@ import hashlib
 import io
 import os
 import shutil
+import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from Crypto.PublicKey import RSA
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.data_structures import Size
 from prompt_toolkit.document import Document
 from prompt_toolkit.input import PipeInput, create_pipe_input
-from prompt_toolkit.output import DummyOutput
+from prompt_toolkit.output import DummyOutput, Output
 
 from reschat import crypto, files, menus, safety, schedule
 from reschat.app import ProfilePaths, open_friend_store
+from reschat.chat import MAX_TEXT_BYTES
 from reschat.config import Settings, load_settings
-from reschat.errors import WrongPasswordError
+from reschat.errors import UnknownFriendError, WrongPasswordError
 from reschat.ledger import Ledger, MemoryLedger, ResilientDBHttpLedger
-from reschat.menus import Menus, friend_completer, key_input_complete
+from reschat.menus import (
+    ACTIVE_WINDOW_S,
+    CHAT_HINT,
+    ChatLine,
+    Menus,
+    Poller,
+    dropped_path,
+    friend_completer,
+    key_input_complete,
+    match_nickname,
+    poll_gap,
+    read_chat_line,
+    run_pager,
+)
 from reschat.page import SealedPage
+from reschat.render import DEFAULT_WIDTH, display_width, format_message, gutter
 from tests.conftest import TEST_SCRYPT_N, Person, make_identity, make_person, rsa_key, statics_key
 from tests.standin import StandInCluster
 from tests.standin.http_gateway import GatewayStandIn
@@ -84,15 +103,18 @@ def befriended(settings: Settings, bob: Person) -> Person:
 
 
 class Terminal:
-    """The menus running in a thread on a pipe input; what they print collects in ``output``."""
+    """The menus running in a thread on a pipe input; what they print collects in ``output``, what
+    prompt_toolkit draws (prompts, toolbars) goes to ``screen`` (by default nowhere)."""
 
     def __init__(
-        self, settings: Settings, ledger: Ledger | None, body: Callable[[Menus], int] | None = None
+        self, settings: Settings, ledger: Ledger | None, body: Callable[[Menus], int] | None = None,
+        screen: Output | None = None, **options: Any,
     ) -> None:
         self.out = io.StringIO()
-        self.menus = Menus(settings, ledger=ledger, stdout=self.out, scrypt_n=TEST_SCRYPT_N)
+        self.menus = Menus(settings, ledger=ledger, stdout=self.out, scrypt_n=TEST_SCRYPT_N, **options)
         #: What runs in the session: the whole program, or one flow of it.
         self._body: Callable[[Menus], int] = body or Menus.run
+        self.screen = screen if screen is not None else DummyOutput()
         self.status: int | None = None
         self.error: BaseException | None = None
         self._input: PipeInput | None = None
@@ -108,7 +130,7 @@ class Terminal:
             self._input = pipe
             self._started.set()
             try:
-                with create_app_session(input=pipe, output=DummyOutput()):
+                with create_app_session(input=pipe, output=self.screen):
                     self.status = self._body(self.menus)
             except BaseException as exc:  # handed to the test thread, which re-raises or checks it
                 self.error = exc
@@ -122,11 +144,15 @@ class Terminal:
         assert self._input is not None
         self._input.send_text(keys)
 
-    def wait_for(self, text: str, timeout: float = HANG_TIMEOUT) -> None:
+    def wait_for(self, text: str, timeout: float = HANG_TIMEOUT, *, count: int = 1) -> None:
+        """Wait until ``text`` was printed ``count`` times; fail at once if the menu thread died."""
+        self.wait_until(lambda: self.output.count(text) >= count, f"{text!r} (x{count})", timeout)
+
+    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = HANG_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
-        while text not in self.output:
+        while not condition():
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                pytest.fail(f"{text!r} never appeared; output was:\n{self.output}")
+                pytest.fail(f"{what} never appeared (menus ended: {self.error!r}); output was:\n{self.output}")
             time.sleep(0.01)
 
     def finish(self) -> str:
@@ -139,11 +165,12 @@ class Terminal:
 
 
 @pytest.fixture
-def terminal(settings: Settings, ledger: MemoryLedger) -> Iterator[Callable[[], Terminal]]:
+def terminal(settings: Settings, ledger: MemoryLedger) -> Iterator[Callable[..., Terminal]]:
+    """Start the menus; ``settings=`` replaces the test's settings, other options go to Terminal."""
     made: list[Terminal] = []
 
-    def factory() -> Terminal:
-        made.append(Terminal(settings, ledger).start())
+    def factory(**options: Any) -> Terminal:
+        made.append(Terminal(options.pop("settings", settings), ledger, **options).start())
         return made[-1]
 
     yield factory
@@ -170,6 +197,11 @@ def run(terminal: Callable[[], Terminal]) -> Callable[[str], str]:
 
 def login(keys: str = "") -> str:
     return PASSWORD + "\r" + keys
+
+
+def unwrapped(output: str) -> str:
+    """``output`` with wrapped rows joined again (a row break at a blank dropped that blank)."""
+    return output.replace("\n" + gutter(DEFAULT_WIDTH), "")
 
 
 # --- start-up ------------------------------------------------------------------------------------
@@ -225,7 +257,7 @@ def test_login_shows_own_fingerprint(run: Callable[[str], str], alice_identity: 
 def test_wrong_password_says_so_and_asks_again(run: Callable[[str], str]) -> None:
     output = run("wrong\r" + "also wrong\r" + login(CTRL_D))
     assert "error: wrong password; 2 tries left" in output
-    assert "error: wrong password; 1 tries left" in output
+    assert "error: wrong password; 1 try left" in output
     assert "Logged in as alice." in output
 
 
@@ -444,7 +476,7 @@ def test_a_pem_key_is_refused_whole_with_ask_for_a_new_card(
 ) -> None:
     pem = crypto.public_key_to_string(bob.identity.public_key)
     assert pem.count("\n") > 5
-    output = run(login("2\rbob\r" + pem.replace("\n", "\r") + "\r" + "\r" + "3\r" + CTRL_D))
+    output = unwrapped(run(login("2\rbob\r" + pem.replace("\n", "\r") + "\r" + "\r" + "3\r" + CTRL_D)))
     assert "ask for a new card" in output
     assert "Fingerprint:" not in output.split("Your fingerprint", 2)[1]
     assert friend_keys(settings) == {}
@@ -495,7 +527,7 @@ def test_a_card_error_keeps_the_nickname_and_asks_for_the_card_again(
     }
     # The nickname is typed once; after the error only the card is pasted again.
     keys = "2\r" + "carol\r" + PASTE_START + cards[key] + PASTE_END + "\r" + PASTE_START + carol_card() + PASTE_END
-    output = run(login(keys + "\r" + "y\r" + CTRL_D))
+    output = unwrapped(run(login(keys + "\r" + "y\r" + CTRL_D)))
     assert error in output
     after_error = output.split(error, 1)[1]
     assert after_error.startswith("\nPaste the card for carol again, or press Enter to cancel.\n")
@@ -624,7 +656,10 @@ def test_the_chat_header_says_whether_the_friend_is_verified(
 ) -> None:
     digits = safety.safety_number(alice_identity.public_key, befriended.identity.public_key)
     output = run(login("1\r1\r" + CTRL_D))
-    assert f"Chatting with bob (not verified)\nSafety number: {safety.grouped(digits)}\n" in output
+    # Wrapped to the terminal like every line of the chat screen (80 columns here), whole once unwrapped.
+    header = output.split("Chatting with bob (not verified)\n", 1)[1].split("No messages yet.", 1)[0]
+    assert all(display_width(row) < DEFAULT_WIDTH for row in header.splitlines())
+    assert f"Safety number: {safety.grouped(digits)}\n" in unwrapped(header)
     open_friend_store(settings).update("bob", verified=True)
     output = run(login("1\r1\r" + CTRL_D))
     assert "Chatting with bob (verified)\n" in output and "Safety number" not in output
@@ -783,9 +818,9 @@ def test_send_message_reaches_the_friend(run: Callable[[str], str], befriended: 
 
 
 def test_empty_message_and_unknown_choice_are_errors(run: Callable[[str], str], befriended: Person) -> None:
-    output = run(login("1\r1\r" + "1\r" + "   \r" + "9\r" + "6\r" + "2\r" + CTRL_D))
+    output = run(login("1\r1\r" + "1\r" + "   \r" + "9\r" + "8\r" + "2\r" + CTRL_D))
     assert "error: the message is empty" in output
-    assert "error: no such choice '9': enter a number from 1 to 6" in output
+    assert "error: no such choice '9': enter 1 to 8, or ' 9' to send it" in output
     assert output.count("Main menu") == 2  # Previous menu, then Previous menu again
 
 
@@ -901,12 +936,13 @@ def test_ctrl_d_in_chat_quits(terminal: Callable[[], Terminal], befriended: Pers
 def test_chat_menu_lists_the_seed_items_then_files_and_previous_menu_last(
     run: Callable[[str], str], befriended: Person
 ) -> None:
-    output = run(login("1\r1\r" + "6\r" + "2\r" + CTRL_D))
+    output = run(login("1\r1\r" + "8\r" + "2\r" + CTRL_D))
     assert (
         "Chat with bob\n  1. Send message\n  2. Update\n  3. Load older messages\n"
-        "  4. Send file\n  5. Save a file\n  6. Previous menu\n"
+        "  4. Send file\n  5. Save a file\n  6. View a whole message\n  7. Disappearing messages\n"
+        "  8. Previous menu\n"
     ) in output
-    assert output.count("Friends\n") == 2  # 6 went back to the friends
+    assert output.count("Friends\n") == 2  # 8 went back to the friends
 
 
 # --- files in the chat ---------------------------------------------------------------------------------
@@ -941,15 +977,16 @@ def test_save_a_file_from_the_conversation(run: Callable[[str], str], settings: 
     befriended.chat.send_file("alice", tmp_path / "first.txt")
     befriended.chat.send_message("two files for you", "alice")
     befriended.chat.send_file("alice", tmp_path / "re\u202efdp.exe")
-    output = run(login("1\r1\r" + "5\r" + "9\r" + "5\r\r" + "5\r" + "2\r" + CTRL_D))
+    output = run(login("1\r1\r" + "5\r" + "9\r" + "5\r\r" + "5\r" + "1\r" + CTRL_D))
     assert "bob: file first.txt (100 B)" in output
-    listing = output.split("Files in this conversation:\n", 1)[1]
-    assert listing.startswith("  1. file first.txt (100 B), from bob, ")
-    assert "\n  2. file refdp.exe (4.9 KiB), from bob, " in listing
+    # The newest is 1, as 'reschat save NICK N' counts, and the listing says so.
+    listing = output.split("Files in this conversation (1 = the newest, as in 'reschat save'):\n", 1)[1]
+    assert listing.startswith("  1. file refdp.exe (4.9 KiB), from bob, ")
+    assert "\n  2. file first.txt (100 B), from bob, " in listing
     assert "error: no such file '9': enter a number from 1 to 2" in output
     assert "Nothing saved." in output
     downloads = ProfilePaths(settings.home).downloads
-    assert f"Saved {downloads / 'refdp.exe'}" in output
+    assert f"Saved {downloads / 'refdp.exe'}" in unwrapped(output)
     assert "\u202e" not in output
     assert sorted(p.name for p in downloads.iterdir()) == ["refdp.exe"]
     assert sha256((downloads / "refdp.exe").read_bytes()) == sha256(second)
@@ -1004,7 +1041,7 @@ def test_a_notice_when_another_friend_writes(
     term.wait_for("bob: from bob")
     carol.chat.send_message("c2", "alice")
     term.wait_for("(3 new messages from carol)")
-    term.type("6\r")
+    term.type("8\r")
     term.wait_for("carol (3 unread)")
     term.type(CTRL_D)
     output = term.finish()
@@ -1023,7 +1060,7 @@ def test_unread_counts_in_the_friends_menu_follow_arrivals_and_reading(
     term.wait_for("1. bob (2 unread)\n  2. carol\n  3. Previous menu")
     term.type("bob\r")
     term.wait_for("bob: b2")
-    term.type("6\r")
+    term.type("8\r")
     term.wait_for("1. bob\n  2. carol\n  3. Previous menu")  # read: no count left
     befriended.chat.send_message("b3", "alice")
     carol.chat.send_message("c1", "alice")
@@ -1031,7 +1068,468 @@ def test_unread_counts_in_the_friends_menu_follow_arrivals_and_reading(
     term.wait_for("1. bob (1 unread)\n  2. carol (1 unread)\n  3. Previous menu")
     term.type("carol\r")
     term.wait_for("carol: c1")
-    term.type("6\r")
+    term.type("8\r")
     term.wait_for("1. bob (1 unread)\n  2. carol\n  3. Previous menu")
     term.type(CTRL_D)
     assert term.finish().rstrip().endswith("Bye.")
+
+
+# --- typing sends (issue 14.1) ---------------------------------------------------------------------------
+
+
+def texts(person: Person) -> list[str]:
+    return [m.text for m in person.chat.get_update("alice").messages if m.type == "text"]
+
+
+def test_typing_a_line_sends_it_and_a_number_needs_a_space(
+    terminal: Callable[..., Terminal], befriended: Person
+) -> None:
+    term = terminal()
+    term.type(login("1\r1\r"))
+    term.wait_for(CHAT_HINT)
+    term.type("hello bob\r")
+    term.wait_for("me: hello bob")
+    # ' 42' sends 42, '42' is no menu item; Esc Enter makes a new line, a bracketed paste keeps its own.
+    term.type(" 42\r" + "42\r" + "two\x1b\rlines\r" + PASTE_START + "pasted\nlines" + PASTE_END + "\r")
+    term.wait_for("me: pasted")
+    term.type("thrown away" + CTRL_C + "kept\r")  # Ctrl-C clears a line that has text
+    term.wait_for("me: kept")
+    term.type(CTRL_C)  # and on an empty line goes back to the friends
+    term.wait_for("Friends\n", count=2)
+    term.type(CTRL_D)
+    output = term.finish()
+    assert texts(befriended) == ["hello bob", "42", "two\nlines", "pasted\nlines", "kept"]
+    assert "error: no such choice '42': enter 1 to 8, or ' 42' to send it" in output
+    assert "me: two\n" + gutter(DEFAULT_WIDTH) + "lines\n" in output
+    # The menu once, on entry; after each message a one-line hint instead.
+    assert output.count("  1. Send message") == 1
+    assert output.count(CHAT_HINT) == 1 + 5
+    assert "\a" not in output  # no bell unless the settings ask for it
+
+
+def test_an_empty_line_shows_the_menu_again(run: Callable[[str], str], befriended: Person) -> None:
+    output = run(login("1\r1\r" + "\r" + "  \r" + CTRL_D))
+    assert output.count("  1. Send message") == 3
+    assert texts(befriended) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("hello", ChatLine("message", text="hello")),
+        ("3", ChatLine("choice", number=3)),
+        ("3  ", ChatLine("choice", number=3)),
+        (" 3", ChatLine("message", text="3")),
+        ("  two spaces", ChatLine("message", text=" two spaces")),
+        ("8", ChatLine("no-choice", text="8")),
+        ("0", ChatLine("no-choice", text="0")),
+        ("٣", ChatLine("message", text="٣")),  # only ASCII digits pick items
+        ("3\n4", ChatLine("message", text="3\n4")),
+        ("", ChatLine("menu")),
+        ("   ", ChatLine("menu")),
+    ],
+)
+def test_how_a_chat_line_is_read(line: str, expected: ChatLine) -> None:
+    assert read_chat_line(line, 7) == expected
+
+
+def test_the_seed_item_send_message_still_asks_for_a_message(run: Callable[[str], str], befriended: Person) -> None:
+    output = run(login("1\r1\r" + "1\r" + "via the menu\x1b\rtwo lines\r" + CTRL_D))
+    assert "me: via the menu" in output
+    assert texts(befriended) == ["via the menu\ntwo lines"]
+
+
+# --- whole messages (issue 14.2) ---------------------------------------------------------------------------
+
+
+def test_view_a_whole_message_in_the_pager_or_printed(terminal: Callable[..., Terminal], befriended: Person) -> None:
+    long_text = "x" * 1500 + "\n" + "\n".join(f"line {i}" for i in range(60))
+    befriended.chat.send_message(long_text, "alice")
+    befriended.chat.send_message("short one", "alice")
+    paged: list[str] = []
+
+    def pager(text: str) -> bool:  # pages the first time; then there is "no pager", so it is printed
+        paged.append(text)
+        return len(paged) == 1
+
+    term = terminal(pager=pager)
+    term.type(login("1\r1\r"))
+    term.wait_for(CHAT_HINT)
+    term.type("6\r")
+    term.wait_for("Recent messages (1 = the newest):")
+    term.type("2\r")
+    term.wait_for(CHAT_HINT, count=2)
+    term.type("6\r3\r" + "6\r\r" + "6\r2\r")
+    term.wait_for("line 59")
+    term.type(CTRL_D)
+    output = term.finish()
+    # In the chat a friend's long message is cut, and the marker says how to read it all.
+    assert "[… 500 more characters; 6 shows it whole]" in output
+    assert "[… 21 more lines; 6 shows it whole]" in output
+    listing = output.split("Recent messages (1 = the newest):\n", 1)[1]
+    assert listing.startswith("  1. ")
+    assert listing.split("\n")[0].endswith(" bob: short one")
+    assert " bob: " + "x" * 10 in listing.split("\n")[1] and listing.split("\n")[1].endswith("…")
+    assert "error: no such message '3': enter a number from 1 to 2" in output
+    rows = paged[0].split("\n")
+    assert rows[0].startswith(paged[1].split("\n")[0][:16]) and " bob: xxx" in rows[0]
+    assert all(row.startswith(gutter(DEFAULT_WIDTH)) for row in rows[1:])
+    assert all(display_width(row) < DEFAULT_WIDTH for row in rows)
+    assert "x" * 1500 in unwrapped(paged[0])
+    assert [row.removeprefix(gutter(DEFAULT_WIDTH)) for row in rows[-60:]] == [f"line {i}" for i in range(60)]
+    assert "more characters" not in paged[0] and "more lines" not in paged[0]
+    assert paged[1] == paged[0]
+    assert paged[0] in output  # the second time, with no pager, it was printed
+
+
+def test_view_with_no_messages(run: Callable[[str], str], befriended: Person) -> None:
+    assert "No messages to view." in run(login("1\r1\r" + "6\r" + CTRL_D))
+
+
+def test_a_draft_over_the_limit_is_kept_for_editing_or_sent_as_a_file(
+    terminal: Callable[..., Terminal], befriended: Person, tmp_path: Path
+) -> None:
+    draft = "0123456789abcdef" * 1100  # 17,600 bytes: over the 16 KiB of one message
+    assert len(draft.encode()) > MAX_TEXT_BYTES
+    term = terminal()
+    term.type(login("1\r1\r"))
+    term.wait_for(CHAT_HINT)
+    term.type(PASTE_START + draft + PASTE_END + "\r")
+    term.wait_for("This message is 17,600 bytes; a message holds at most 16,384 bytes (16 KiB).")
+    term.type("\r")  # Enter keeps it
+    term.wait_for("Kept: edit it at the prompt")
+    term.type("\x7f" * 1300 + "\r")  # the prompt holds the draft: delete its last 1,300 characters, send
+    term.wait_for("me: 0123456789abcdef")
+    term.type(PASTE_START + draft + PASTE_END + "\r")
+    term.wait_for("This message is 17,600 bytes", count=2)
+    term.type("1\r")  # send it as a file
+    term.wait_for("me: file message.txt (17.2 KiB)")
+    term.type(CTRL_D)
+    output = term.finish()
+    assert "error" not in output
+    received = befriended.chat.get_update("alice").messages
+    assert [m.type for m in received] == ["text", "file"]
+    assert received[0].text == draft[:-1300]
+    saved = befriended.chat.save_file(received[1], tmp_path / "bob-downloads")
+    assert saved.name == "message.txt" and saved.read_text(encoding="utf-8") == draft
+
+
+def test_a_draft_the_engine_refuses_comes_back_at_the_prompt(
+    terminal: Callable[..., Terminal], befriended: Person, settings: Settings
+) -> None:
+    friends = ProfilePaths(settings.home).friends
+    stored = friends.read_text(encoding="utf-8")
+    term = terminal()
+    term.type(login("1\r1\r"))
+    term.wait_for(CHAT_HINT)
+    # bob is renamed behind the chat's back (another terminal of the profile could): sending fails.
+    friends.write_text(stored.replace('"nickname": "bob"', '"nickname": "robert"'), encoding="utf-8")
+    term.type("my precious draft\r")
+    term.wait_for("error: no friend is called 'bob'")
+    friends.write_text(stored, encoding="utf-8")
+    term.type("\r")  # the prompt holds the draft: Enter sends it now
+    term.wait_for("me: my precious draft")
+    term.type(CTRL_D)
+    term.finish()
+    assert texts(befriended) == ["my precious draft"]
+
+
+# --- disappearing messages ---------------------------------------------------------------------------------
+
+
+def test_disappearing_messages_shows_the_timer_sets_it_and_both_sides_see_the_line(
+    terminal: Callable[..., Terminal], befriended: Person
+) -> None:
+    term = terminal()
+    term.type(login("1\r1\r"))
+    term.wait_for(CHAT_HINT)
+    term.type("7\r")
+    term.wait_for("Disappearing messages: off.")
+    term.type("3s\r")  # a timer out of range is an error; nothing is sent
+    term.wait_for("error: disappearing messages take a timer from 5 minutes to 4 weeks")
+    term.type("7\r" + "soon\r")
+    term.wait_for("error: not a duration: 'soon' (say 5m, 1h, 2d, 4w or off)")
+    term.type("7\r" + "\r")
+    term.wait_for("Nothing changed.")
+    assert befriended.chat.disappearing("alice") == 0
+    assert [m.type for m in befriended.chat.get_update("alice").messages] == []
+    term.type("7\r" + "1h\r")
+    term.wait_for("-- you set disappearing messages to 1 hour")
+    # bob's side: the same setting, as a line of the conversation, and his timer follows it.
+    seen = befriended.chat.get_update("alice").messages
+    assert [(m.type, m.sender) for m in seen] == [("setting", "alice")]
+    assert format_message(seen[0], width=DEFAULT_WIDTH)[0].endswith("-- alice set disappearing messages to 1 hour")
+    assert befriended.chat.disappearing("alice") == 3600
+    term.type("7\r")
+    term.wait_for("Disappearing messages: 1 hour.")
+    term.type("1h\r")
+    term.wait_for("Disappearing messages are already 1 hour: nothing changed.")
+    # bob turns it off: alice's open chat shows his line by itself, and her timer follows.
+    befriended.chat.set_disappearing("alice", 0)
+    term.wait_for("-- bob turned disappearing messages off")
+    term.type("7\r")
+    term.wait_for("Disappearing messages: off.", count=2)
+    term.type("\r")
+    term.wait_for("Nothing changed.", count=2)
+    term.type(CTRL_D)
+    output = term.finish()
+    assert term.error is None and "Traceback" not in output
+    assert output.count("-- you set disappearing messages to") == 1  # the refused and the unchanged sent nothing
+    assert "✓ delivered: set disappearing messages to 1 hour" in output
+    assert [m.type for m in befriended.chat.get_update("alice").messages] == ["setting", "setting"]
+
+
+# --- safe wrapping in the chat (issue 11.6) -----------------------------------------------------------------
+
+
+def test_padding_cannot_fake_a_line_in_the_chat(run: Callable[[str], str], befriended: Person) -> None:
+    spoof = "✓ me: yes, I agree to wire you 5000 EUR today"
+    befriended.chat.send_message("ok" + " " * 56 + spoof, "alice")  # blank padding
+    befriended.chat.send_message("ok" + "." * 56 + spoof, "alice")  # printable padding
+    befriended.chat.send_message("ok\n" + spoof, "alice")  # a new line
+    output = run(login("1\r1\r" + CTRL_D))
+    rows = output.split("Chatting with bob (not verified)\n", 1)[1].splitlines()
+    assert all(display_width(row) < DEFAULT_WIDTH for row in rows)  # the terminal never wraps a row itself
+    assert not any(row.lstrip().startswith("✓") for row in rows)
+    assert sum(spoof.split(" ", 1)[1][:10] in row for row in rows) == 3
+    for row in rows:
+        if "me: yes" in row:
+            assert row.startswith(gutter(DEFAULT_WIDTH)) or row.startswith("20")  # a continuation, or bob's line
+
+
+# --- fixes (issue 14.4) -------------------------------------------------------------------------------------
+
+
+def test_a_file_is_delivered_under_its_label_not_its_manifest(
+    terminal: Callable[..., Terminal], befriended: Person, tmp_path: Path
+) -> None:
+    (tmp_path / "photo.png").write_bytes(os.urandom(2000))
+    term = terminal()
+    term.type(login("1\r1\r" + "4\r" + str(tmp_path / "photo.png") + "\r"))
+    term.wait_for("✓ delivered: file photo.png (2.0 KiB)")  # the background poll confirmed it
+    term.type(CTRL_D)
+    output = term.finish()
+    assert '{"v"' not in output and "chunks" not in output
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "'{path}'",  # what many terminals insert for a dropped file
+        '"{path}"',
+        "{escaped}",  # others escape the blanks
+        " '{path}' ",
+        "file://{url}",
+    ],
+)
+def test_send_file_accepts_quoted_and_dropped_paths(
+    run: Callable[[str], str], befriended: Person, tmp_path: Path, typed: str
+) -> None:
+    folder = tmp_path / "my photos"
+    folder.mkdir()
+    path = folder / "with space.jpg"
+    path.write_bytes(b"\xff\xd8 a picture")
+    line = typed.format(
+        path=path, escaped=str(path).replace(" ", "\\ "), url=urllib.parse.quote(str(path))
+    )
+    output = run(login("1\r1\r" + "4\r" + line + "\r" + CTRL_D))
+    assert "me: file with space.jpg (12 B)" in output, output
+    assert [m.type for m in befriended.chat.get_update("alice").messages] == ["file"]
+
+
+@pytest.mark.parametrize(
+    ("typed", "path"),
+    [
+        ("/a/b.jpg", "/a/b.jpg"),
+        ("  '/a/with space.jpg' ", "/a/with space.jpg"),
+        ('"/a/with space.jpg"', "/a/with space.jpg"),
+        ("/a/with\\ space.jpg", "/a/with space.jpg"),
+        ("file:///a/with%20space.jpg", "/a/with space.jpg"),
+        ("'/a/unmatched", "'/a/unmatched"),
+        ("/a/two words", "/a/two words"),
+    ],
+)
+def test_dropped_paths_are_unquoted(typed: str, path: str) -> None:
+    assert dropped_path(typed) == path
+
+
+def test_a_friend_is_picked_by_a_unique_prefix_in_the_menus(
+    run: Callable[[str], str], befriended: Person, carol: Person, settings: Settings
+) -> None:
+    open_friend_store(settings).add_friend("bobcat", crypto.parse_contact(make_identity("bobcat", 3).card))
+    output = run(login("1\r" + "ca\r" + "8\r" + "bo\r" + "BOBC\r" + "8\r" + "bob\r" + "8\r" + "z\r" + CTRL_D))
+    assert "Chatting with carol" in output and "Chatting with bobcat" in output and "Chatting with bob (" in output
+    assert "error: 'bo' could be 'bob', 'bobcat': type more of the nickname" in output
+    assert "error: no friend is called 'z'" in output
+
+
+def test_nickname_matching() -> None:
+    names = ["bob", "Bobcat", "Élodie"]
+    assert match_nickname("BOB", names) == "bob"  # an exact name wins over the longer one it begins
+    assert match_nickname("bobc", names) == "Bobcat"
+    assert match_nickname(" élo ", names) == "Élodie"
+    with pytest.raises(UnknownFriendError, match="could be 'bob', 'Bobcat'"):
+        match_nickname("b", names)
+    with pytest.raises(UnknownFriendError, match="no friend is called"):
+        match_nickname("", names)
+
+
+# --- live unread counts, the bell (issue 14.3) ---------------------------------------------------------------
+
+
+class ScreenRecorder(DummyOutput):
+    """A prompt_toolkit output that keeps what is drawn (prompts and toolbars, not printed lines).
+
+    prompt_toolkit redraws only the characters that changed since the last drawing, unless the terminal
+    size changed; so each drawing (a burst of size queries, a refresh apart from the last) is told
+    another width, and every toolbar appears whole in ``text``."""
+
+    def __init__(self) -> None:
+        self._drawn: list[str] = []
+        self._lock = threading.Lock()
+        self._drawing = 0
+        self._last_query = 0.0
+
+    def write(self, data: str) -> None:
+        with self._lock:
+            self._drawn.append(data)
+
+    def get_size(self) -> Size:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_query > 0.02:
+                self._drawing += 1
+            self._last_query = now
+            return Size(rows=40, columns=DEFAULT_WIDTH + self._drawing % 2)
+
+    @property
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self._drawn)
+
+
+def test_unread_counts_update_by_themselves_under_the_main_menu_and_the_friend_list(
+    terminal: Callable[..., Terminal], befriended: Person, carol: Person
+) -> None:
+    screen = ScreenRecorder()
+    term = terminal(screen=screen)
+    term.type(login())
+    term.wait_until(lambda: "no unread messages" in screen.text, "the toolbar")
+    befriended.chat.send_message("b1", "alice")
+    term.wait_until(lambda: "unread: bob 1" in screen.text, "bob's count")  # nothing was typed
+    term.type("1\r")
+    term.wait_for("1. bob (1 unread)\n  2. carol\n")
+    carol.chat.send_message("c1", "alice")
+    term.wait_until(lambda: "unread: bob 1, carol 1" in screen.text, "carol's count under the friend list")
+    term.type(CTRL_D)
+    term.finish()
+    assert term.error is None
+
+
+def test_the_bell_rings_on_new_messages_when_the_settings_ask(
+    terminal: Callable[..., Terminal], settings: Settings, befriended: Person
+) -> None:
+    screen = ScreenRecorder()
+    term = terminal(settings=replace(settings, chat=replace(settings.chat, bell=True)), screen=screen)
+    term.type(login())
+    term.wait_until(lambda: "no unread messages" in screen.text, "the first count")
+    befriended.chat.send_message("ding", "alice")
+    term.wait_for("\a")  # under the main menu
+    term.type("1\r1\r")
+    term.wait_for("bob: ding")
+    befriended.chat.send_message("dong", "alice")
+    term.wait_for("bob: dong")
+    term.type(CTRL_D)
+    assert term.finish().count("\a") == 2  # and none for the message already shown on opening
+
+
+@pytest.mark.parametrize(
+    ("backend", "interval", "since", "gap"),
+    [
+        ("resilientdb", 2.0, 0.0, 0.2),  # a message just now: rounds 200 ms apart on ResilientDB
+        ("resilientdb-http", 2.0, 59.9, 0.2),
+        ("local", 2.0, 30.0, 0.1),  # and 100 ms apart on the local ledger
+        ("resilientdb", 2.0, 60.0, 2.0),  # a quiet minute: back to the configured interval
+        ("local", 5.0, 600.0, 5.0),
+        ("local", 2.0, None, 2.0),  # nothing sent or received in this session
+        ("resilientdb", 0.05, None, 0.2),  # never closer than the minimum, whatever the settings say
+        ("local", 0.05, 1.0, 0.1),
+    ],
+)
+def test_poll_cadence(backend: str, interval: float, since: float | None, gap: float) -> None:
+    assert poll_gap(backend=backend, interval=interval, since_activity=since) == gap
+
+
+def test_the_open_chat_polls_fast_while_active_and_backs_off_when_quiet(
+    terminal: Callable[..., Terminal], befriended: Person
+) -> None:
+    clock = [1000.0]  # the menus' monotonic clock, moved by the test
+    asked: list[float | None] = []  # what the poll's cadence was asked: seconds since the last activity
+
+    def cadence(*, backend: str, interval: float, since_activity: float | None) -> float:
+        asked.append(since_activity)
+        return poll_gap(backend=backend, interval=interval, since_activity=since_activity)
+
+    def next_asked(check: Callable[[float | None], bool], what: str) -> None:
+        start = len(asked)
+        term.wait_until(lambda: any(check(since) for since in asked[start:]), what)
+
+    befriended.chat.send_message("just now", "alice")
+    term = terminal(monotonic=lambda: clock[0], cadence=cadence)
+    term.type(login("1\r1\r"))
+    term.wait_for("bob: just now")
+    # Opening a chat whose newest message is seconds old: active already.
+    next_asked(lambda since: since is not None and 0 <= since < ACTIVE_WINDOW_S, "active on opening")
+    clock[0] += 61
+    next_asked(lambda since: since is not None and since >= ACTIVE_WINDOW_S, "quiet after a minute")
+    term.type("hello\r")  # sending makes it active
+    term.wait_for("me: hello")
+    next_asked(lambda since: since == 0.0, "active after sending")
+    clock[0] += 61
+    next_asked(lambda since: since is not None and since >= ACTIVE_WINDOW_S, "quiet again")
+    befriended.chat.send_message("back", "alice")  # and so does receiving
+    term.wait_for("bob: back")
+    next_asked(lambda since: since == 0.0, "active after receiving")
+    term.type(CTRL_D)
+    term.finish()
+
+
+def test_a_nudge_cuts_the_wait_short() -> None:
+    gaps = iter([3600.0])
+    ticked = threading.Event()
+    with Poller(lambda: next(gaps, 0.0), ticked.set) as poller:
+        poller.nudge()  # the hour-long first wait ends, the next gap (0 s) is asked for, and a round runs
+        assert ticked.wait(HANG_TIMEOUT)
+
+
+def test_the_pager_is_fed_through_a_pipe(tmp_path: Path) -> None:
+    received = tmp_path / "received"
+    script = tmp_path / "pager.py"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import os, stat, sys\n"
+        "kind = 'pipe' if stat.S_ISFIFO(os.fstat(0).st_mode) else 'not a pipe'\n"
+        "text = sys.stdin.read()\n"
+        "with open(os.environ['RECEIVED'], 'w') as out:\n"
+        "    out.write('|'.join([kind, ' '.join(sys.argv[1:]), os.environ.get('LESSSECURE', '-'), text]))\n"
+    )
+    script.chmod(0o755)
+    tty = FakeTerminal()
+    env = {"RECEIVED": str(received)}
+    assert run_pager("row 1\nrow 2", environ={**env, "PAGER": f"{script} --opt"}, terminal=tty)
+    assert received.read_text() == "pipe|--opt|-|row 1\nrow 2\n"
+    # No $PAGER: less (never -R), with LESSSECURE; here a stand-in found on PATH.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "less").symlink_to(script)
+    assert run_pager("hello", environ={**env, "PATH": str(bindir)}, terminal=tty)
+    assert received.read_text() == "pipe|-F -X -K|1|hello\n"
+    assert not run_pager("x", environ={**env, "PATH": str(tmp_path / "empty")}, terminal=tty)  # no pager at all
+    assert not run_pager("x", environ={**env, "PAGER": str(tmp_path / "missing")}, terminal=tty)
+    assert not run_pager("x", environ={**env, "PAGER": str(script)}, terminal=io.StringIO())
+    assert received.read_text() == "pipe|-F -X -K|1|hello\n"  # not a terminal: nothing was started
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
