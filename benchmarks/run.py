@@ -17,9 +17,11 @@ between the latency samples; the floor is the sum of their medians. Every latenc
 multiple of that floor.
 
 Two ledgers are measured: the embedded SQLite ledger, and the project's stand-in for ResilientDB's
-``kv_service_tools`` set to the real cluster's timings (get 190 ms, set 12 ms). Ledger operations are
-counted on the in-memory ledger, which records every operation; whether the reads of one update form
-one concurrent round is read from the stand-in's log of each tool call's start and end.
+``kv_service_tools`` set to the real cluster's timings (get 190 ms, set 12 ms). On the stand-in, an open
+chat is also measured as the menus run it (their Poller and poll_gap): the time from a friend's send to
+the screen while the conversation is active, and the ledger reads per minute of a chat left open and idle.
+Ledger operations are counted on the in-memory ledger, which records every operation; whether the reads
+of one update form one concurrent round is read from the stand-in's log of each tool call's start and end.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,8 +52,10 @@ from reschat.chat import ChatService
 from reschat.friends import FriendStore
 from reschat.keystore import ReceiveKeyEntry
 from reschat.ledger import Ledger, LocalLedger, MemoryLedger, ResilientDBLedger
+from reschat.menus import ACTIVE_WINDOW_S, Poller, poll_gap
 from reschat.outbox import OwnLane, page_id
 from reschat.page import Record, SealedPage, format_timestamp, to_micros
+from reschat.render import format_message
 from reschat.storage import atomic_write
 from tests.standin import Call, StandInCluster
 
@@ -96,16 +102,19 @@ class Sizes:
     history_open_reps: int = 5
     new_page_reps: int = 20
     conversation: int = 40  # messages in the chat that is opened (half each way)
+    live_messages: int = 15  # messages sent into an open chat whose poll runs, on the stand-in
 
 
 QUICK = Sizes(
     floor_reps=5, loop_local=4, loop_standin=2, open_local=2, open_standin=1, lone_standin=1,
-    history=(1, 10, 20), history_open_reps=2, new_page_reps=2, conversation=6,
+    history=(1, 10, 20), history_open_reps=2, new_page_reps=2, conversation=6, live_messages=2,
 )
 #: Opening is flat when, from this depth on (window and rotation complete), reads and pages opened
 #: vary by at most FLAT_SLACK across the depths.
 FLAT_FROM_PAGES = 10
 FLAT_SLACK = 2
+#: The configured poll interval the idle figures assume (config.example.toml's default).
+DEFAULT_POLL_INTERVAL_S = 2.0
 
 
 # --- instruments ----------------------------------------------------------------------------------
@@ -664,6 +673,86 @@ def measure_lone_calls(cluster: StandInCluster, reps: int) -> dict[str, Any]:
     }
 
 
+# --- an open chat: from a friend's send to the screen, and the reads of an idle chat ------------------
+
+
+def measure_live(
+    root: Path, keys: Sequence[RSA.RsaKey], ledger: Ledger, backend: str, messages: int, seed: int = 7
+) -> dict[str, Any]:
+    """Bob has the chat open: the menus' own Poller runs get_update at the menus' own cadence
+    (``reschat.menus.poll_gap``, the conversation active), and each message new to him is formatted for
+    the screen. Alice sends ``messages`` messages at random moments, so that they fall anywhere in the
+    poll cycle; the latency of one is from the start of her send to the moment his poll formatted it."""
+    alice, bob = make_pair(root, ledger, keys)
+    alice.chat.send_message("warm-up", "bob")
+    bob.chat.get_update("alice")
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    rounds: list[float] = []
+    all_seen = threading.Event()
+
+    def tick() -> None:
+        start = time.perf_counter()
+        view = bob.chat.get_update("alice")
+        for message in view.new_messages:
+            format_message(message)
+            seen.setdefault(message.text, time.perf_counter())
+        rounds.append(time.perf_counter() - start)
+        if len(seen) >= messages + 1:
+            all_seen.set()
+
+    def gap() -> float:  # a message was just sent or received: the conversation stays active
+        return poll_gap(backend=backend, interval=DEFAULT_POLL_INTERVAL_S, since_activity=0.0)
+
+    chance = random.Random(seed)
+    seen["warm-up"] = 0.0
+    with Poller(gap, tick):
+        for i in range(messages):
+            time.sleep(chance.uniform(0.3, 0.9))
+            text = f"live {i}"
+            sent[text] = time.perf_counter()
+            alice.chat.send_message(text, "bob")
+        if not all_seen.wait(60):
+            raise RuntimeError(f"the open chat never showed {sorted(set(sent) - set(seen))}")
+    latencies = [seen[text] - sent[text] for text in sent]
+    return {
+        "send_to_screen": summary_ms(latencies),
+        "poll_gap_active_ms": round(gap() * 1000),
+        "poll_round": summary_ms(rounds),
+        "messages": messages,
+    }
+
+
+def idle_reads_per_minute(
+    root: Path, keys: Sequence[RSA.RsaKey], idle_round_ms: float, backend: str
+) -> dict[str, Any]:
+    """Ledger reads per minute of an open chat that stays quiet: rounds of get_update (each counted on
+    the memory ledger) every configured interval, as poll_gap says, plus the time a round takes."""
+    ledger = MemoryLedger()
+    alice, bob = make_pair(root / "idle", ledger, keys)
+    for i in range(3):  # a conversation both have written to, then quiet
+        alice.chat.send_message(f"a{i}", "bob")
+        bob.chat.get_update("alice")
+        bob.chat.send_message(f"b{i}", "alice")
+        alice.chat.get_update("bob")
+    bob.chat.get_update("alice")
+    ledger.operations.clear()
+    bob.chat.get_update("alice")
+    gets = sum(1 for op, _ in ledger.operations if op == "get")
+    quiet = poll_gap(backend=backend, interval=DEFAULT_POLL_INTERVAL_S, since_activity=ACTIVE_WINDOW_S)
+    active = poll_gap(backend=backend, interval=DEFAULT_POLL_INTERVAL_S, since_activity=0.0)
+    per_minute = 60 / (quiet + idle_round_ms / 1000)
+    return {
+        "gets_per_round": gets,
+        "poll_gap_quiet_s": quiet,
+        "rounds_per_minute": round(per_minute, 1),
+        "reads_per_minute": round(per_minute * gets),
+        "reads_per_minute_while_active": round(60 / (active + idle_round_ms / 1000) * gets),
+        "assumes": f"poll_interval {DEFAULT_POLL_INTERVAL_S} s, one friend (no other friends' counts), "
+        f"an idle round of {idle_round_ms:.0f} ms",
+    }
+
+
 # --- opening against the length of the history ---------------------------------------------------
 
 
@@ -972,6 +1061,22 @@ def format_table(results: dict[str, Any], targets: list[Target], conversation: i
             f"reads: idle update {rounds['update_idle_max']}, update with 1 new {rounds['update_1_new_max']}, "
             f"open {rounds[f'open_chat_{conversation}_max']}"
         )
+    live = results.get("live_chat_resilientdb_standin")
+    if live is not None:
+        idle = live["idle_chat"]
+        lines += [
+            "",
+            "| an open chat on the ResilientDB stand-in | median | p95 |",
+            "|---|---|---|",
+            f"| a friend's send to the screen, conversation active (rounds {live['poll_gap_active_ms']} ms apart) "
+            f"| {live['send_to_screen']['median_ms']:.0f} ms | {live['send_to_screen']['p95_ms']:.0f} ms |",
+            f"| one poll round while messages arrive | {live['poll_round']['median_ms']:.0f} ms "
+            f"| {live['poll_round']['p95_ms']:.0f} ms |",
+            "",
+            f"idle open chat: {idle['reads_per_minute']} ledger reads per minute ({idle['rounds_per_minute']} rounds "
+            f"of {idle['gets_per_round']} gets, {idle['poll_gap_quiet_s']:g} s apart); "
+            f"{idle['reads_per_minute_while_active']} per minute while the conversation is active",
+        ]
     ops = results["operations"]
     lines += ["", "| ledger and private-key operations (memory ledger) | gets | sets | RSA signs | KEM decapsulations"
               " | static agreements |", "|---|---|---|---|---|---|"]
@@ -1070,6 +1175,11 @@ def run(
                     workdir / "rdb", keys, rdb, cluster, sizes.loop_standin, sizes.open_standin, sizes.conversation,
                     floor,
                 )
+            with stage("an open chat on the ResilientDB stand-in: send to screen, idle reads"):
+                live = measure_live(workdir / "live", keys, rdb, "resilientdb", sizes.live_messages)
+                idle_round = results["latency"]["resilientdb_standin"]["update_idle"]["median_ms"]
+                live["idle_chat"] = idle_reads_per_minute(workdir / "live", keys, idle_round, "resilientdb")
+                results["live_chat_resilientdb_standin"] = live
     # The floor is sampled before and between the latency samples; every ratio uses all its samples.
     results["crypto_floor"] = floor.summary()
     add_ratios(results["latency"], results["crypto_floor"]["floor_ms"])
