@@ -173,6 +173,7 @@ class _Session:
     mine: _LaneView = field(default_factory=_LaneView)
     returned: set[tuple[int, int]] = field(default_factory=set)  # friend messages already returned
     fresh: set[tuple[int, int]] = field(default_factory=set)  # friend pages read during this update
+    suspected: set[tuple[str, str, str]] = field(default_factory=set)  # gaps and rollbacks seen once
 
 
 @dataclass
@@ -730,6 +731,7 @@ class ChatService:
         if everything:
             messages += self._read_old_epochs(pair, state, session, False, f_epoch, problems)
             messages += self._read_old_epochs(pair, state, session, True, own.epoch, problems)
+        problems = self._second_look(session, problems)
         messages = self._retain(pair, friend_pages, f_epoch, messages, new_messages)
         new_messages = [m for m in new_messages if m in messages]
         messages.sort(key=lambda m: (m.time, m.outgoing, m.seq))
@@ -903,6 +905,18 @@ class ChatService:
             problems.append(Problem(owner, "undecryptable", f"{unopenable} earlier epoch(s) of this lane cannot be "
                                     "opened here: their keys were not kept by this profile"))
         return messages
+
+    @staticmethod
+    def _second_look(session: _Session, problems: list[Problem]) -> list[Problem]:
+        """A missing or older page is said only when a second update still finds it so.
+
+        A read right after a write can return the value before it (the real cluster does so for about
+        a second): one such read is no evidence of a rollback or a gap, two in a row are.
+        """
+        doubtful = {(p.lane, p.kind, p.detail) for p in problems if p.kind in ("rollback", "gap")}
+        confirmed = doubtful & session.suspected
+        session.suspected = doubtful
+        return [p for p in problems if p.kind not in ("rollback", "gap") or (p.lane, p.kind, p.detail) in confirmed]
 
     def _rotation_places(self, state: ConversationState, base: int, epoch: int) -> list[tuple[int, int]]:
         """The next ``rotation_pages`` older pages of the friend's lane to re-read, in rotation: every
