@@ -1276,8 +1276,13 @@ class ChatService:
                 changed = True
             for number, page in opened.items():
                 pid = page_id(epoch, number)
-                if number < top and not pair.copies.has("t", epoch, number):
-                    pair.copies.put("t", epoch, number, page.value)  # final: kept to heal the ledger
+                following = opened.get(number + 1)
+                if following is not None and following.header.link == page.last_digest \
+                        and following.header.first_seq == page.last_seq + 1 \
+                        and not pair.copies.has("t", epoch, number):
+                    # Final, and whole: the next page links to its last record (a stale, shorter read
+                    # of it would not match). Kept, to heal a ledger that loses it.
+                    pair.copies.put("t", epoch, number, page.value)
                 if pid not in theirs.secrets:
                     theirs.secrets[pid] = page.keys.to_text()
                     if used_keys.get((epoch, number), 0) > 0:
