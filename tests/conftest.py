@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from Crypto.PublicKey import RSA
@@ -149,6 +149,14 @@ def standin_stale_reads(environ: Mapping[str, str] | None = None) -> bool:
     RESCHAT_STANDIN_STALE_READS is set to an off value ("", "0", "off", "no", "false")."""
     environ = os.environ if environ is None else environ
     return STALE_READS_ENV not in environ or stale_reads_requested(dict(environ))
+
+
+def standin_stale_knobs() -> dict[str, Any]:
+    """The knobs of the tool stand-in (StandInCluster.create) that serve the real cluster's stale reads,
+    or none when RESCHAT_STANDIN_STALE_READS turns them off."""
+    if not standin_stale_reads():
+        return {}
+    return {"stale_reads_after_set_s": STALE_WINDOW_S, "stale_read_probability": STALE_PROBABILITY}
 
 
 def needs_backend(kind: str) -> pytest.MarkDecorator:
@@ -379,6 +387,7 @@ class LedgerRig:
 def ledger_rig(kind: str, root: Path) -> Iterator[LedgerRig]:
     """A fresh ledger of ``kind`` (one of BACKENDS) with its levers; closed at the end of the block."""
     rig: LedgerRig
+    connect: Callable[[], Ledger]
     with contextlib.ExitStack() as stack:
         if kind in ("memory", "local"):
             path = root / "ledger.sqlite"
@@ -388,12 +397,10 @@ def ledger_rig(kind: str, root: Path) -> Iterator[LedgerRig]:
                             root=None if kind == "memory" else root, faulty=faulty,
                             local_path=None if kind == "memory" else path)
         elif kind == "resilientdb":
-            stale = standin_stale_reads()
-            knobs = {"stale_reads_after_set_s": STALE_WINDOW_S, "stale_read_probability": STALE_PROBABILITY} \
-                if stale else {}
-            cluster = StandInCluster.create(root / "cluster", **knobs)
+            cluster = StandInCluster.create(root / "cluster", **standin_stale_knobs())
             connect = partial(ResilientDBLedger, cluster.tool, cluster.config, timeout_s=60)
-            rig = LedgerRig(kind, connect(), connect, root=cluster.root, cluster=cluster, stale_normally=stale)
+            rig = LedgerRig(kind, connect(), connect, root=cluster.root, cluster=cluster,
+                            stale_normally=standin_stale_reads())
         elif kind == "http":
             stale = standin_stale_reads()
             gateway = stack.enter_context(GatewayStandIn())

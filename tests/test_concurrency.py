@@ -73,7 +73,7 @@ def shared_rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledge
 
 def records_per_page(rig: LedgerRig, writer: Person, friend: str) -> list[int]:
     """How many records each page of epoch 1 of ``writer``'s lane to ``friend`` holds, as stored."""
-    counts = []
+    counts: list[int] = []
     while (value := rig.stored(writer.chat.lane_address(friend, mine=True, number=len(counts) + 1))) is not None:
         counts.append(len(SealedPage.from_string(value).records))
     return counts

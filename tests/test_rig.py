@@ -4,6 +4,7 @@ cluster's stale reads unless RESCHAT_STANDIN_STALE_READS=0."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_other_connections_see_the_same_ledger(tmp_path: Path) -> None:
             assert rig.connect is not None
             rig.ledger.set("k", kind)
             other = rig.connect()
-            assert settle(lambda other=other: other.get("k"), lambda v: v is not None) == kind
+            assert settle(partial(other.get, "k"), lambda v: v is not None) == kind
             other.close()
 
 
