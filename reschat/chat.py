@@ -19,9 +19,11 @@ few older pages in rotation (to notice a rewrite) and our own unconfirmed pages.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from Crypto.PublicKey import RSA
 from reschat import crypto, files, kem, retention, schedule
 from reschat.errors import KeyFormatError, LedgerError, MessageError, PageFormatError, ProfileError
 from reschat.friends import Friend, FriendStore
-from reschat.keystore import ConversationState, ConversationStore, ReceiveKeyEntry
+from reschat.keystore import ConversationState, ConversationStore, PageCopies, ReceiveKeyEntry
 from reschat.lane import (
     Checkpoint,
     OpenPage,
@@ -42,6 +44,7 @@ from reschat.lane import (
     new_page,
     open_header,
     open_page,
+    writer_tag,
 )
 from reschat.ledger.base import Ledger
 from reschat.outbox import OwnLane, page_id
@@ -68,8 +71,10 @@ MAX_TEXT_BYTES = 16 * 1024
 #: Any payload (a file manifest included) must fit the largest padding bucket.
 MAX_PAYLOAD_BYTES = 32 * 1024
 ME = "me"
-#: How far past the newest known page one round of reads looks.
-_GALLOP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: How far past the newest known page the first round of the search looks: 1, 2, 4 ... 2**20.
+_EXPONENTIAL: tuple[int, ...] = tuple(1 << k for k in range(21))
+#: How many parts each further round of the search for a lane's newest page splits what is left into.
+_SPLIT = 64
 #: Older pages re-read by each update in rotation, to notice a rewrite at any depth. Two keys more
 #: in the update's one round of reads.
 ROTATION_PAGES = 2
@@ -79,6 +84,21 @@ MAX_CATCH_UP_PAGES = 64
 CLOCK_AHEAD = timedelta(minutes=10)
 #: How many restarted epochs of a lane a reader with no checkpoint looks for.
 _MAX_EPOCH_PROBE = 8
+#: The work one update may do against a lane, whatever the friend wrote: rounds of probes for newer
+#: pages, restarts followed, and pages held in the window. What is left waits for the next update.
+MAX_PROBE_ROUNDS = 4
+MAX_RESTARTS_PER_UPDATE = 2
+#: Fruitless decapsulations one update may try on pages no key of ours opens (each costs ~0.3 ms).
+MAX_DECAPSULATIONS = 64
+#: Receive keys kept per conversation, and how many of the friend's pages one of ours serves before a
+#: reader who only reads announces a fresh one (post-compromise security for the silent side).
+MAX_RECEIVE_KEYS = 8
+ROTATE_AFTER_PAGES = 4
+#: Pages one update writes back to a ledger that lost or altered them (newest first); the rest follow.
+MAX_REPAIRS_PER_UPDATE = 4
+MAX_WINDOW_PAGES = 1000
+#: Values that failed to open or verify, remembered (by hash) so that they cost nothing again.
+MAX_REFUSED = 256
 
 IntegrityProblem = Problem
 
@@ -166,6 +186,7 @@ class _Pair:
     address_key: bytes
     conversation: bytes
     store: ConversationStore
+    copies: PageCopies
 
 
 class ChatService:
@@ -192,12 +213,16 @@ class ChatService:
         self.resend_after = resend_after
         self.rotation_pages = rotation_pages
         self.my_fingerprint = crypto.fingerprint_bytes(identity.public_key)
+        self._tag_key = schedule.writer_tag_key(identity.statics.x25519_seed)
+        self._decaps = 0
         self._sessions: dict[bytes, _Session] = {}
         self._pairs: dict[str, _Pair] = {}
         self._verified: set[bytes] = set()
         #: (lane owner fingerprint, epoch, page, value) -> the page opened, or why it was refused.
         self._opened: dict[tuple[bytes, int, int, str], OpenPage | Problem] = {}
         self._lane_checked: set[bytes] = set()  # conversations whose own lane this session checked
+        self._notes: list[Problem] = []
+        self._refusals: dict[str, str] = {}  # value hash -> problem kind, refused in this update
 
     # -- pairs ---------------------------------------------------------------------------------
 
@@ -215,6 +240,7 @@ class ChatService:
             friend=friend, key=friend.key, fingerprint=fingerprint, statics=statics, address_key=address_key,
             conversation=conversation,
             store=ConversationStore(self.state_dir, conversation, self.identity.store_key),
+            copies=PageCopies(self.state_dir, conversation, self.identity.store_key),
         )
         self._pairs[friend.fingerprint] = pair
         return pair
@@ -266,6 +292,13 @@ class ChatService:
         with pair.store.lock():
             state = pair.store.load()
             own = OwnLane.from_dict(state.mine)
+            unchecked: LedgerError | None = None
+            if own.epoch and pair.conversation not in self._lane_checked:
+                try:
+                    self._check_own_lane(pair, own)
+                except LedgerError as exc:
+                    # The message is kept (pending) and goes out after an update has made the check.
+                    unchecked = exc
             if own.epoch == 0 or own.restart_needed:
                 self._start_lane(pair, own)
             now = self.clock()
@@ -284,6 +317,8 @@ class ChatService:
             # the message to the ledger; it is never lost and never given a second sequence number.
             pair.store.save(state)
             try:
+                if unchecked is not None:
+                    raise unchecked
                 self.ledger.set(self._address(pair, True, own.epoch, number), value)
             except LedgerError as exc:
                 log.warning("send deferred: %s", exc)
@@ -301,16 +336,60 @@ class ChatService:
         epochs this identity already wrote (from another profile or an older copy of this one), and
         starts the next one, so no (epoch, sequence number) is ever written twice.
         """
-        keys = {e: self._address(pair, True, e, 1) for e in range(1, _MAX_EPOCH_PROBE + 1)}
-        values = self.ledger.get_many(list(keys.values()))
-        highest = max((e for e, key in keys.items() if values.get(key) is not None), default=0)
-        while highest and highest % _MAX_EPOCH_PROBE == 0:  # more epochs than one round looks at
-            more = {e: self._address(pair, True, e, 1) for e in range(highest + 1, highest + _MAX_EPOCH_PROBE + 1)}
-            found = self.ledger.get_many(list(more.values()))
-            highest = max((e for e, key in more.items() if found.get(key) is not None), default=highest)
-            if highest < max(more):
+        highest, start = 0, 1
+        for _round in range(4):  # epochs are few; junk at these addresses never counts (no tag of ours)
+            keys = {e: self._address(pair, True, e, 1) for e in range(start, start + _MAX_EPOCH_PROBE)}
+            values = self.ledger.get_many(list(keys.values()))
+            # An epoch is taken when its first page is ours (our tag) or at least parses as a page:
+            # a writer who altered our tag must not make us write an epoch twice; plain junk (a
+            # friend's, say) does not push our restart further.
+            mine = [e for e, key in keys.items() if _parses(values.get(key))]
+            highest = max([highest, *mine])
+            if not mine or max(mine) < start + _MAX_EPOCH_PROBE - 1:
                 break
+            start += _MAX_EPOCH_PROBE
         own.restart(max(highest, own.epoch) + 1)
+        self._lane_checked.add(pair.conversation)
+
+    def _is_mine(self, pair: _Pair, epoch: int, number: int, value: str | None) -> bool:
+        """True when ``value`` is a page this identity wrote at that place (its writer tag matches)."""
+        if value is None:
+            return False
+        try:
+            sealed = SealedPage.from_string(value)
+        except PageFormatError:
+            return False
+        return hmac.compare_digest(sealed.tag, writer_tag(self._tag_key, pair.conversation, epoch, number, sealed))
+
+    def _own_places(self, own: OwnLane) -> list[tuple[int, int]]:
+        """Where another copy of this identity would show: our current page, the next, the next epoch."""
+        return [(own.epoch, own.page), (own.epoch, own.page + 1), (own.epoch + 1, 1)]
+
+    def _behind(self, pair: _Pair, own: OwnLane, values: dict[tuple[int, int], str | None]) -> bool:
+        """True when our own lane on the ledger went past this profile's state (a backup restored, or
+        the same identity on another machine): our tag on a page we do not have, or on a longer or
+        different copy of our current page. Junk, a friend's writes and stale reads never count."""
+        if own.epoch == 0:
+            return False
+        current, following, restart = self._own_places(own)
+        if self._is_mine(pair, *following, values.get(following)) or self._is_mine(pair, *restart,
+                                                                                    values.get(restart)):
+            return True
+        remote, local = values.get(current), own.pages.get(str(own.page))
+        if not own.page or local is None or not self._is_mine(pair, *current, remote):
+            return False
+        assert remote is not None
+        theirs, ours = SealedPage.from_string(remote).records, SealedPage.from_string(local).records
+        return len(theirs) > len(ours) or theirs != ours[: len(theirs)]
+
+    def _check_own_lane(self, pair: _Pair, own: OwnLane) -> None:
+        """Once per session before the first send: make sure no other copy of us wrote ahead."""
+        places = self._own_places(own)
+        keys = {self._address(pair, True, e, n): (e, n) for e, n in places}
+        found = self.ledger.get_many(list(keys))
+        self._lane_checked.add(pair.conversation)
+        if self._behind(pair, own, {place: found.get(key) for key, place in keys.items()}):
+            own.restart_needed = "another copy of this profile wrote here"
 
     def _readers(self, state: ConversationState, pair: _Pair) -> list[kem.ReceivePublic]:
         """Whom a new page is keyed to: the friend's newest announced receive key, else their card's."""
@@ -323,21 +402,29 @@ class ChatService:
 
     def _new_receive_key(self, state: ConversationState) -> kem.ReceiveKey:
         key = kem.ReceiveKey.generate()
-        index = max((entry.index for entry in state.receive_keys), default=0) + 1
-        state.receive_keys.append(ReceiveKeyEntry(index=index, key=key.to_dict()))
+        state.key_counter = max([state.key_counter, *(entry.index for entry in state.receive_keys)]) + 1
+        state.receive_keys.append(ReceiveKeyEntry(index=state.key_counter, key=key.to_dict()))
+        # Bounded: a friend who never moves to our newer keys cannot make us keep keys without end.
+        state.receive_keys = sorted(state.receive_keys, key=lambda e: e.index)[-MAX_RECEIVE_KEYS:]
         return key
 
     def _start_page(self, pair: _Pair, state: ConversationState, own: OwnLane) -> tuple[SealedPage, bytes]:
         number = own.page + 1
+        finished = own.pages.get(str(own.page)) if own.page else None
+        if finished is not None and page_id(own.epoch, own.page) in own.secrets:
+            # The page is final now: its exact value is kept, to put it back if the ledger loses it.
+            pair.copies.put("m", own.epoch, own.page, finished)
         sealed, header, secret = new_page(
             conversation=pair.conversation, writer=self.my_fingerprint, epoch=own.epoch, number=number,
             first_seq=own.seq + 1, link=bytes.fromhex(own.head), readers=self._readers(state, pair),
             next_receive_key=self._new_receive_key(state).public, created=to_micros(self.clock()), signer=self._sign,
         )
+        sealed.tag = writer_tag(self._tag_key, pair.conversation, own.epoch, number, sealed)
         own.page = number
         own.secrets[page_id(own.epoch, number)] = PageKeys.from_secret(secret).to_text()
         own.pages[str(number)] = sealed.to_string()
         own.last_seq[str(number)] = own.seq
+        own.unseen = sorted({*own.unseen, str(number)}, key=int)
         self._verified.add(header.digest)
         return sealed, secret
 
@@ -421,6 +508,15 @@ class ChatService:
         cached = self._opened.get(cache_key)
         if cached is not None:
             return cached
+        # Refused *at this place*: the same value may be genuine at its own address.
+        place = f"{writer.hex()}|{epoch}|{number}|".encode("ascii")
+        fingerprint = hashlib.sha256(place + value.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
+        refused_kind = state.refused.get(fingerprint)
+        if refused_kind is not None:
+            # Refused in an earlier update: no slot is tried and no signature checked again.
+            refused = Problem(owner, refused_kind, f"page {number}: refused before (still the same value)")
+            self._opened[cache_key] = refused
+            return refused
         result: OpenPage | Problem
         try:
             sealed = SealedPage.from_string(value)
@@ -434,7 +530,16 @@ class ChatService:
             elif mine:
                 raise _Unopenable("its key is not in this profile (written before this profile's last restart)")
             else:
-                found = find_page_secret(sealed, self._candidates(state))
+                if len(sealed.slots) != 1:
+                    # A pair's page has one reader: more slots only make the reader try more keys.
+                    raise PageFormatError("it has more than the one key slot of a pair's page")
+                candidates = self._candidates(state)
+                if self._decaps + len(candidates) > MAX_DECAPSULATIONS:
+                    raise _Budget
+                found = find_page_secret(sealed, candidates)
+                if found is None:
+                    # Only fruitless tries count: a genuine history costs what it costs, once.
+                    self._decaps += len(candidates)
                 if found is None:
                     raise _Unopenable("no key of ours opens it")
                 secret, key_index = found
@@ -444,6 +549,9 @@ class ChatService:
                 verified=self._verified,
             )
             used_keys[(epoch, number)] = key_index
+        except _Budget:
+            # Not refused, only not tried in this update: no result is kept.
+            return Problem(owner, "skipped", f"page {number} waits for the next update (keys tried: budget spent)")
         except _Expired:
             result = Problem(owner, "expired", f"page {number}: its messages disappeared")
         except _Unopenable as exc:
@@ -451,12 +559,15 @@ class ChatService:
         except PageFormatError as exc:
             kind = "old-format" if "old format" in str(exc) else "damaged"
             if "signature" in str(exc) or "signed as" in str(exc) or "another conversation" in str(exc) \
-                    or "does not follow" in str(exc) or "does not open" in str(exc) or "replaced" in str(exc):
+                    or "does not follow" in str(exc) or "does not open" in str(exc) or "replaced" in str(exc) \
+                    or "key slot" in str(exc):
                 kind = "forged"
             result = Problem(owner, kind, f"page {number}: {exc}")
         if len(self._opened) > 512:
             self._opened.clear()
         self._opened[cache_key] = result
+        if isinstance(result, Problem) and result.kind in ("forged", "damaged", "undecryptable", "old-format"):
+            self._refusals[fingerprint] = result.kind
         return result
 
     def _load(self, nickname: str, *, older: bool, everything: bool) -> ConversationView:
@@ -470,6 +581,8 @@ class ChatService:
         theirs_view = session.theirs
         opening = theirs_view.low == 0
         problems: list[Problem] = []
+        self._notes = problems  # deep helpers report what they skipped here
+        self._decaps = 0
         used_keys: dict[tuple[int, int], int] = {}
 
         # Round 1: everything an ordinary update needs, in one concurrent batch.
@@ -491,15 +604,18 @@ class ChatService:
         else:
             want(False, f_epoch, [1, 2, 3])
         if opening:
-            want(False, f_epoch, [max(f_base, 1) + step for step in _GALLOP])
+            want(False, f_epoch, [f_base + step for step in _EXPONENTIAL])
         want(False, f_epoch + 1, [1])
         if not state.theirs.epoch:
             for epoch in range(2, _MAX_EPOCH_PROBE + 1):
                 want(False, epoch, [1])
-        rotation = self._rotation_numbers(state, f_base)
-        want(False, f_epoch, rotation)
+        rotation_places = self._rotation_places(state, f_base, f_epoch)
+        for epoch, number in rotation_places:
+            want(False, epoch, [number])
+        rotation = [n for e, n in rotation_places if e == f_epoch]
         if own.epoch:
-            want(True, own.epoch, [*own.unconfirmed(), own.page + 1])
+            own_checks = self._own_rotation(pair, state, own)
+            want(True, own.epoch, [*own.unconfirmed(), own.page, own.page + 1, *own_checks])
             want(True, own.epoch + 1, [1])
             if opening:
                 want(True, own.epoch, [own.page - 1, own.page])
@@ -524,6 +640,10 @@ class ChatService:
             theirs_view.low = max(top - 1, 1)
         elif older:
             theirs_view.low = max(theirs_view.low - 1, 1)
+        if top - theirs_view.low >= MAX_WINDOW_PAGES:
+            problems.append(Problem(friend.nickname, "skipped", f"pages before {top - MAX_WINDOW_PAGES + 1} "
+                                    "are not loaded (more than one load reads)"))
+            theirs_view.low = top - MAX_WINDOW_PAGES + 1
         if checkpoint_page and top - checkpoint_page > 1:
             # Connect the new pages to the checkpoint: the pages in between are read too (bounded).
             theirs_view.low = min(theirs_view.low, max(checkpoint_page, top - MAX_CATCH_UP_PAGES))
@@ -557,19 +677,48 @@ class ChatService:
         problems += result.problems
         if rotated is not None:
             problems += [p for p in rotated.problems if p.kind == "rewritten"]
+        # The rotation reaches epochs before a restart too: a rewrite there is found all the same.
+        for epoch in sorted({e for e, _n in rotation_places if e != f_epoch}):
+            old_pages: dict[int, OpenPage | None] = {}
+            for e, number in rotation_places:
+                if e == epoch:
+                    old_pages[number] = self._page_or_problem(pair, state, session, False, e, number, problems,
+                                                              used_keys)
+            kept_old = {int(k.split(":")[1]): bytes.fromhex(v) for k, v in state.theirs.digests.items()
+                        if k.startswith(f"{epoch}:")}
+            present_old = {n: p for n, p in old_pages.items() if p is not None}
+            problems += [p for p in check_lane(friend.nickname, present_old, Checkpoint(kept=kept_old)).problems
+                         if p.kind == "rewritten"]
 
         # Our own lane.
         my_messages, my_has_older = self._read_own(pair, state, own, session, older, everything, problems)
 
         # Save what was verified, publish a new receive key if we consumed an old one.
-        self._remember(pair, friend_pages, result, f_epoch, top, rotation, used_keys, problems)
+        self._remember(pair, friend_pages, result, f_epoch, top, len(rotation_places), used_keys, problems, low)
 
         messages: list[ChatMessage] = []
         new_messages: list[ChatMessage] = []
         now = self.clock()
+        mine_at = {(m.epoch, m.seq): m.time for m in my_messages}
+        previous: datetime | None = None
         for record, _digest in result.records:
+            # Order a friend cannot game: a record never sorts above one its writer wrote before it, nor
+            # above our message it claims to have seen. Either claim of an earlier date is flagged.
+            shown_at = record.timestamp
+            if previous is not None and shown_at < previous:
+                problems.append(Problem(friend.nickname, "backdated", f"message #{record.seq} is dated before "
+                                        "the message written before it; it is shown in the order written",
+                                        previous))
+                shown_at = previous
+            seen = mine_at.get(record.causal)
+            if seen is not None and shown_at < seen:
+                problems.append(Problem(friend.nickname, "backdated", f"message #{record.seq} was written after "
+                                        f"your message #{record.causal[1]} but is dated before it; it is shown "
+                                        "after it", seen))
+                shown_at = seen + timedelta(microseconds=1)
+            previous = shown_at
             message = ChatMessage(
-                sender=friend.nickname, receiver=ME, time=record.timestamp, type=record.type,
+                sender=friend.nickname, receiver=ME, time=shown_at, type=record.type,
                 type_ext=record.type_ext, body=record.body, seq=record.seq, epoch=f_epoch,
                 clock_ahead=record.timestamp - now > CLOCK_AHEAD,
             )
@@ -755,13 +904,17 @@ class ChatService:
                                     "opened here: their keys were not kept by this profile"))
         return messages
 
-    def _rotation_numbers(self, state: ConversationState, base: int) -> list[int]:
-        """The next ``rotation_pages`` older pages of the friend's lane to re-read, in rotation."""
-        older = base - 2  # pages below the usual window
-        if older < 1 or self.rotation_pages < 1:
+    def _rotation_places(self, state: ConversationState, base: int, epoch: int) -> list[tuple[int, int]]:
+        """The next ``rotation_pages`` older pages of the friend's lane to re-read, in rotation: every
+        page of the epochs before a restart, then the current epoch's below the usual window."""
+        places = [(int(e), n) for e, top in sorted(state.theirs.epoch_tops.items(), key=lambda kv: int(kv[0]))
+                  if int(e) < epoch for n in range(1, top + 1)]
+        places += [(epoch, n) for n in range(1, base - 1)]  # below the window of the two newest pages
+        if not places or self.rotation_pages < 1:
             return []
-        start = state.theirs.rotation % older
-        return sorted({(start + i) % older + 1 for i in range(min(self.rotation_pages, older))})
+        start = state.theirs.rotation % len(places)
+        count = min(self.rotation_pages, len(places))
+        return sorted({places[(start + i) % len(places)] for i in range(count)})
 
     def _fetch(self, wanted: dict[str, tuple[bool, int, int]], session: _Session) -> None:
         if not wanted:
@@ -777,7 +930,9 @@ class ChatService:
         view = session.mine if mine else session.theirs
         wanted: dict[str, tuple[bool, int, int]] = {}
         for number in range(max(low, 1), top + 1):
-            if (epoch, number) not in view.pages:
+            # A miss from an earlier update is asked again: the page may have been written since.
+            stale_miss = not mine and view.pages.get((epoch, number)) is None and (epoch, number) not in session.fresh
+            if (epoch, number) not in view.pages or stale_miss:
                 wanted[self._address(pair, mine, epoch, number)] = (mine, epoch, number)
         self._fetch(wanted, session)
 
@@ -806,37 +961,73 @@ class ChatService:
             return False
         return isinstance(self._open(pair, state, mine, epoch, number, value, used_keys), OpenPage)
 
+    def _exists(self, session: _Session, mine: bool, epoch: int, number: int) -> bool:
+        """True when page ``number`` of ``epoch`` holds something shaped like a pair's page.
+
+        Finding a lane's end needs no key: a writer cannot put anything at an address no page has been
+        written to (it cannot compute one), so whatever is there was written by the lane's writer, or
+        over a page of theirs. Whether it opens and verifies is then said page by page: a reader that
+        lost its keys still finds the newest page (and says it cannot open it) instead of stopping at
+        the last page it can open; and junk over a page never hides the pages after it.
+        """
+        value = (session.mine if mine else session.theirs).pages.get((epoch, number))
+        if value is None:
+            return False
+        try:
+            return len(SealedPage.from_string(value).slots) == 1
+        except PageFormatError:
+            return False
+
     def _discover_top(
         self, pair: _Pair, state: ConversationState, session: _Session, mine: bool, epoch: int, base: int,
         used_keys: dict[tuple[int, int], int],
     ) -> int:
         """The newest page of a lane's epoch that verifies; the stored hint is only a starting point."""
         view = session.mine if mine else session.theirs
-        top = base if base and self._present(pair, state, session, mine, epoch, base, used_keys) else 0
+        top = base if base and self._exists(session, mine, epoch, base) else 0
         if not top:
             # The hint's page is gone or junk: the newest verified page below it, from what was read.
             candidates = [n for (e, n) in view.pages if e == epoch and n < max(base, 1) + 3]
             for number in sorted(candidates, reverse=True):
-                if self._present(pair, state, session, mine, epoch, number, used_keys):
+                if self._exists(session, mine, epoch, number):
                     top = number
                     break
-        while True:
-            probes = [top + step for step in _GALLOP]
-            if (epoch, top + 1) in session.fresh and not self._present(
-                pair, state, session, mine, epoch, top + 1, used_keys
-            ):
-                # Pages are written in order: with the next one absent, the lane has not grown.
-                return top
+        # Pages are written in order, so "page n verifies" is true up to the lane's top and false past
+        # it. One round probes top + 1, 2, 4 ... 2**20; each further round splits the range that is left
+        # into 64: a lane of a million pages is found in four rounds, a thousand in three.
+        low, high = top, 0  # low verifies (or is 0); high, once known, does not
+        for _round in range(MAX_PROBE_ROUNDS):
+            if high == 0:
+                if (epoch, top + 1) in session.fresh and view.pages.get((epoch, top + 1)) is None:
+                    # The next page is absent: the lane has not grown. (Junk there does not stop the
+                    # search: a writer must not hide what comes after it.)
+                    return top
+                probes = [low + step for step in _EXPONENTIAL]
+            else:
+                span = high - low
+                probes = sorted({low + max(1, span * i // _SPLIT) for i in range(1, _SPLIT)} - {high})
+                probes = [n for n in probes if low < n < high]
+                if not probes:
+                    return low
             # A page found missing in an earlier update may exist now: never trust an old miss.
             self._fetch({
                 self._address(pair, mine, epoch, n): (mine, epoch, n)
                 for n in probes if (epoch, n) not in session.fresh
             }, session)
-            found = max((n for n in probes if self._present(pair, state, session, mine, epoch, n, used_keys)),
-                        default=0)
-            if found == 0:
-                return top
-            top = found
+            present = [n for n in probes if self._exists(session, mine, epoch, n)]
+            if not present:
+                if high == 0:
+                    return low
+                high = min(n for n in probes if n > low)
+                continue
+            low = max(present)
+            above = [n for n in probes if n > low]
+            high = min(above) if above else (0 if high == 0 else high)
+            if high == low + 1:
+                return low
+        owner = ME if mine else pair.friend.nickname
+        self._notes.append(Problem(owner, "skipped", f"the lane goes on past page {low}: the rest is read next time"))
+        return low
 
     def _follow_restarts(
         self, pair: _Pair, state: ConversationState, session: _Session, epoch: int, problems: list[Problem],
@@ -847,19 +1038,87 @@ class ChatService:
         if not state.theirs.epoch:
             # No checkpoint: the newest epoch whose first page verifies.
             found = [e for e in range(1, _MAX_EPOCH_PROBE + 1)
-                     if self._present(pair, state, session, False, e, 1, used_keys)]
+                     if self._exists(session, False, e, 1)]
             epoch = max(found, default=1)
-        while True:
+        for _restart in range(MAX_RESTARTS_PER_UPDATE):
             key = self._address(pair, False, epoch + 1, 1)
             if (epoch + 1, 1) not in view.pages:
                 self._fetch({key: (False, epoch + 1, 1)}, session)
-            if not self._present(pair, state, session, False, epoch + 1, 1, used_keys):
-                break
+            if not self._exists(session, False, epoch + 1, 1):
+                if view.pages.get((epoch + 1, 1)) is None:
+                    break
+                # Something that is not a verified page sits where a restart would begin: say so, and
+                # look past it, since a writer may have overwritten a genuine restart.
+                value = view.pages[(epoch + 1, 1)]
+                assert value is not None
+                opened = self._open(pair, state, False, epoch + 1, 1, value, used_keys)
+                detail = opened.detail if isinstance(opened, Problem) else ""
+                problems.append(Problem(pair.friend.nickname, "forged" if "signed" in detail else "damaged",
+                                        f"a restart of this lane may be hidden: epoch {epoch + 1}, {detail}"))
+                later = {self._address(pair, False, epoch + 1, n): (False, epoch + 1, n) for n in (2, 3)}
+                self._fetch(later, session)
+                if not any(self._exists(session, False, epoch + 1, n) for n in (2, 3)):
+                    break
             epoch += 1
             if state.theirs.epoch and epoch > state.theirs.epoch:
                 problems.append(Problem(pair.friend.nickname, "restart",
                                         f"{pair.friend.nickname} restarted their side of the conversation"))
+        else:
+            problems.append(Problem(pair.friend.nickname, "skipped",
+                                    "more restarts than one update follows: the rest is read next time"))
         return epoch
+
+    def _own_rotation(self, pair: _Pair, state: ConversationState, own: OwnLane) -> list[int]:
+        """The next few of our own kept pages to compare with the ledger, in rotation."""
+        kept = pair.copies.numbers("m", own.epoch)
+        if not kept or self.rotation_pages < 1:
+            return []
+        start = state.theirs.rotation % len(kept)
+        return sorted({kept[(start + i) % len(kept)] for i in range(min(self.rotation_pages, len(kept)))})
+
+    def _repair(
+        self, pair: _Pair, own: OwnLane, session: _Session, friend_epoch: int, friend_top: int,
+        problems: list[Problem],
+    ) -> set[int]:
+        """Put back, from our kept copies, pages the ledger lost, damaged, rolled back or altered.
+
+        Our own lane: any page but one not yet confirmed (the outbox re-sends those). The friend's:
+        only pages a later page of theirs already follows: their writer never changes them again, so a
+        re-write can never roll back the friend's current page. Newest first, a few per update.
+        Returns the numbers of our own pages being restored (their messages are not shown as ✓).
+        """
+        repairs: list[tuple[bool, int, int, str]] = []
+        unconfirmed = set(own.unconfirmed())
+        for (epoch, number), remote in session.mine.pages.items():
+            if epoch != own.epoch or number > own.page or number in unconfirmed:
+                continue
+            local = own.pages.get(str(number)) if number == own.page else pair.copies.get("m", epoch, number)
+            if local is None or remote == local:
+                continue
+            if remote is not None and self._is_mine(pair, epoch, number, remote) and len(remote) > len(local):
+                continue  # another copy of us wrote more: that is a restart's business, not a repair's
+            repairs.append((True, epoch, number, local))
+        for (epoch, number), remote in session.theirs.pages.items():
+            if (epoch, number) not in session.fresh or (epoch == friend_epoch and number >= friend_top):
+                continue
+            kept = pair.copies.get("t", epoch, number)
+            if kept is not None and remote != kept:
+                repairs.append((False, epoch, number, kept))
+        if not repairs:
+            return set()
+        repairs.sort(key=lambda r: (r[1], r[2]), reverse=True)
+        problems.append(Problem(ME, "restoring", f"restoring {len(repairs)} page(s) to the ledger"))
+        restored: set[int] = set()
+        for mine, epoch, number, value in repairs[:MAX_REPAIRS_PER_UPDATE]:
+            try:
+                self.ledger.set(self._address(pair, mine, epoch, number), value)
+            except LedgerError as exc:
+                log.warning("restoring a page failed: %s", exc)
+                continue
+            view = session.mine if mine else session.theirs
+            view.pages.pop((epoch, number), None)  # read it again next time, never trust our own write
+        restored = {number for mine, epoch, number, _v in repairs if mine}
+        return restored
 
     def _read_own(
         self, pair: _Pair, state: ConversationState, own: OwnLane, session: _Session, older: bool,
@@ -871,8 +1130,8 @@ class ChatService:
             return [], False
         # Another copy of this identity wrote past our state (a backup restored, a second machine):
         # never write over it; the next send restarts the lane in a new epoch.
-        ahead = [(own.epoch, own.page + 1), (own.epoch + 1, 1)]
-        if any(view.pages.get(pid) is not None for pid in ahead) and not own.restart_needed:
+        self._lane_checked.add(pair.conversation)
+        if self._behind(pair, own, view.pages) and not own.restart_needed:
             with pair.store.lock():
                 fresh = pair.store.load()
                 fresh_own = OwnLane.from_dict(fresh.mine)
@@ -896,6 +1155,7 @@ class ChatService:
         self._refetch_window(pair, session, True, own.epoch, min(missing, default=1), max(missing, default=0))
         confirmed = self._confirm(pair, own, session)
         messages: list[ChatMessage] = []
+        pages_of: dict[int, int] = {}  # our sequence number -> its page
         used: dict[tuple[int, int], int] = {}
         for number in range(view.low, own.page + 1):
             value = own.pages.get(str(number)) or view.pages.get((own.epoch, number))
@@ -907,20 +1167,28 @@ class ChatService:
                 problems.append(opened)
                 continue
             for record in opened.records:
+                pages_of[record.seq] = number
                 status = "delivered" if record.seq <= confirmed else "pending"
                 messages.append(ChatMessage(
                     sender=ME, receiver=pair.friend.nickname, time=record.timestamp, type=record.type,
                     type_ext=record.type_ext, body=record.body, seq=record.seq, status=status, epoch=own.epoch,
                 ))
+        friend_top = max(session.theirs.top, state.theirs.top if state.theirs.epoch == session.theirs.epoch else 0)
+        restoring = self._repair(pair, own, session, session.theirs.epoch, friend_top, problems)
+        if restoring:
+            # Being put back on the ledger: not delivered until a read returns them again (no false ✓).
+            messages = [replace(m, status="pending") if pages_of.get(m.seq) in restoring else m for m in messages]
         return messages, view.low > 1
 
     def _confirm(self, pair: _Pair, own: OwnLane, session: _Session) -> int:
         """Mark own messages delivered when a ledger read returned them; re-send overdue pages."""
         seen: set[int] = set()
         overdue: list[str] = []
+        exact: set[str] = set()  # pages a read returned exactly as we wrote them
         now = self.clock()
         for page_number in own.unconfirmed():
-            local = SealedPage.from_string(own.pages[str(page_number)])
+            local_value = own.pages[str(page_number)]
+            local = SealedPage.from_string(local_value)
             first = own.last_seq[str(page_number)] - len(local.records) + 1
             remote_value = session.mine.pages.get((own.epoch, page_number))
             remote: list[bytes] = []
@@ -931,14 +1199,16 @@ class ChatService:
                     remote = []
             matching = [first + i for i, rec in enumerate(local.records) if i < len(remote) and remote[i] == rec]
             seen.update(matching)
-            if len(matching) != len(local.records):
+            if remote_value == local_value:
+                exact.add(str(page_number))
+            elif len(matching) != len(local.records) or str(page_number) in own.unseen:
                 written = own.written_at.get(str(page_number))
                 if written is None or now - parse_timestamp(written) >= self.resend_after:
                     overdue.append(str(page_number))
         newly = own.confirmed
         while newly + 1 in seen:
             newly += 1
-        if newly == own.confirmed and not overdue:
+        if newly == own.confirmed and not overdue and not exact & set(own.unseen):
             return own.confirmed
         with pair.store.lock():
             state = pair.store.load()
@@ -946,7 +1216,8 @@ class ChatService:
             if fresh.epoch != own.epoch:
                 return own.confirmed
             fresh.confirmed = max(fresh.confirmed, newly)
-            for number in overdue:
+            fresh.unseen = [n for n in fresh.unseen if n not in exact]
+            for number in overdue if not fresh.restart_needed else []:  # never over another copy's pages
                 value = fresh.pages.get(number)
                 if value is None:
                     continue
@@ -965,7 +1236,7 @@ class ChatService:
 
     def _remember(
         self, pair: _Pair, pages: dict[int, OpenPage | None], result: object, epoch: int, top: int,
-        rotation: Sequence[int], used_keys: dict[tuple[int, int], int], problems: list[Problem],
+        rotation_count: int, used_keys: dict[tuple[int, int], int], problems: list[Problem], window_low: int,
     ) -> None:
         """Keep what this update verified: checkpoint, digests, page secrets, the friend's newest key."""
         from reschat.lane import LaneResult
@@ -977,13 +1248,22 @@ class ChatService:
             state = pair.store.load()
             theirs = state.theirs
             changed = False
+            if self._refusals:
+                state.refused.update(self._refusals)
+                while len(state.refused) > MAX_REFUSED:
+                    del state.refused[next(iter(state.refused))]
+                self._refusals = {}
+                changed = True
             if theirs.epoch != epoch and epoch >= theirs.epoch:
                 if theirs.epoch:
                     theirs.restarts_seen += 1
+                    theirs.epoch_tops[str(theirs.epoch)] = theirs.top
                 theirs.epoch, theirs.top, theirs.seq, theirs.digest = epoch, 0, 0, ""
                 changed = True
             for number, page in opened.items():
                 pid = page_id(epoch, number)
+                if number < top and not pair.copies.has("t", epoch, number):
+                    pair.copies.put("t", epoch, number, page.value)  # final: kept to heal the ledger
                 if pid not in theirs.secrets:
                     theirs.secrets[pid] = page.keys.to_text()
                     if used_keys.get((epoch, number), 0) > 0:
@@ -998,20 +1278,26 @@ class ChatService:
             if result.newest and result.newest[0] > theirs.seq and not rewritten:
                 theirs.seq, theirs.digest = result.newest[0], result.newest[1].hex()
                 changed = True
-            if top and top > theirs.top and top in opened:
-                theirs.top = top
+            verified_top = max((n for n in opened if n <= top), default=0)
+            if verified_top > theirs.top:
+                theirs.top = verified_top
                 changed = True
             newest_page = opened.get(top) if top else None
-            if newest_page is not None and theirs.receive_key != newest_page.header.next_receive_key.hex():
+            announced_at = _parse_pid(theirs.receive_key_at)
+            if newest_page is not None and (epoch, top) > announced_at \
+                    and theirs.receive_key != newest_page.header.next_receive_key.hex():
                 theirs.receive_key = newest_page.header.next_receive_key.hex()
                 theirs.receive_key_at = page_id(epoch, top)
                 changed = True
-            if rotation:
-                theirs.rotation += len(rotation)
+            if rotation_count:
+                theirs.rotation += rotation_count
                 changed = True
             # Receive keys the friend has moved past are deleted: their pages now use a newer one.
             used = [used_keys[(epoch, n)] for n in sorted(opened) if (epoch, n) in used_keys]
-            newest_used = max((i for i in used if i > 0), default=0)
+            # Only when every page of the window opened: a page missing or damaged in this update (a
+            # writer, a stale read) may come back keyed to an older key, which must still be there.
+            complete = bool(top) and all(pages.get(n) is not None for n in range(max(window_low, 1), top + 1))
+            newest_used = max((i for i in used if i > 0), default=0) if complete else 0
             if newest_used:
                 before = len(state.receive_keys)
                 state.receive_keys = [e for e in state.receive_keys if e.index >= newest_used]
@@ -1019,18 +1305,25 @@ class ChatService:
                 held = {e.index for e in state.receive_keys}
                 # Which key opened a page matters only while that key exists (disappearing messages).
                 theirs.page_keys = {pid: i for pid, i in theirs.page_keys.items() if i in held}
-            # A reader who only reads still moves on: a page keyed to our card's static keys, or to
-            # an older receive key than our newest, gets a fresh key announced in our lane.
+            # A reader who only reads still moves on. A page keyed to our card's static keys, when we
+            # have announced no receive key yet, gets one announced in our lane; and once the friend has
+            # keyed ROTATE_AFTER_PAGES pages to our newest key, a fresh one follows (post-compromise
+            # security for the side that only reads). A key announced but not used yet is still
+            # pending: announcing another would only grow both lanes and stores (one write at most).
             newest_own = max((e.index for e in state.receive_keys), default=0)
+            uses_of_newest = sum(1 for i in theirs.page_keys.values() if i == newest_own) if newest_own else 0
             for number in sorted(opened):
                 index = used_keys.get((epoch, number))
                 pid = page_id(epoch, number)
                 if index is None or index < 0 or pid in state.moved_on:
                     continue
-                if index == 0 or index < newest_own:
+                stale_static = index == 0 and newest_own == 0
+                worn = newest_own > 0 and index == newest_own and uses_of_newest >= ROTATE_AFTER_PAGES
+                if stale_static or worn:
                     state.moved_on = [*state.moved_on[-63:], pid]
                     publish = True
                     changed = True
+                    break
             if publish:
                 self._publish_receive_key(pair, state)
             elif changed:
@@ -1085,6 +1378,10 @@ class _Expired(Exception):
     pass
 
 
+class _Budget(Exception):
+    pass
+
+
 #: What the store keeps of a page whose every message disappeared: no key, only the fact.
 _EXPIRED = "expired"
 
@@ -1092,6 +1389,24 @@ _EXPIRED = "expired"
 def _timer(state: ConversationState) -> int:
     value = state.settings.get("disappear", 0)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _parses(value: str | None) -> bool:
+    if value is None:
+        return False
+    try:
+        SealedPage.from_string(value)
+    except PageFormatError:
+        return False
+    return True
+
+
+def _parse_pid(text: str) -> tuple[int, int]:
+    try:
+        epoch, number = text.split(":")
+        return int(epoch), int(number)
+    except ValueError:
+        return (0, 0)
 
 
 def _shown_at(state: ConversationState, message: ChatMessage) -> int:

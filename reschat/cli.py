@@ -13,6 +13,7 @@ import enum
 import json
 import logging
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
@@ -20,16 +21,34 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from reschat import __version__, crypto, files
+from reschat import __version__, crypto, files, retention, safety
 from reschat.app import ProfilePaths, open_chat, open_friend_store
 from reschat.chat import ChatMessage, IntegrityProblem, peek_unread_counts
-from reschat.config import Settings, load_settings
+from reschat.config import (
+    Settings,
+    config_target,
+    describe_ledger,
+    http_ledger,
+    load_settings,
+    local_ledger,
+    preview_config,
+    tool_ledger,
+    update_config,
+)
 from reschat.doctor import format_report, run_doctor
-from reschat.errors import MessageError, PageFormatError, ProfileError, ReschatError
+from reschat.errors import (
+    DuplicateFriendError,
+    LedgerError,
+    MessageError,
+    PageFormatError,
+    ProfileError,
+    ReschatError,
+    UnknownFriendError,
+)
 from reschat.friends import Friend
 from reschat.page import parse_timestamp
 from reschat.passwords import check_new_password
-from reschat.render import format_conversation, local_time, neutralize
+from reschat.render import SETTING_TYPE, format_conversation, local_time, neutralize, setting_text
 from reschat.storage import make_private_dirs
 
 log = logging.getLogger(__name__)
@@ -97,15 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_friend = add("add", cmd_add, "add a friend from their contact card (reschat-card:2:...)")
     add_friend.add_argument("nick", metavar="NICK", help="the nickname you will call them by")
     add_friend.add_argument("card", metavar="CARD", help="the card text, a file holding it, or - for stdin")
+    choice = add_friend.add_mutually_exclusive_group()
+    choice.add_argument("--replace", action="store_true",
+                        help="replace NICK's key with the card's (after comparing the new safety number with them)")
+    choice.add_argument("--different-person", action="store_true",
+                        help="add the card although a friend has the same name on theirs with another key")
 
     friends = add(
         "friends", cmd_friends,
-        "list friends: nickname, fingerprint, unread count as of the last update (and when that was)",
+        "list friends: nickname, fingerprint, unread count as of the last update (and when that was), verified or not",
         password=True,
     )
-    friends.add_argument("--json", action="store_true", help="print a JSON array")
+    friends.add_argument("--json", action="store_true", help="print a JSON array (with each safety number)")
     friends.add_argument("--update", action="store_true",
                          help="read each friend's lane first, for fresh counts (needs the password)")
+
+    verify = add("verify", cmd_verify, "show the safety number you and a friend compare by voice; mark them verified")
+    verify.add_argument("nick", metavar="NICK")
+    mark = verify.add_mutually_exclusive_group()
+    mark.add_argument("--mark", action="store_true", help="mark NICK verified: you compared the number, it is the same")
+    mark.add_argument("--unmark", action="store_true", help="mark NICK not verified")
 
     send = add("send", cmd_send, "send a message or a file", password=True)
     send.add_argument("nick", metavar="NICK")
@@ -117,15 +147,45 @@ def build_parser() -> argparse.ArgumentParser:
                password=True)
     read.add_argument("nick", metavar="NICK")
     read.add_argument("--all", action="store_true", help="the whole conversation")
-    read.add_argument("--json", action="store_true", help="print one JSON array of messages")
+    read.add_argument("--full", action="store_true",
+                      help="whole messages: a friend's long message is otherwise cut after 1,000 characters a line "
+                      "and 40 lines")
+    read.add_argument("--json", action="store_true", help="print one JSON array of messages (always whole)")
 
     save = add("save", cmd_save, "save a file of a conversation into the profile's downloads directory",
                password=True)
     save.add_argument("nick", metavar="NICK")
     save.add_argument("number", metavar="N", nargs="?", type=_positive, default=1,
-                      help="the N-th most recent file, received or sent (default: 1, the newest)")
+                      help="the N-th most recent file, received or sent (default: 1, the newest; the menus' "
+                      "Save a file numbers them the same way)")
+
+    disappear = add("disappear", cmd_disappear,
+                    "show or set the disappearing-messages timer of a conversation (both sides see the change)",
+                    password=True)
+    disappear.add_argument("nick", metavar="NICK")
+    disappear.add_argument("duration", metavar="DURATION", nargs="?",
+                           help="5m, 1h, 2d, 4w (from 5 minutes to 4 weeks) or off; without it, show the timer")
 
     add("doctor", cmd_doctor, "check that the configured ledger works (a write and a read back) and the profile")
+
+    ledger = add("ledger", cmd_ledger, "show where messages travel, or switch it: local, http or tool")
+    kinds = ledger.add_subparsers(dest="kind", metavar="KIND", title="switch to")
+
+    def switch(name: str, help_text: str) -> argparse.ArgumentParser:
+        kind = kinds.add_parser(name, help=help_text, description=help_text + ". The new ledger is checked"
+                                " first (a write and a read back, as 'reschat doctor' does) and kept only if it works.")
+        _common_options(kind, top=False)
+        kind.add_argument("--no-check", action="store_true", help="switch without checking the ledger first")
+        return kind
+
+    local = switch("local", "this machine only: the embedded SQLite ledger (the shared default file, or PATH)")
+    local.add_argument("path", metavar="PATH", nargs="?", help="the SQLite file (default: one shared by all profiles)")
+    http = switch("http", "a ResilientDB HTTP gateway (crow_service_main, port 18000)")
+    http.add_argument("url", metavar="URL", help="the gateway's address, e.g. http://192.0.2.7:18000")
+    tool = switch("tool", "a ResilientDB cluster through kv_service_tools and its client config")
+    tool.add_argument("tool", metavar="TOOL", help="the kv_service_tools executable (a path, or a name on PATH)")
+    tool.add_argument("client_config", metavar="CONFIG", help="the client config that names the cluster's proxy")
+    tool.add_argument("--legacy", action="store_true", help="positional syntax (kv_service_tools v1.8 and older)")
     return parser
 
 
@@ -252,6 +312,8 @@ def message_json(message: ChatMessage) -> dict[str, Any]:
     """A message as a JSON object; a file message's ``text`` is its label and ``file`` describes it."""
     is_file = message.type == files.FILE_TYPE
     text = message.text if message.type == "text" else files.message_label(message) if is_file else ""
+    if message.type == SETTING_TYPE:
+        text = setting_text(message)
     shown: dict[str, Any] = {
         "from": message.sender,
         "to": message.receiver,
@@ -267,6 +329,8 @@ def message_json(message: ChatMessage) -> dict[str, Any]:
         "verified": True,
         "clock_ahead": message.clock_ahead,
     }
+    if message.type == SETTING_TYPE:
+        shown["disappear"] = retention.parse_setting(message.body)  # seconds (0: off), null: not understood
     if is_file:
         try:
             info = files.describe(message)
@@ -298,7 +362,9 @@ def cmd_menus(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
         raise ReschatError("the menus need a terminal; in scripts use the subcommands (see 'reschat --help')")
     from reschat.menus import Menus
 
-    return Menus(settings).run()
+    # --ledger / RESCHAT_LEDGER already say where messages travel: the first run does not ask.
+    chosen = bool(args.ledger or env.get("RESCHAT_LEDGER"))
+    return Menus(settings, first_run_ledger=not chosen).run()
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
@@ -339,13 +405,67 @@ def _card_text(card: str) -> str:
     return card
 
 
+def _print_safety_number(own: Any, key: Any, heading: str) -> None:
+    print(heading)
+    for line in safety.safety_lines(safety.safety_number(own, key)):
+        print(f"    {line}")
+
+
 def cmd_add(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     friends = open_friend_store(settings)
     contact = crypto.parse_contact(_card_text(args.card))
-    friend = friends.add_friend(args.nick, contact)
+    own = crypto.load_public_key(settings.home)
+    nick: str = args.nick
+    check = safety.check_card(friends, own, nick, contact.public_key, contact.name)
     card_name = f" (name on the card: {neutralize(contact.name)})" if contact.name else ""
-    print(f"Added {neutralize(friend.nickname)}{card_name}")
+    if check.kind == "own":
+        raise DuplicateFriendError("that is your own key: add your friend's key instead")
+    if check.kind == "known-key":
+        assert check.friend is not None
+        raise DuplicateFriendError(f"that key is already your friend {check.friend.nickname!r}")
+    if check.kind == "same":
+        assert check.friend is not None
+        if safety.renews(check.friend, contact):
+            friends.replace_key(check.friend.nickname, contact)
+            friends.update(check.friend.nickname, verified=check.friend.verified)  # the same identity key
+            print(f"{neutralize(check.friend.nickname)} already has this key; the card brings new static keys"
+                  " (signed by that key): updated")
+        else:
+            print(f"{neutralize(check.friend.nickname)} already has this key: nothing changed")
+        return ExitStatus.OK
+    if args.replace and check.kind != "changed":
+        raise UnknownFriendError(f"no friend is called {nick!r}: nothing to replace (add them without --replace)")
+    if check.kind == "changed" and not args.replace:
+        assert check.friend is not None
+        shown = neutralize(check.friend.nickname)
+        print(f"Old key (the one you have): {crypto.fingerprint(check.friend.key)}")
+        print(f"New key (on this card):     {crypto.fingerprint(contact.public_key)}")
+        _print_safety_number(own, contact.public_key, f"New safety number with {shown}, if you accept this card:")
+        raise safety.KeyChangedError(
+            f"the key on this card is NOT the key you have for {check.friend.nickname}: they may have a new key,"
+            " or someone may be pretending to be them; compare the new safety number above with them by voice,"
+            f" then run 'reschat add --replace {check.friend.nickname} CARD' to replace it"
+        )
+    if check.kind == "name-clash" and not args.different_person:
+        assert check.friend is not None
+        _print_safety_number(own, contact.public_key, "Safety number with this card's key:")
+        raise safety.KeyChangedError(
+            f"your friend {check.friend.nickname!r} goes by the name {contact.name!r} too, with another key:"
+            f" if this is their new key, compare the safety number above with them by voice and run"
+            f" 'reschat add --replace {check.friend.nickname} CARD'; if it is someone else, run"
+            f" 'reschat add --different-person {nick} CARD'"
+        )
+    if check.kind == "changed":
+        assert check.friend is not None
+        friend = friends.replace_key(check.friend.nickname, contact)
+        print(f"Replaced the key of {neutralize(friend.nickname)}{card_name}")
+    else:
+        friend = friends.add_friend(nick, contact)
+        print(f"Added {neutralize(friend.nickname)}{card_name}")
     print(f"Fingerprint: {crypto.fingerprint(contact.public_key)}")
+    _print_safety_number(own, contact.public_key, f"Safety number with {neutralize(friend.nickname)}:")
+    print(f"{neutralize(friend.nickname)} is not verified: {safety.CHECKSUM_NOTE} Compare it with them by voice,"
+          f" then run 'reschat verify {friend.nickname} --mark'.")
     return ExitStatus.OK
 
 
@@ -364,6 +484,7 @@ def cmd_friends(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
         open_chat(settings, _unlock(args, settings, env)).unread_counts()
     counts = peek_unread_counts(store)
     friends = store.all_friends()
+    own = crypto.load_public_key(settings.home)
     rows: list[dict[str, Any]] = []
     lines: list[str] = []
     for friend in friends:
@@ -375,14 +496,34 @@ def cmd_friends(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
             "unread": counts.get(friend.nickname, friend.unread),
             # When the update that counted them ran (null: never): counts are as of the last update.
             "unread_as_of": _iso_utc(updated),
+            "verified": friend.verified,
+            "safety_number": safety.grouped(safety.safety_number(own, friend.key)),
         })
         when = f"as of the last update, {local_time(updated)}" if updated else "as of the last update (none yet)"
-        lines.append(f"{neutralize(friend.nickname)}\t{rows[-1]['fingerprint']}\t{rows[-1]['unread']}\t{when}")
+        status = safety.verification_label(friend)
+        lines.append(f"{neutralize(friend.nickname)}\t{rows[-1]['fingerprint']}\t{rows[-1]['unread']}\t{when}\t{status}")
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for line in lines:
             print(line)
+    return ExitStatus.OK
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    friends = open_friend_store(settings)
+    friend = friends.get_friend(args.nick)
+    shown = neutralize(friend.nickname)
+    _print_safety_number(crypto.load_public_key(settings.home), friend.key,
+                         f"Safety number with {shown} (they see the same digits):")
+    if args.mark or args.unmark:
+        friend = friends.update(friend.nickname, verified=bool(args.mark))
+        print(f"{shown} is now {safety.verification_label(friend)}.")
+    elif friend.verified:
+        print(f"{shown} is verified.")
+    else:
+        print(f"{shown} is not verified: compare the number with them by voice (on the phone or face to face);"
+              f" if it is the same, run 'reschat verify {friend.nickname} --mark'.")
     return ExitStatus.OK
 
 
@@ -401,6 +542,8 @@ def cmd_send(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
             f"the message is saved but not yet on the ledger ({result.error}); "
             "it is re-sent by the next 'reschat read' or update"
         )
+    what = f"{files.message_label(result.message)} " if args.file is not None else ""
+    print(f"Sent {what}to {neutralize(result.message.receiver)}.")
     return ExitStatus.OK
 
 
@@ -416,10 +559,40 @@ def cmd_read(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
         undated = [problem_json(p) for p in view.problems if p.time is None]
         print(json.dumps([item for _t, _o, item in items] + undated, indent=2))
     else:
-        for line in format_conversation(view.messages, view.problems):
+        # Wrapped to the terminal (80 columns when it is not one): a row that the terminal or a pager
+        # wraps by itself could pose as a message line.
+        width = shutil.get_terminal_size().columns
+        more = "'reschat read --full' shows it whole"
+        for line in format_conversation(view.messages, view.problems, width=width, full=args.full, more=more):
             print(line)
         if view.has_older:
             print("reschat: older messages exist: use --all to read them", file=sys.stderr)
+    return ExitStatus.OK
+
+
+def cmd_disappear(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    """Show the timer, or set it: a signed ``setting`` line in the conversation that both sides see."""
+    friend = open_friend_store(settings).get_friend(args.nick)  # before the password prompt, as the duration
+    seconds = None if args.duration is None else retention.parse_duration(args.duration)
+    shown = neutralize(friend.nickname)
+    chat = open_chat(settings, _unlock(args, settings, env))
+    current = chat.disappearing(friend.nickname)
+    if seconds is None:
+        print(f"Disappearing messages with {shown}: {retention.describe(current)}")
+        return ExitStatus.OK
+    if seconds == current:
+        print(f"Disappearing messages with {shown} are already {retention.describe(current)}: nothing changed")
+        return ExitStatus.OK
+    result = chat.set_disappearing(friend.nickname, seconds)
+    if result.error is not None:
+        raise ReschatError(
+            f"the setting is saved but not yet on the ledger ({result.error}); "
+            "it is re-sent by the next 'reschat read' or update"
+        )
+    if seconds:
+        print(f"Disappearing messages with {shown}: {retention.describe(seconds)} (from now on, on both sides)")
+    else:
+        print(f"Disappearing messages with {shown}: off (from now on, on both sides)")
     return ExitStatus.OK
 
 
@@ -446,3 +619,42 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     for line in format_report(report).splitlines():
         print(neutralize(line))  # details quote what the ledger tool said
     return ExitStatus.OK if report.ok else ExitStatus.ERROR
+
+
+def cmd_ledger(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    overridden = bool(getattr(args, "ledger", None) or env.get("RESCHAT_LEDGER"))
+    if args.kind is None:
+        print(f"Ledger: {neutralize(describe_ledger(settings))}")
+        if overridden:
+            print("Set by: --ledger or RESCHAT_LEDGER (they win over the config file)")
+        elif settings.config_file is not None:
+            print(f"Set in: {settings.config_file}")
+        else:
+            print(f"Set in: nothing, it is the default (a switch writes {config_target(settings)})")
+        print("Check it with 'reschat doctor'; switch with 'reschat ledger local|http|tool ...'.")
+        return ExitStatus.OK
+    if args.kind == "local":
+        changes = local_ledger(args.path)
+    elif args.kind == "http":
+        changes = http_ledger(args.url)
+    else:
+        changes = tool_ledger(args.tool, args.client_config, legacy=args.legacy)
+    chosen = preview_config(settings, changes)
+    if not args.no_check:
+        report = run_doctor(chosen, check_profile=False)
+        if not report.ok:
+            for line in format_report(report).splitlines():
+                print(neutralize(line))
+            raise LedgerError(
+                f"{report.problems[0].name}: {report.problems[0].detail}: not switched, the ledger is still"
+                f" {describe_ledger(settings)} (fix it, or switch anyway with --no-check)"
+            )
+    written = update_config(config_target(settings), changes)
+    print(f"Ledger: {neutralize(describe_ledger(chosen))}")
+    print("Checked: a write and a read back work." if not args.no_check else "Not checked: run 'reschat doctor'.")
+    print(f"Saved in {written.path}")
+    if written.backup is not None:
+        print(f"(the file had comments, which a rewrite cannot keep: the old file is {written.backup})")
+    if overridden:
+        print("reschat: warning: --ledger or RESCHAT_LEDGER is set and still wins over this setting", file=sys.stderr)
+    return ExitStatus.OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import platformdirs
 
 from reschat.errors import ConfigError
+from reschat.storage import atomic_write
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,6 +59,7 @@ class LedgerSettings:
 class ChatSettings:
     poll_interval: float = 2.0  # seconds between background updates while a chat is open
     resend_after: float = 10.0  # seconds before an unconfirmed message is written again
+    bell: bool = False  # ring the terminal bell when a new message arrives
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,10 @@ def _check_table(cls: type, table: Any, where: str, file: Path) -> dict[str, Any
         if key not in known:
             raise ConfigError(f"{file}: unknown setting '{dotted}'")
         default = known[key].default
-        if isinstance(default, str):
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{file}: '{dotted}' must be true or false, not {value!r}")
+        elif isinstance(default, str):
             if not isinstance(value, str):
                 raise ConfigError(f"{file}: '{dotted}' must be a string, not {value!r}")
         elif isinstance(default, float):
@@ -132,12 +138,21 @@ def validate(settings: Settings) -> None:
 def load_file(path: Path, base: Settings) -> Settings:
     """Overlay the TOML file at ``path`` on ``base``."""
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+        raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is no error
+    except UnicodeDecodeError as exc:
+        head = raw[: exc.start]
+        line, column = head.count(b"\n") + 1, exc.start - head.rfind(b"\n")
+        raise ConfigError(
+            f"{path}: not valid UTF-8 (line {line}, column {column}): save the file as UTF-8"
+        ) from exc
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     return _parse(data, path, base)
@@ -164,3 +179,184 @@ def load_settings(
         # --ledger PATH always means the embedded ledger in that file.
         settings = replace(settings, ledger=replace(settings.ledger, backend="local", path=ledger_path))
     return settings
+
+
+# --- writing ---------------------------------------------------------------------------------------
+# The standard library reads TOML but does not write it. ResChat only ever writes a few tables of
+# strings and numbers, so a small writer is enough and avoids a dependency; every value it writes is
+# read back through tomllib and the settings checks before the file is replaced.
+
+CONFIG_FILE = "config.toml"
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string: quotes, backslashes and control characters escaped."""
+    out: list[str] = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            # A file name that is not valid UTF-8 reaches Python as lone surrogates; TOML is UTF-8.
+            raise ConfigError(f"cannot store {text!r} in the config file: it is not valid UTF-8")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in key) else toml_string(key)
+
+
+def _toml_value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return toml_string(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item, where) for item in value) + "]"
+    raise ConfigError(f"cannot write the setting '{where}' ({type(value).__name__}) to a config file")
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """``data`` (tables of strings, numbers, booleans and lists) as TOML text."""
+    lines: list[str] = []
+
+    def table(values: dict[str, Any], path: list[str]) -> None:
+        plain = [(k, v) for k, v in values.items() if not isinstance(v, dict)]
+        nested = [(k, v) for k, v in values.items() if isinstance(v, dict)]
+        if path and (plain or not nested):
+            if lines:
+                lines.append("")
+            lines.append("[" + ".".join(_toml_key(part) for part in path) + "]")
+        for key, value in plain:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value, '.'.join([*path, key]))}")
+        for key, value in nested:
+            table(value, [*path, key])
+
+    table(data, [])
+    return "\n".join(lines) + "\n"
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    """The data and the text of an existing config file; ({}, "") when there is none."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}, ""
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is no error, as in load_file
+        return tomllib.loads(text), text
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8; fix or remove the file first") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix or remove the file first") from exc
+
+
+@dataclass(frozen=True)
+class ConfigWrite:
+    """What ``update_config`` did: the file written, and where the old text went if it had comments."""
+
+    path: Path
+    backup: Path | None = None
+
+
+def update_config(path: Path, changes: dict[str, Any]) -> ConfigWrite:
+    """Merge ``changes`` (nested tables) into the TOML file at ``path`` and write it atomically.
+
+    Other settings in the file are kept. The result is checked as a config before the file is
+    replaced, so a bad value never reaches the disk. Comments cannot be carried over by a rewrite:
+    a file that had any is first copied to ``<name>.bak``.
+    """
+    data, text = _read_toml(path)
+    merged = _merge(data, changes)
+    rendered = dump_toml(merged)
+    _parse(tomllib.loads(rendered), path, Settings(home=path.parent))  # raises ConfigError on a bad value
+    backup = None
+    if any(line.lstrip().startswith("#") for line in text.splitlines()):
+        backup = path.with_name(path.name + ".bak")
+        atomic_write(backup, text.encode("utf-8"))
+    atomic_write(path, rendered.encode("utf-8"))
+    return ConfigWrite(path, backup)
+
+
+def config_target(settings: Settings) -> Path:
+    """The file a setting is written to: the config in use, else ``config.toml`` in the profile."""
+    return settings.config_file if settings.config_file is not None else settings.home / CONFIG_FILE
+
+
+def describe_ledger(settings: Settings) -> str:
+    """Where messages travel, in a few words (one line)."""
+    ledger = settings.ledger
+    if ledger.backend == "resilientdb-http":
+        return f"ResilientDB HTTP gateway at {ledger.http.url}"
+    if ledger.backend == "resilientdb":
+        rdb = ledger.resilientdb
+        syntax = ", legacy syntax" if rdb.syntax == "legacy" else ""
+        return f"ResilientDB through {rdb.tool} with the client config {rdb.client_config or '(not set)'}{syntax}"
+    return f"this machine only, the file {settings.ledger_path}"
+
+
+# --- choosing the ledger (the first-run question and `reschat ledger`) -----------------------------
+
+
+def _absolute(path: str) -> str:
+    # Stored absolute: a relative path would mean something else from another working directory.
+    return os.path.abspath(os.path.expanduser(path.strip()))
+
+
+def local_ledger(path: str | None = None) -> dict[str, Any]:
+    """Settings changes for the embedded ledger: ``path``, or the shared default file."""
+    return {"ledger": {"backend": "local", "path": _absolute(path) if path and path.strip() else ""}}
+
+
+def http_ledger(url: str) -> dict[str, Any]:
+    """Settings changes for a ResilientDB HTTP gateway at ``url``."""
+    url = url.strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{url!r} is not an http(s) URL: give the gateway's address, e.g. http://192.0.2.7:18000")
+    if parts.username is not None or parts.password is not None:
+        # The gateway has no accounts, and a password must never sit on a command line or in a file.
+        raise ConfigError("the gateway URL must not carry a user name or password: give only http://HOST:PORT")
+    return {"ledger": {"backend": "resilientdb-http", "http": {"url": url}}}
+
+
+def tool_ledger(tool: str, client_config: str, *, legacy: bool = False) -> dict[str, Any]:
+    """Settings changes for ResilientDB through ``kv_service_tools`` and its client config."""
+    tool = tool.strip() or ResilientDBSettings.tool
+    if not client_config.strip():
+        raise ConfigError("the client config is required: the file that names the cluster's proxy (node 5)")
+    # A bare name is looked up on PATH when the tool runs; anything with a slash is a path.
+    named = tool if os.sep not in tool and not tool.startswith("~") else _absolute(tool)
+    table = {"tool": named, "client_config": _absolute(client_config), "syntax": "legacy" if legacy else "flags"}
+    return {"ledger": {"backend": "resilientdb", "resilientdb": table}}
+
+
+def preview_config(settings: Settings, changes: dict[str, Any]) -> Settings:
+    """The settings as they will be once ``changes`` are written to the config file (nothing is written).
+
+    Flags and environment variables that override the file (``--ledger``) are left out: this is what
+    the file will say.
+    """
+    target = config_target(settings)
+    data, _text = _read_toml(target)
+    return _parse(_merge(data, changes), target, Settings(home=settings.home))

@@ -197,7 +197,11 @@ class _Doctor:
             where = " or ".join(self.proxies) or "127.0.0.1:10005"
             return f"{_PROXY_HINT}: nothing accepted the write at {where} ({exc})"
         if backend == "resilientdb-http" and isinstance(exc, LedgerUnavailableError):
-            return f"start the ResilientDB HTTP gateway or fix ledger.http.url ({exc})"
+            if "(HTTP 500" in str(exc):  # the gateway runs; what is behind it does not
+                return (
+                    f"the gateway runs but cannot reach the cluster: start ResilientDB's KV service behind it ({exc})"
+                )
+            return f"start the ResilientDB HTTP gateway or fix its URL ('reschat ledger http URL') ({exc})"
         return str(exc)
 
     def round_trip(self, ledger: Ledger) -> None:
@@ -295,8 +299,11 @@ def run_doctor(
     ledger: Ledger | None = None,
     randfunc: RandFunc | None = None,
     confirm_within_s: float = CONFIRM_WITHIN_S,
+    check_profile: bool = True,
 ) -> DoctorReport:
-    """Check the configured ledger (and the profile) end to end; problems are failed checks, not errors."""
+    """Check the configured ledger (and, unless ``check_profile`` is False, the profile) end to end;
+    problems are failed checks, not errors. The first-run question and ``reschat ledger`` check a
+    ledger before choosing it with ``check_profile=False``."""
     doctor = _Doctor(settings, ledger, randfunc or get_random_bytes, confirm_within_s)
     backend = settings.ledger.backend
     opened: Ledger | None = None
@@ -313,7 +320,8 @@ def run_doctor(
     finally:
         if close and opened is not None:
             opened.close()
-    doctor.profile()
+    if check_profile:
+        doctor.profile()
     return doctor.report
 
 

@@ -254,7 +254,8 @@ def make_manifest(name: str, data: bytes, key: bytes, values: Sequence[str]) -> 
 
 
 def _value_digest(value: str) -> str:
-    return hashlib.sha256(value.encode("ascii")).hexdigest()
+    # A stranger's value may hold any character: hash it as UTF-8 (ours are ASCII, so nothing changes).
+    return hashlib.sha256(value.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 def chunk_items(key: bytes, values: Sequence[str]) -> list[tuple[str, str]]:

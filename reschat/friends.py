@@ -74,6 +74,7 @@ class Friend:
     read: str = "0:0"  # "epoch:seq" of the newest of their messages the user has seen
     updated: str = ""  # when ``unread`` was last computed from verified data
     added: str = ""
+    verified: bool = False  # the user compared the safety number with this friend (see safety.py)
 
     @property
     def key(self) -> RSA.RsaKey:
@@ -190,6 +191,36 @@ class FriendStore:
             updated = replace(current, **values)
             self._table.update(asdict(updated), Query().fingerprint == current.fingerprint)
         return updated
+
+    def replace_key(self, nickname: str, contact: Contact, name: str | None = None) -> Friend:
+        """Pin a new card for ``nickname``, which the user chose after a warning: never call it silently.
+
+        Protocol 2 derives the conversation (its addresses and keys) from both cards, so a new key is a
+        new conversation: the old one's local state here (unread count, what was seen and read, when it
+        was counted) starts afresh, and the old conversation's key store is simply no longer used. The
+        friend is no longer verified. ``name`` replaces the card's name when given.
+        """
+        key = contact.public_key
+        fpr = fingerprint_bytes(key).hex()
+        if self.own_fingerprint is not None and fpr == self.own_fingerprint:
+            raise DuplicateFriendError("that is your own key: add your friend's key instead")
+        with self._locked():
+            current = self.get_friend(nickname)
+            for friend in self._all():
+                if friend.fingerprint == fpr and friend.nickname != current.nickname:
+                    raise DuplicateFriendError(f"that key is already your friend {friend.nickname!r}")
+            fresh = Friend(
+                nickname=current.nickname,
+                public_key=public_key_to_string(key),
+                fingerprint=fpr,
+                name=name if name is not None else contact.name,
+                statics=contact.statics.to_bytes().hex(),
+                location=contact.location,
+                issued=contact.issued,
+                added=current.added,
+            )
+            self._table.update(asdict(fresh), Query().fingerprint == current.fingerprint)
+        return fresh
 
     def close(self) -> None:
         self._db.close()

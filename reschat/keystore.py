@@ -78,6 +78,7 @@ class FriendLane:
     receive_key: str = ""  # the friend's newest announced hybrid public key (hex)
     receive_key_at: str = ""  # "epoch:page" where it was announced
     rotation: int = 0  # the next older page the rotating re-read checks
+    epoch_tops: dict[str, int] = field(default_factory=dict)  # epoch before a restart -> its last page
     #: Disappearing messages: "epoch:page" -> [sending time, first display (0: not yet)] per record.
     record_times: dict[str, list[list[int]]] = field(default_factory=dict)
     page_keys: dict[str, int] = field(default_factory=dict)  # "epoch:page" -> our receive key that opened it
@@ -97,6 +98,8 @@ class ConversationState:
     receive_keys: list[ReceiveKeyEntry] = field(default_factory=list)
     moved_on: list[str] = field(default_factory=list)  # friend pages we already published a new key for
     settings: dict[str, Any] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # hash of a refused ledger value -> why
+    key_counter: int = 0  # the index of the newest receive key ever made (indices are never reused)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +114,7 @@ class ConversationState:
             return cls(
                 mine=dict(data.get("mine", {})), theirs=theirs, receive_keys=keys,
                 moved_on=list(data.get("moved_on", [])), settings=dict(data.get("settings", {})),
+                refused=dict(data.get("refused", {})), key_counter=int(data.get("key_counter", 0)),
             )
         except TypeError as exc:
             raise ProfileError("a conversation's key store is damaged") from exc
@@ -150,4 +154,49 @@ class ConversationStore:
             self.save(state)
 
 
-__all__ = ["ConversationState", "ConversationStore", "FriendLane", "ReceiveKeyEntry", "read_sealed", "write_sealed"]
+class PageCopies:
+    """The exact ledger values of pages we hold (our own lane's and the friend's verified ones), kept
+    so that a ledger that lost them can be healed: one sealed file per page, written once."""
+
+    def __init__(self, directory: Path, conversation: bytes, store_key: bytes) -> None:
+        self.directory = Path(directory) / f"{conversation.hex()[:32]}.pages"
+        self.store_key = store_key
+
+    def _path(self, lane: str, epoch: int, number: int) -> Path:
+        return self.directory / f"{lane}-{epoch}-{number}"
+
+    def has(self, lane: str, epoch: int, number: int) -> bool:
+        return self._path(lane, epoch, number).exists()
+
+    def put(self, lane: str, epoch: int, number: int, value: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_sealed(self._path(lane, epoch, number), self.store_key, value)
+
+    def get(self, lane: str, epoch: int, number: int) -> str | None:
+        try:
+            value = read_sealed(self._path(lane, epoch, number), self.store_key)
+        except ProfileError:
+            return None  # a damaged copy heals nothing, and hurts nothing
+        return value if isinstance(value, str) else None
+
+    def numbers(self, lane: str, epoch: int) -> list[int]:
+        prefix = f"{lane}-{epoch}-"
+        try:
+            names = [p.name for p in self.directory.iterdir()]
+        except FileNotFoundError:
+            return []
+        return sorted(int(n[len(prefix):]) for n in names if n.startswith(prefix) and n[len(prefix):].isdigit())
+
+    def drop(self, lane: str, epoch: int, number: int) -> None:
+        self._path(lane, epoch, number).unlink(missing_ok=True)
+
+
+__all__ = [
+    "ConversationState",
+    "ConversationStore",
+    "FriendLane",
+    "PageCopies",
+    "ReceiveKeyEntry",
+    "read_sealed",
+    "write_sealed",
+]

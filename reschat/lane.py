@@ -11,8 +11,10 @@ kept, and names every problem it finds.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -24,6 +26,7 @@ from reschat.errors import PageFormatError
 from reschat.page import (
     GENESIS_HASH,
     SLOT_BYTES,
+    TAG_BYTES,
     Header,
     Record,
     SealedPage,
@@ -133,9 +136,17 @@ def add_record(
     index = len(sealed.records)
     key = as_keys(page_secret).message_key(index)
     signed = replace(record, signature=signer(record.signed_bytes(header.digest, index)))
-    page = SealedPage(slots=sealed.slots, header=sealed.header, records=[*sealed.records, b""])
+    page = SealedPage(slots=sealed.slots, header=sealed.header, records=[*sealed.records, b""], tag=sealed.tag)
     page.records[index] = seal_record(signed, key, header.digest, index)
     return page, signed, signed.digest(header.digest, index)
+
+
+def writer_tag(tag_key: bytes, conversation: bytes, epoch: int, number: int, sealed: SealedPage) -> bytes:
+    """The writer's own mark on a page: HMAC over its place and its fixed part (slots and header)."""
+    mac = hmac.new(tag_key, b"reschat2 writer tag", hashlib.sha256)
+    mac.update(conversation + epoch.to_bytes(4, "big") + number.to_bytes(8, "big"))
+    mac.update(sealed.slots_digest + hashlib.sha256(sealed.header).digest())
+    return mac.digest()[:TAG_BYTES]
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -272,7 +283,7 @@ class LaneResult:
 
 
 def check_lane(
-    owner: str, pages: dict[int, OpenPage | None], checkpoint: Checkpoint, *, complete_to: int = 0
+    owner: str, pages: Mapping[int, OpenPage | None], checkpoint: Checkpoint, *, complete_to: int = 0
 ) -> LaneResult:
     """Join the opened pages of one epoch, compare them with the checkpoint, and name every problem.
 
@@ -310,7 +321,7 @@ def check_lane(
     hidden = {id(r) for r, _d in rewritten}
     shown = [(r, d) for r, d in records if id(r) not in hidden]
     newest = (records[-1][0].seq, records[-1][1]) if records else None
-    if present and checkpoint.seq and (newest is None or newest[0] < checkpoint.seq):
+    if present and checkpoint.seq and newest is not None and newest[0] < checkpoint.seq:
         newest_seq = newest[0] if newest else 0
         problems.append(Problem(owner, "rollback",
                                 f"the ledger shows an older state of this lane (newest #{newest_seq}, "
@@ -331,4 +342,5 @@ __all__ = [
     "new_page",
     "open_header",
     "open_page",
+    "writer_tag",
 ]

@@ -34,6 +34,8 @@ class OwnLane:
     secrets: dict[str, str] = field(default_factory=dict)  # "epoch:page" -> page secret (hex)
     restart_needed: str = ""  # why the next send starts a new epoch (another copy of us wrote here)
     restored: int = 0  # pages re-written since the ledger lost them (self-healing)
+    #: Pages written whose exact value no ledger read has returned yet (key-only pages included).
+    unseen: list[str] = field(default_factory=list)
     #: Disappearing messages: "epoch:page" -> the sending time (microseconds) of each of its records.
     record_times: dict[str, list[int]] = field(default_factory=dict)
 
@@ -50,13 +52,17 @@ class OwnLane:
         return asdict(self)
 
     def unconfirmed(self) -> list[int]:
-        """Numbers of kept pages holding records no read has returned yet."""
-        return sorted(int(n) for n in self.pages if self.last_seq.get(n, 0) > self.confirmed)
+        """Numbers of kept pages that no read has returned as written yet."""
+        return sorted(
+            int(n) for n in self.pages if self.last_seq.get(n, 0) > self.confirmed or n in self.unseen
+        )
 
     def prune(self) -> None:
-        """Keep the current page and pages holding records not yet confirmed by a ledger read."""
+        """Keep the current page and pages not yet confirmed by a ledger read."""
+        self.unseen = [n for n in self.unseen if n in self.pages]
         for number in list(self.pages):
-            if int(number) != self.page and self.last_seq.get(number, 0) <= self.confirmed:
+            if int(number) != self.page and self.last_seq.get(number, 0) <= self.confirmed \
+                    and number not in self.unseen:
                 del self.pages[number]
                 self.written_at.pop(number, None)
                 self.last_seq.pop(number, None)
@@ -65,6 +71,7 @@ class OwnLane:
         """Begin epoch ``epoch``: nothing of the old epoch is appended to or re-sent again."""
         self.epoch, self.page, self.seq, self.head = epoch, 0, 0, GENESIS_HASH.hex()
         self.confirmed = 0
+        self.unseen = []
         self.pages.clear()
         self.written_at.clear()
         self.last_seq.clear()

@@ -44,6 +44,7 @@ FORMAT_VERSION = 2
 PREFIX = "reschat2:"
 OLD_PREFIXES = ("reschat-page/",)
 MAX_SLOTS = 32
+TAG_BYTES = 16
 
 #: Column names of ``Page.msg`` (the seed's six fields).
 MSG_FIELDS = ("receiver", "type", "timestamp", "type_ext", "for_sender", "for_receiver")
@@ -310,13 +311,16 @@ class SealedPage:
     slots: list[bytes]
     header: bytes
     records: list[bytes]
+    #: The writer's own mark: an HMAC only the writer can compute (``lane.writer_tag``), so that the
+    #: writer tells its own pages from anything else at its addresses. Random-looking to everyone else.
+    tag: bytes = bytes(TAG_BYTES)
 
     @property
     def slots_digest(self) -> bytes:
         return hashlib.sha256(b"".join(self.slots)).digest()
 
     def to_bytes(self) -> bytes:
-        parts = [bytes([FORMAT_VERSION, len(self.slots)]), *self.slots]
+        parts = [bytes([FORMAT_VERSION, len(self.slots)]), self.tag, *self.slots]
         parts.append(len(self.header).to_bytes(4, "big") + self.header)
         parts.append(bytes([len(self.records)]))
         parts += [len(r).to_bytes(4, "big") + r for r in self.records]
@@ -355,9 +359,10 @@ class SealedPage:
         try:
             if len(raw) < 2 or raw[0] != FORMAT_VERSION:
                 raise PageFormatError("page of an unknown format version")
-            count, offset = raw[1], 2
+            count = raw[1]
             if not 1 <= count <= MAX_SLOTS:
                 raise PageFormatError("bad slot count")
+            tag, offset = bytes(raw[2 : 2 + TAG_BYTES]), 2 + TAG_BYTES
             slots = []
             for _ in range(count):
                 slots.append(bytes(raw[offset : offset + SLOT_BYTES]))
@@ -382,7 +387,7 @@ class SealedPage:
             raise PageFormatError("page is truncated") from exc
         if offset != len(raw) or len(slots[-1]) != SLOT_BYTES or len(header) != header_len:
             raise PageFormatError("page is truncated or has trailing data")
-        return cls(slots=slots, header=header, records=records)
+        return cls(slots=slots, header=header, records=records, tag=tag)
 
 
 # --- the page, open --------------------------------------------------------------------------------

@@ -80,6 +80,11 @@ def probe_address(secret: bytes) -> str:
     return _address(_hkdf(secret, "reschat2 doctor probe"), "probe")
 
 
+def writer_tag_key(static_seed: bytes) -> bytes:
+    """The key of our own writer tags: only the holder of our static key can mark a page as ours."""
+    return _hkdf(static_seed, "reschat2 writer tag")
+
+
 def header_key(page_secret: bytes) -> bytes:
     return _hkdf(page_secret, "reschat2 header")
 

@@ -286,6 +286,11 @@ class LedgerRig:
             self.faulty.previous.pop(key, None)
             self.faulty.written_at.pop(key, None)
 
+    def wipe(self) -> None:
+        """Empty the whole ledger, as a restarted in-memory cluster does (the local file itself stays)."""
+        for key in list(self.values()):
+            self.erase(key)
+
     # -- looking at what is stored --------------------------------------------------------------------
 
     def values(self) -> dict[str, str]:

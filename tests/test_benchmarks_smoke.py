@@ -97,3 +97,14 @@ def test_quick_run_writes_the_figures(tmp_path: Path) -> None:
     assert "send (in an open chat): exactly one ledger write and no read" in names
     assert any(name.startswith("bytes per 10-character message") for name in names)
     assert sum(name.startswith("opening stays flat") for name in names) == 2
+
+
+def test_an_open_chat_sees_every_message_and_an_idle_one_reads_at_the_configured_pace(tmp_path: Path) -> None:
+    live = bench.measure_live(tmp_path / "live", [rsa_key(0), rsa_key(1)], MemoryLedger(), "local", 2)
+    assert live["send_to_screen"]["n"] == 2 and live["poll_gap_active_ms"] == 100
+    idle = bench.idle_reads_per_minute(tmp_path / "idle", [rsa_key(0), rsa_key(1)], 0.0, "resilientdb")
+    ops = bench.measure_operations(tmp_path / "ops", [rsa_key(0), rsa_key(1)], bench.QUICK)
+    assert idle["gets_per_round"] == ops["update_idle"]["gets"]
+    assert idle["poll_gap_quiet_s"] == 2.0 and idle["rounds_per_minute"] == 30.0  # an instant round: 60 s / 2 s
+    assert idle["reads_per_minute"] == 30 * idle["gets_per_round"]
+    assert idle["reads_per_minute_while_active"] == 300 * idle["gets_per_round"]  # rounds 0.2 s apart

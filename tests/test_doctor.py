@@ -267,7 +267,8 @@ def test_gateway_that_cannot_reach_the_cluster(tmp_path: Path, gateway: GatewayS
     gateway.failing = True
     report = run_doctor(http_settings(tmp_path, gateway.url))
     assert failed(report) == ["gateway answers"]
-    assert "cannot reach the cluster" in check(report, "gateway answers")[1]
+    detail = check(report, "gateway answers")[1]
+    assert detail.startswith("the gateway runs but cannot reach the cluster: start ResilientDB's KV service")
 
 
 def test_gateway_not_running(tmp_path: Path) -> None:
@@ -275,7 +276,8 @@ def test_gateway_not_running(tmp_path: Path) -> None:
         url = gone.url
     report = run_doctor(http_settings(tmp_path, url))
     assert failed(report) == ["gateway answers"]
-    assert "start the ResilientDB HTTP gateway or fix ledger.http.url" in check(report, "gateway answers")[1]
+    detail = check(report, "gateway answers")[1]
+    assert detail.startswith("start the ResilientDB HTTP gateway or fix its URL ('reschat ledger http URL')")
 
 
 def test_gateway_that_does_not_answer(tmp_path: Path, gateway: GatewayStandIn) -> None:
@@ -338,3 +340,9 @@ def test_damaged_friend_store_fails_the_profile_check(tmp_path: Path) -> None:
     report = run_doctor(settings)
     assert failed(report) == ["profile"]
     assert "friend store" in check(report, "profile")[1] and "damaged" in check(report, "profile")[1]
+
+
+def test_checking_only_the_ledger_leaves_the_profile_out(tmp_path: Path, gateway: GatewayStandIn) -> None:
+    report = run_doctor(http_settings(tmp_path, gateway.url), randfunc=fixed_random, check_profile=False)
+    assert report.ok, format_report(report)
+    assert names(report) == ["gateway answers", "write", "read back"]

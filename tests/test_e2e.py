@@ -1,8 +1,9 @@
 """Two people use the installed ``reschat`` in pseudo-terminals, as a person would.
 
 They register, add each other by pasting contact cards (bob pastes alice's card as one line, alice
-pastes bob's as a terminal without bracketed paste delivers a wrapped line: a piece per Enter),
-exchange messages through the menus and see each other's messages appear without pressing Update.
+pastes bob's as a terminal without bracketed paste delivers a wrapped line: a piece per Enter), then
+chat only by typing lines at the chat prompt (a number with a space first, a new line with Esc Enter,
+a bracketed paste) and see each other's messages appear without pressing Update.
 Both point ``--ledger`` at one SQLite file.
 """
 
@@ -19,6 +20,8 @@ import pytest
 SCRIPT = Path(sys.executable).parent / "reschat"
 TIMEOUT = 60  # keygen is a few seconds; this is only reached when something is broken
 PASSWORDS = {"alice": "alice-pw-4711", "bob": "bob-pw-0815", "carol": "carol-pw-42"}
+PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
+GUTTER = " " * 17 + "│ "
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +61,22 @@ def add_friend(child: pexpect.spawn, nickname: str, key_text: str) -> None:
     child.expect(f"Added {nickname}.")
 
 
+def say(child: pexpect.spawn, line: str) -> None:
+    """Type a line at the chat prompt, as a person would: the text, then Enter."""
+    child.expect("Message or 1-8")
+    child.send(line + "\r")
+
+
+def leave_chat(child: pexpect.spawn) -> None:
+    """Ctrl-D at the chat prompt quits the program."""
+    child.expect("Message or 1-8")
+    child.send("\x04")
+    child.expect("Bye.")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
 def quit_menus(child: pexpect.spawn) -> None:
     # Wait for the prompt: between prompts the terminal is in cooked mode, where the line
     # discipline itself would swallow Ctrl-D as end-of-file.
@@ -90,13 +109,12 @@ def test_two_people_register_befriend_and_chat(tmp_path: Path) -> None:
         bob_card = (tmp_path / "bob" / "card.txt").read_text().strip()
         add_friend(alice, "bob", "\n".join(bob_card[i : i + 76] for i in range(0, len(bob_card), 76)))
 
-        # alice opens the chat by nickname and writes first.
+        # alice opens the chat by a prefix of the nickname and writes first: only typed lines from here.
         choose(alice, "Choose", "1")
-        choose(alice, "Choose a friend", "bob")
+        choose(alice, "Choose a friend", "bo")
         alice.expect("Chatting with bob")
         alice.expect("No messages yet.")
-        choose(alice, "Choose", "1")
-        choose(alice, "Message", "hello bob")
+        say(alice, "hello bob")
         alice.expect("me: hello bob")
 
         # bob opens the chat by number and sees her message on entry, then answers.
@@ -104,16 +122,22 @@ def test_two_people_register_befriend_and_chat(tmp_path: Path) -> None:
         bob.expect(r"1\. alice \(1 unread\)")
         choose(bob, "Choose a friend", "1")
         bob.expect("alice: hello bob")
-        choose(bob, "Choose", "1")
-        choose(bob, "Message", "hi alice")
+        say(bob, "hi alice")
 
-        # alice typed nothing since: the answer appears by itself.
+        # alice typed nothing since: the answer appears by itself. A number goes with a space first.
         alice.expect("bob: hi alice")
-        choose(alice, "Choose", "1")
-        choose(alice, "Message", "see you")
+        say(alice, " 42")
+        bob.expect("alice: 42")
+        # Esc then Enter makes a new line; a bracketed paste keeps its own.
+        say(bob, "two\x1b\rlines")
+        alice.expect("bob: two\r\n" + GUTTER + "lines")
+        say(alice, PASTE_START + "pasted\nlines" + PASTE_END)
+        bob.expect("alice: pasted\r\n" + GUTTER + "lines")
+        say(alice, "see you")
         bob.expect("alice: see you")
+        alice.expect(r"✓ delivered: see you")
         for child in (alice, bob):
-            quit_menus(child)
+            leave_chat(child)
 
         # Logging in again: a wrong password is refused, the right one shows the same fingerprint.
         again = spawn(tmp_path / "alice", ledger, config)
@@ -145,10 +169,11 @@ def test_bad_input_never_shows_a_traceback(tmp_path: Path) -> None:
         choose(carol, "Nickname", "dave")
         choose(carol, "Card", "-----BEGIN PUBLIC KEY-----\rnot base64 at all\r-----END PUBLIC KEY-----")
         carol.expect("error: that card has no static keys \\(an old card or a bare key\\): ask for a new card")
-        choose(carol, "Choose", "2")
-        choose(carol, "Nickname", "dave")
+        # The card is asked again for the same nickname; an empty line cancels.
         choose(carol, "Card", "reschat-card:2:bm90IGEgY2FyZA:12345678")
         carol.expect("error: the contact card's checksum does not match")
+        choose(carol, "Card", "")
+        carol.expect("Nothing pasted; no friend added.")
         choose(carol, "Choose", "1")
         carol.expect("You have no friends yet")
         choose(carol, "Choose", "x")

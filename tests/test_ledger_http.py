@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from reschat import crypto
-from reschat.chat import page_key
 from reschat.errors import LedgerConfigError, LedgerError, LedgerTimeoutError, LedgerUnavailableError
 from reschat.ledger.base import MAX_VALUE_BYTES, OVERSIZED_VALUE
 from reschat.ledger.http import MAX_BODY_BYTES, ResilientDBHttpLedger
@@ -197,8 +195,7 @@ def test_a_strangers_value_under_a_page_key_is_reported_not_fatal(tmp_path: Path
     bob = make_person("bob", 1, tmp_path / "bob", ledger)
     befriend(alice, bob)
     alice.chat.send_message("still readable", "bob")
-    conversation = crypto.conversation_id(alice.identity.public_key, bob.identity.public_key)
-    key = page_key(conversation, crypto.fingerprint_bytes(alice.identity.public_key).hex(), 2)
+    key = bob.chat.lane_address("alice", mine=False, number=2)
     stranger = json.dumps({"id": key, "note": "hi"}).encode()
     assert raw_request(gateway, "POST", "/v1/transactions/commit", stranger)[0] == 201
     view = bob.chat.get_update("alice")
