@@ -18,13 +18,15 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from Crypto.PublicKey import RSA
@@ -149,6 +151,14 @@ def standin_stale_reads(environ: Mapping[str, str] | None = None) -> bool:
     return STALE_READS_ENV not in environ or stale_reads_requested(dict(environ))
 
 
+def standin_stale_knobs() -> dict[str, Any]:
+    """The knobs of the tool stand-in (StandInCluster.create) that serve the real cluster's stale reads,
+    or none when RESCHAT_STANDIN_STALE_READS turns them off."""
+    if not standin_stale_reads():
+        return {}
+    return {"stale_reads_after_set_s": STALE_WINDOW_S, "stale_read_probability": STALE_PROBABILITY}
+
+
 def needs_backend(kind: str) -> pytest.MarkDecorator:
     """Skip a test of one backend's own behaviour unless RESCHAT_TEST_LEDGER chose that backend."""
     return pytest.mark.skipif(kind not in selected_backends(), reason=f"{TEST_LEDGER_ENV} does not choose {kind}")
@@ -156,16 +166,22 @@ def needs_backend(kind: str) -> pytest.MarkDecorator:
 
 class FaultyLedger(Ledger):
     """A real backend behind the faults the stand-ins have as knobs: stale reads, lost writes, and a
-    ledger that cannot be reached. A stale read returns what a key held before its latest write."""
+    ledger that cannot be reached. A stale read returns what a key held before its latest write: every
+    read (``stale``), or, as the real cluster does, a read within ``window_s`` of the write with
+    ``probability``."""
 
     def __init__(self, inner: Ledger) -> None:
         self.inner = inner
         self.name = inner.name
         self.stale = False
+        self.window_s = 0.0
+        self.probability = 0.0
         self.drop_sets = False
         self.down = False
         self.previous: dict[str, str | None] = {}
+        self.written_at: dict[str, float] = {}
         self.sets: Counter[str] = Counter()
+        self.random = random.Random()
 
     def _reachable(self) -> None:
         if self.down:
@@ -177,9 +193,15 @@ class FaultyLedger(Ledger):
     def get_many(self, keys: Sequence[str]) -> dict[str, str | None]:
         self._reachable()
         values = self.inner.get_many(keys)
-        if not self.stale:
-            return values
-        return {key: self.previous.get(key, value) for key, value in values.items()}
+        if self.stale:
+            return {key: self.previous.get(key, value) for key, value in values.items()}
+        if self.window_s:
+            now = time.monotonic()
+            for key, value in values.items():
+                recent = now - self.written_at.get(key, float("-inf")) < self.window_s
+                if recent and self.random.random() < self.probability:
+                    values[key] = self.previous.get(key, value)
+        return values
 
     def set(self, key: str, value: str) -> None:
         self._reachable()
@@ -189,6 +211,7 @@ class FaultyLedger(Ledger):
         if self.drop_sets:
             return
         self.previous[key] = self.inner.get(key)
+        self.written_at[key] = time.monotonic()
         self.inner.set(key, value)
 
     def close(self) -> None:
@@ -235,6 +258,7 @@ class LedgerRig:
             self._memory()._data[key] = value
         if self.faulty is not None:
             self.faulty.previous.pop(key, None)
+            self.faulty.written_at.pop(key, None)
 
     def plant_foreign(self, key: str) -> None:
         """What another program using the same service would leave under ``key`` (read back at once)."""
@@ -260,6 +284,7 @@ class LedgerRig:
             self._memory()._data.pop(key, None)
         if self.faulty is not None:
             self.faulty.previous.pop(key, None)
+            self.faulty.written_at.pop(key, None)
 
     def wipe(self) -> None:
         """Empty the whole ledger, as a restarted in-memory cluster does (the local file itself stays)."""
@@ -327,6 +352,21 @@ class LedgerRig:
             for name, value in (("stale", stale), ("drop_sets", drop_sets), ("down", down)):
                 if value is not None:
                     setattr(self.faulty, name, value)
+            if stale is not None:
+                self.faulty.window_s = self.faulty.probability = 0.0
+
+    def stale_window(self, window_s: float, probability: float) -> None:
+        """Serve stale reads the way the real cluster does, with these numbers, on every backend: a read
+        within ``window_s`` of a write of the same key returns the value before that write with
+        ``probability``. ``behave(stale=...)`` ends it."""
+        if self.cluster is not None:
+            self.cluster.behave(stale_reads_after_set_s=window_s, stale_read_probability=probability)
+        elif self.gateway is not None:
+            self.gateway.stale_window_s, self.gateway.stale_probability = window_s, probability
+        else:
+            assert self.faulty is not None
+            self.faulty.stale = False
+            self.faulty.window_s, self.faulty.probability = window_s, probability
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -352,6 +392,7 @@ class LedgerRig:
 def ledger_rig(kind: str, root: Path) -> Iterator[LedgerRig]:
     """A fresh ledger of ``kind`` (one of BACKENDS) with its levers; closed at the end of the block."""
     rig: LedgerRig
+    connect: Callable[[], Ledger]
     with contextlib.ExitStack() as stack:
         if kind in ("memory", "local"):
             path = root / "ledger.sqlite"
@@ -361,12 +402,10 @@ def ledger_rig(kind: str, root: Path) -> Iterator[LedgerRig]:
                             root=None if kind == "memory" else root, faulty=faulty,
                             local_path=None if kind == "memory" else path)
         elif kind == "resilientdb":
-            stale = standin_stale_reads()
-            knobs = {"stale_reads_after_set_s": STALE_WINDOW_S, "stale_read_probability": STALE_PROBABILITY} \
-                if stale else {}
-            cluster = StandInCluster.create(root / "cluster", **knobs)
+            cluster = StandInCluster.create(root / "cluster", **standin_stale_knobs())
             connect = partial(ResilientDBLedger, cluster.tool, cluster.config, timeout_s=60)
-            rig = LedgerRig(kind, connect(), connect, root=cluster.root, cluster=cluster, stale_normally=stale)
+            rig = LedgerRig(kind, connect(), connect, root=cluster.root, cluster=cluster,
+                            stale_normally=standin_stale_reads())
         elif kind == "http":
             stale = standin_stale_reads()
             gateway = stack.enter_context(GatewayStandIn())

@@ -1,4 +1,5 @@
-"""The service layer: conversations across page rollover, in order, verified, on every ledger."""
+"""The service layer: conversations across page rollover, in order, verified, on every ledger (with the
+stale reads the stand-ins serve: a test reads again until a write is read back, see conftest)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from reschat.chat import ChatMessage, ChatService
+from reschat.chat import ChatMessage, ChatService, ConversationView
 from reschat.errors import MessageError, ProfileError, UnknownFriendError
 from reschat.ledger import Ledger, MemoryLedger
 from reschat.page import PAGE_CAPACITY
-from tests.conftest import Person, befriend, make_person, memory_pair, private_key_operations
+from tests.conftest import (
+    Person,
+    arrivals,
+    befriend,
+    make_person,
+    memory_pair,
+    private_key_operations,
+    settle,
+    texts_of,
+    update_until,
+)
 
 
 def texts(messages: list[ChatMessage]) -> list[tuple[str, str]]:
@@ -29,42 +40,53 @@ def test_45_messages_both_directions_across_rollover(people: Callable[..., tuple
         else:
             alice.chat.send_message(f"alice says {i}", "bob")
             sent.append(("alice", f"alice says {i}"))
-    view = bob.chat.load_all("alice")
+    view = settle(lambda: bob.chat.load_all("alice"), lambda v: len(v.messages) == len(sent))
     assert view.problems == []
     assert [(m.sender if m.sender != "me" else "bob", m.text) for m in view.messages] == sent
     # alice wrote 30 messages: two pages of her lane, the second one started by rollover
     assert alice.chat.own_lane("bob").page == 2
-    view_a = alice.chat.load_all("bob")
+    view_a = settle(lambda: alice.chat.load_all("bob"), lambda v: len(v.messages) == len(sent))
     assert [(m.sender if m.sender != "me" else "alice", m.text) for m in view_a.messages] == sent
 
 
-def test_update_loads_two_most_recent_pages_per_lane(people: Callable[..., tuple[Person, Person]]) -> None:
+def test_update_loads_two_most_recent_pages_per_lane(
+    people: Callable[..., tuple[Person, Person]], ledger: Ledger
+) -> None:
     alice, bob = people()
     for i in range(3 * PAGE_CAPACITY):
         alice.chat.send_message(f"m{i}", "bob")
-    view = bob.chat.get_update("alice")
-    assert [m.text for m in view.messages] == [f"m{i}" for i in range(PAGE_CAPACITY, 3 * PAGE_CAPACITY)]
+    newest = [f"m{i}" for i in range(PAGE_CAPACITY, 3 * PAGE_CAPACITY)]
+
+    def opened() -> tuple[Person, ConversationView]:
+        """The chat opened in a new session (a session whose opening read was stale has its window)."""
+        session = make_person("bob", 1, bob.home, ledger)
+        return session, session.chat.get_update("alice")
+
+    reader, view = settle(opened, lambda opening: texts_of(opening[1]) == newest)
+    assert texts_of(view) == newest
     assert view.has_older
-    older = bob.chat.load_older("alice")
-    assert [m.text for m in older.messages] == [f"m{i}" for i in range(3 * PAGE_CAPACITY)]
+    everything = [f"m{i}" for i in range(3 * PAGE_CAPACITY)]
+    older = settle(lambda: reader.chat.load_older("alice"), lambda v: texts_of(v) == everything)
+    assert texts_of(older) == everything
     assert not older.has_older
 
 
 def test_new_messages_are_reported_once(people: Callable[..., tuple[Person, Person]]) -> None:
     alice, bob = people()
     alice.chat.send_message("hello", "bob")
-    first = bob.chat.get_update("alice")
-    assert [m.text for m in first.new_messages] == ["hello"]
+    first, _view = arrivals(bob, "alice", 1)
+    assert [m.text for m in first] == ["hello"]
     assert bob.chat.get_update("alice").new_messages == []
     alice.chat.send_message("again", "bob")
-    assert [m.text for m in bob.chat.get_update("alice").new_messages] == ["again"]
+    again, _view = arrivals(bob, "alice", 1)
+    assert [m.text for m in again] == ["again"]
 
 
 def test_own_messages_become_delivered_after_a_read(people: Callable[..., tuple[Person, Person]]) -> None:
     alice, _bob = people()
     result = alice.chat.send_message("hi", "bob")
     assert result.error is None and result.message.status == "pending"
-    view = alice.chat.get_update("bob")
+    view = update_until(alice, "bob", lambda v: v.messages[0].status == "delivered")
     assert [(m.text, m.status) for m in view.messages] == [("hi", "delivered")]
 
 
@@ -89,12 +111,13 @@ def test_send_is_one_write_and_no_read() -> None:
 def test_update_without_news_does_no_private_key_operation(people: Callable[..., tuple[Person, Person]]) -> None:
     alice, bob = people()
     alice.chat.send_message("hi", "bob")
-    bob.chat.get_update("alice")
+    update_until(bob, "alice", lambda v: texts_of(v) == ["hi"])  # the chat opened, its page read
     with private_key_operations(bob.identity.private_key) as count:
         bob.chat.get_update("alice")
         assert count == [0]
         alice.chat.send_message("more", "bob")
-        assert [m.text for m in bob.chat.get_update("alice").new_messages] == ["more"]
+        arrived, _view = arrivals(bob, "alice", 1)
+        assert [m.text for m in arrived] == ["more"]
         assert count == [0]  # the lane key was unwrapped once, when the chat opened
     with private_key_operations(bob.identity.private_key) as count:
         bob.chat.send_message("reply", "alice")
@@ -142,7 +165,7 @@ def test_lane_timestamps_never_go_backwards(tmp_path: object, ledger: Ledger) ->
     alice.chat.send_message("one", "bob")
     now["t"] = next(moments)  # the clock jumps back a year
     alice.chat.send_message("two", "bob")
-    view = bob.chat.get_update("alice")
+    view = update_until(bob, "alice", lambda v: len(v.messages) == 2)
     assert [m.text for m in view.messages] == ["one", "two"]
     assert view.messages[1].time > view.messages[0].time
     assert view.messages[0].time.tzinfo is not None
@@ -154,14 +177,19 @@ def test_unread_counts_follow_arrivals_and_reading(people: Callable[..., tuple[P
     assert bob.chat.unread_counts() == {"alice": 0}
     for i in range(3):
         alice.chat.send_message(f"m{i}", "bob")
-    assert bob.chat.unread_counts() == {"alice": 3}  # seen from the lane head, before opening the chat
-    bob.chat.get_update("alice")
-    assert bob.chat.unread_counts() == {"alice": 3}  # fetched but not yet shown to the user
-    bob.chat.mark_read("alice")
+
+    def unread(person: Person, expected: dict[str, int]) -> dict[str, int]:
+        """The counts once an update read back every write (a count from a stale read is lower)."""
+        return settle(person.chat.unread_counts, lambda counts: counts == expected)
+
+    assert unread(bob, {"alice": 3}) == {"alice": 3}  # seen from the lane head, before opening the chat
+    update_until(bob, "alice", lambda v: len(v.messages) == 3)
+    assert unread(bob, {"alice": 3}) == {"alice": 3}  # fetched but not yet shown to the user
+    bob.chat.mark_read("alice")  # after an update that read all three
     assert bob.chat.unread_counts() == {"alice": 0}
     for i in range(PAGE_CAPACITY):
         alice.chat.send_message(f"n{i}", "bob")  # rolls over onto alice's page 2
-    assert bob.chat.unread_counts() == {"alice": PAGE_CAPACITY}
+    assert unread(bob, {"alice": PAGE_CAPACITY}) == {"alice": PAGE_CAPACITY}
     assert alice.chat.unread_counts() == {"bob": 0}
 
 
@@ -202,18 +230,25 @@ def test_lost_outbox_state_is_rebuilt_from_the_ledger(tmp_path: object, ledger: 
     befriend(alice, bob)
     for i in range(25):
         alice.chat.send_message(f"m{i}", "bob")
-    assert [m.text for m in bob.chat.get_update("alice").messages][-1] == "m24"
+    assert texts_of(update_until(bob, "alice", lambda v: texts_of(v)[-1:] == ["m24"]))[-1] == "m24"
     shutil.rmtree(alice.home / "lanes")  # e.g. the profile was restored without its outbox
     again = make_person("alice", 0, alice.home, ledger)
     again.chat.send_message("after", "bob")
     assert again.chat.own_lane("bob").epoch == 2  # a new epoch: no sequence number is written twice
-    view = bob.chat.get_update("alice")
+    arrived, view = arrivals(bob, "alice", 1)  # the restart is reported by the update that sees it
     restart = ("restart", "alice restarted their side of the conversation")
     assert [(p.kind, p.detail) for p in view.problems] == [restart]
-    assert [m.text for m in view.new_messages] == ["after"]
-    everything = bob.chat.load_all("alice")
+    assert [m.text for m in arrived] == ["after"]
+    expected = [f"m{i}" for i in range(25)] + ["after"]
+
+    def read_all() -> ConversationView:
+        # A new session each time: a session keeps one of its own pages that a stale read found
+        # missing as missing (an engine bug of its own, see test_a_stale_read_of_an_own_page_is_not_a_lasting_gap).
+        return make_person("bob", 1, bob.home, ledger).chat.load_all("alice")
+
+    everything = settle(read_all, lambda v: texts_of(v) == expected and [p.kind for p in v.problems] == ["restart"])
     assert [p.kind for p in everything.problems] == ["restart"]
-    assert [m.text for m in everything.messages] == [f"m{i}" for i in range(25)] + ["after"]
+    assert texts_of(everything) == expected
 
 
 def test_a_new_session_opens_the_chat_without_a_private_key_operation(tmp_path: Path) -> None:

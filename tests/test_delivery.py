@@ -9,6 +9,7 @@ failure table of kv_service_tools is driven through the chat service (on that ba
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -26,11 +27,11 @@ from tests.conftest import (
     make_person,
     needs_backend,
     settle,
-    standin_stale_reads,
+    standin_stale_knobs,
     texts_of,
     update_until,
 )
-from tests.standin import STALE_PROBABILITY, STALE_WINDOW_S, StandInCluster
+from tests.standin import StandInCluster
 from tests.test_doctor import no_process_mentions
 
 
@@ -62,9 +63,7 @@ def setup_cluster(
 ) -> tuple[StandInCluster, ResilientDBLedger, Person, Person]:
     """alice and bob on a stand-in cluster of their own, for the tool's failure table (with the real
     cluster's stale reads, as in the rig)."""
-    stale = {"stale_reads_after_set_s": STALE_WINDOW_S, "stale_read_probability": STALE_PROBABILITY} \
-        if standin_stale_reads() else {}
-    cluster = StandInCluster.create(tmp_path / "cluster", **stale)
+    cluster = StandInCluster.create(tmp_path / "cluster", **standin_stale_knobs())
     ledger = ResilientDBLedger(cluster.tool, cluster.config, timeout_s=timeout_s)
     alice = make_person("alice", 0, tmp_path / "alice", ledger, **alice_options)
     bob = make_person("bob", 1, tmp_path / "bob", ledger)
@@ -99,9 +98,9 @@ def mine(person: Person, friend: str) -> Statuses:
     return own_statuses(person.chat.get_update(friend))
 
 
-def mine_once(person: Person, friend: str, expected: Statuses) -> Statuses:
+def mine_once(person: Person, friend: str, expected: Sequence[tuple[str, str | None]]) -> Statuses:
     """Updates until one shows ``expected`` (a write is read back, so a message is confirmed): the last."""
-    return own_statuses(update_until(person, friend, lambda view: own_statuses(view) == expected))
+    return own_statuses(update_until(person, friend, lambda view: own_statuses(view) == list(expected)))
 
 
 def received(person: Person, friend: str, count: int) -> list[ChatMessage]:

@@ -11,7 +11,7 @@ import base64
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -51,11 +51,11 @@ def lane_key(sender: Person, receiver: Person, number: int, epoch: int = 1) -> s
     return sender.chat.lane_address(receiver.name, mine=True, number=number, epoch=epoch)
 
 
-def kinds(problems: list[object]) -> set[str]:
+def kinds(problems: Sequence[object]) -> set[str]:
     return {p.kind for p in problems}  # type: ignore[attr-defined]
 
 
-def details(problems: list[object]) -> str:
+def details(problems: Sequence[object]) -> str:
     return " | ".join(p.detail for p in problems)  # type: ignore[attr-defined]
 
 
