@@ -174,6 +174,7 @@ class _Session:
     returned: set[tuple[int, int]] = field(default_factory=set)  # friend messages already returned
     fresh: set[tuple[int, int]] = field(default_factory=set)  # friend pages read during this update
     suspected: set[tuple[str, str, str]] = field(default_factory=set)  # gaps and rollbacks seen once
+    repair_suspects: set[tuple[bool, int, int]] = field(default_factory=set)  # pages found lost once
 
 
 @dataclass
@@ -1118,11 +1119,16 @@ class ChatService:
             kept = pair.copies.get("t", epoch, number)
             if kept is not None and remote != kept:
                 repairs.append((False, epoch, number, kept))
+        # A read right after a write may return the value before it: a page is put back only when two
+        # updates in a row find it lost or different (a lasting loss), never on one stale read.
+        seen_now = {(mine, epoch, number) for mine, epoch, number, _value in repairs}
+        repairs = [r for r in repairs if (r[0], r[1], r[2]) in session.repair_suspects]
+        session.repair_suspects = seen_now
+        doubtful = {number for mine, _epoch, number in seen_now if mine}  # never shown as ✓ meanwhile
         if not repairs:
-            return set()
+            return doubtful
         repairs.sort(key=lambda r: (r[1], r[2]), reverse=True)
         problems.append(Problem(ME, "restoring", f"restoring {len(repairs)} page(s) to the ledger"))
-        restored: set[int] = set()
         for mine, epoch, number, value in repairs[:MAX_REPAIRS_PER_UPDATE]:
             try:
                 self.ledger.set(self._address(pair, mine, epoch, number), value)
@@ -1131,8 +1137,7 @@ class ChatService:
                 continue
             view = session.mine if mine else session.theirs
             view.pages.pop((epoch, number), None)  # read it again next time, never trust our own write
-        restored = {number for mine, epoch, number, _v in repairs if mine}
-        return restored
+        return doubtful
 
     def _read_own(
         self, pair: _Pair, state: ConversationState, own: OwnLane, session: _Session, older: bool,

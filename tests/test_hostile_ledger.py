@@ -27,6 +27,7 @@ from reschat.ledger import Ledger
 from reschat.ledger.base import MAX_VALUE_BYTES
 from reschat.page import PAGE_CAPACITY, PREFIX, TAG_BYTES, Record, SealedPage, from_micros, to_micros
 from tests.conftest import (
+    SETTLE_READS,
     LedgerRig,
     Person,
     befriend,
@@ -109,13 +110,16 @@ def test_junk_at_a_known_address_is_damaged_and_the_rest_still_shows(
     alice, bob = pair
     texts = two_pages(alice)
     bob.chat.send_message("bob's own", "alice")
-    newest = [texts[-1], "bob's own"]
-    assert texts_of(update_until(bob, "alice", lambda v: texts_of(v)[-2:] == newest))[-2:] == newest
+    whole = [*texts, "bob's own"]  # one read of both pages whole: bob then keeps page 1, to heal it
+    assert texts_of(update_until(bob, "alice", lambda v: texts_of(v) == whole)) == whole
     JUNK[junk](rig, lane_key(alice, bob, 1))
-    view = bob.chat.load_all("alice")
-    assert "damaged" in kinds(view.problems)
-    assert all(m.text not in texts[:PAGE_CAPACITY] for m in view.messages)
-    assert texts[PAGE_CAPACITY] in texts_of(view)  # the rest still shows
+    views = [bob.chat.load_all("alice")]
+    while texts[PAGE_CAPACITY] not in texts_of(views[-1]) and len(views) < SETTLE_READS:
+        views.append(bob.chat.load_all("alice"))  # page 2, written a moment ago, may read stale
+    assert texts[PAGE_CAPACITY] in texts_of(views[-1])  # the rest still shows
+    reported = [v for v in views if "damaged" in kinds(v.problems)]
+    assert reported, [kinds(v.problems) for v in views]
+    assert all(m.text not in texts[:PAGE_CAPACITY] for m in reported[0].messages)  # junk is never shown
     # bob kept the exact value of alice's page 1 (a later page of hers follows it): he put it back, so
     # a new session reads the whole lane again, with nothing to report.
     healed = load_all_showing(fresh_session(bob, rig.ledger), "alice", [*texts, "bob's own"])
