@@ -837,6 +837,7 @@ class ChatService:
                 if times and count == len(times) and pid != current:
                     own.secrets[pid] = _EXPIRED
                     del own.record_times[pid]
+                    pair.copies.drop("m", *_parse_pid(pid))  # an expired page is never put back
                     epoch, number = pid.split(":")
                     if int(epoch) == own.epoch:
                         own.pages.pop(number, None)  # an expired page is never put back on the ledger
@@ -849,6 +850,7 @@ class ChatService:
                 _advance(theirs.secrets, pid, count)
                 if entries and count == len(entries):
                     gone.add(pid)
+                    pair.copies.drop("t", *_parse_pid(pid))
             newest = max((entry.index for entry in state.receive_keys), default=0)
             keep = []
             for entry in state.receive_keys:

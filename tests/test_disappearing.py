@@ -198,3 +198,25 @@ def test_expired_keys_leave_the_store(tmp_path: Path) -> None:
         value = ledger.get(alice.chat.lane_address("bob", mine=True, number=number))
         assert value is not None
         assert PageKeys.from_text(text).start >= len(SealedPage.from_string(value).records), pid
+
+
+def test_expired_pages_are_dropped_from_the_kept_copies(tmp_path: Path) -> None:
+    clock, ledger = Clock(), MemoryLedger()
+    alice, bob = pair(tmp_path, clock, ledger)
+    alice.chat.send_message("hi", "bob")
+    bob.chat.get_update("alice")
+    alice.chat.set_disappearing("bob", 300)
+    bob.chat.get_update("alice")
+    for i in range(3 * PAGE_CAPACITY):
+        alice.chat.send_message(f"m{i}", "bob")
+        if i % 10 == 0:
+            bob.chat.get_update("alice")
+    for _ in range(2):
+        bob.chat.get_update("alice")
+    copies = {person.name: person.chat._pair(friend).copies for person, friend in ((alice, "bob"), (bob, "alice"))}
+    assert copies["alice"].numbers("m", 1) and copies["bob"].numbers("t", 1)
+    clock.advance(timedelta(minutes=11))
+    alice.chat.get_update("bob")
+    bob.chat.get_update("alice")
+    assert copies["alice"].numbers("m", 1) == [1]  # only page 1 ("hi", sent before the timer) is kept
+    assert copies["bob"].numbers("t", 1) in ([], [1])
