@@ -266,7 +266,9 @@ def test_a_new_session_opens_the_chat_without_a_private_key_operation(tmp_path: 
         assert count == [0]
 
     # A damaged key store is a clear error, never a traceback or a silent loss.
-    kept[0].write_bytes(kept[0].read_bytes()[:-1] + b"x")
+    damaged = bytearray(kept[0].read_bytes())
+    damaged[-1] ^= 0xFF  # always a change (appending b"x" was none when the last byte was already "x")
+    kept[0].write_bytes(bytes(damaged))
     third = ChatService(bob.identity, bob.friends, ledger, tmp_path / "bob" / "lanes")
     with pytest.raises(ProfileError, match="damaged"):
         third.get_update("alice")
