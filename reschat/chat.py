@@ -173,6 +173,8 @@ class _Session:
     mine: _LaneView = field(default_factory=_LaneView)
     returned: set[tuple[int, int]] = field(default_factory=set)  # friend messages already returned
     fresh: set[tuple[int, int]] = field(default_factory=set)  # friend pages read during this update
+    suspected: set[tuple[str, str, str]] = field(default_factory=set)  # gaps and rollbacks seen once
+    repair_suspects: set[tuple[bool, int, int]] = field(default_factory=set)  # pages found lost once
 
 
 @dataclass
@@ -730,6 +732,7 @@ class ChatService:
         if everything:
             messages += self._read_old_epochs(pair, state, session, False, f_epoch, problems)
             messages += self._read_old_epochs(pair, state, session, True, own.epoch, problems)
+        problems = self._second_look(session, problems)
         messages = self._retain(pair, friend_pages, f_epoch, messages, new_messages)
         new_messages = [m for m in new_messages if m in messages]
         messages.sort(key=lambda m: (m.time, m.outgoing, m.seq))
@@ -903,6 +906,18 @@ class ChatService:
             problems.append(Problem(owner, "undecryptable", f"{unopenable} earlier epoch(s) of this lane cannot be "
                                     "opened here: their keys were not kept by this profile"))
         return messages
+
+    @staticmethod
+    def _second_look(session: _Session, problems: list[Problem]) -> list[Problem]:
+        """A missing or older page is said only when a second update still finds it so.
+
+        A read right after a write can return the value before it (the real cluster does so for about
+        a second): one such read is no evidence of a rollback or a gap, two in a row are.
+        """
+        doubtful = {(p.lane, p.kind, p.detail) for p in problems if p.kind in ("rollback", "gap")}
+        confirmed = doubtful & session.suspected
+        session.suspected = doubtful
+        return [p for p in problems if p.kind not in ("rollback", "gap") or (p.lane, p.kind, p.detail) in confirmed]
 
     def _rotation_places(self, state: ConversationState, base: int, epoch: int) -> list[tuple[int, int]]:
         """The next ``rotation_pages`` older pages of the friend's lane to re-read, in rotation: every
@@ -1104,11 +1119,16 @@ class ChatService:
             kept = pair.copies.get("t", epoch, number)
             if kept is not None and remote != kept:
                 repairs.append((False, epoch, number, kept))
+        # A read right after a write may return the value before it: a page is put back only when two
+        # updates in a row find it lost or different (a lasting loss), never on one stale read.
+        seen_now = {(mine, epoch, number) for mine, epoch, number, _value in repairs}
+        repairs = [r for r in repairs if (r[0], r[1], r[2]) in session.repair_suspects]
+        session.repair_suspects = seen_now
+        doubtful = {number for mine, _epoch, number in seen_now if mine}  # never shown as ✓ meanwhile
         if not repairs:
-            return set()
+            return doubtful
         repairs.sort(key=lambda r: (r[1], r[2]), reverse=True)
         problems.append(Problem(ME, "restoring", f"restoring {len(repairs)} page(s) to the ledger"))
-        restored: set[int] = set()
         for mine, epoch, number, value in repairs[:MAX_REPAIRS_PER_UPDATE]:
             try:
                 self.ledger.set(self._address(pair, mine, epoch, number), value)
@@ -1117,8 +1137,7 @@ class ChatService:
                 continue
             view = session.mine if mine else session.theirs
             view.pages.pop((epoch, number), None)  # read it again next time, never trust our own write
-        restored = {number for mine, epoch, number, _v in repairs if mine}
-        return restored
+        return doubtful
 
     def _read_own(
         self, pair: _Pair, state: ConversationState, own: OwnLane, session: _Session, older: bool,
@@ -1262,8 +1281,13 @@ class ChatService:
                 changed = True
             for number, page in opened.items():
                 pid = page_id(epoch, number)
-                if number < top and not pair.copies.has("t", epoch, number):
-                    pair.copies.put("t", epoch, number, page.value)  # final: kept to heal the ledger
+                following = opened.get(number + 1)
+                if following is not None and following.header.link == page.last_digest \
+                        and following.header.first_seq == page.last_seq + 1 \
+                        and not pair.copies.has("t", epoch, number):
+                    # Final, and whole: the next page links to its last record (a stale, shorter read
+                    # of it would not match). Kept, to heal a ledger that loses it.
+                    pair.copies.put("t", epoch, number, page.value)
                 if pid not in theirs.secrets:
                     theirs.secrets[pid] = page.keys.to_text()
                     if used_keys.get((epoch, number), 0) > 0:

@@ -304,6 +304,8 @@ def check_lane(
             continue
         if low.last_digest is None:
             continue  # what ends the older page was deleted (disappearing messages): nothing to compare
+        if low.last_seq < high.header.first_seq - 1:
+            continue  # an older, shorter copy of the page (a stale read, a lost write): not a fork
         if high.header.link != low.last_digest or high.header.first_seq != low.last_seq + 1:
             problems.append(Problem(owner, "rewritten", f"page {newer} does not follow page {older}",
                                     high.records[0].timestamp if high.records else None))

@@ -60,9 +60,9 @@ def test_a_wiped_ledger_heals_from_both_friends(pair: tuple[Person, Person], rig
     assert everything(bob, "alice") == expected
     rig.wipe()
     assert rig.values() == {}
-    view = alice.chat.get_update("bob")
-    assert "restoring" in [p.kind for p in view.problems]
-    assert not [m for m in view.messages if m.outgoing and m.status == "delivered"]  # no false ✓
+    views = [alice.chat.get_update("bob") for _ in range(2)]  # a loss is acted on when a second read agrees
+    assert "restoring" in [p.kind for v in views for p in v.problems]
+    assert not [m for v in views for m in v.messages if m.outgoing and m.status == "delivered"]  # no false ✓
     rounds = heal([(alice, "bob"), (bob, "alice")], expected)
     assert rounds <= 8
     for person, friend in ((alice, "bob"), (bob, "alice")):

@@ -27,6 +27,7 @@ from reschat.ledger import Ledger
 from reschat.ledger.base import MAX_VALUE_BYTES
 from reschat.page import PAGE_CAPACITY, PREFIX, TAG_BYTES, Record, SealedPage, from_micros, to_micros
 from tests.conftest import (
+    SETTLE_READS,
     LedgerRig,
     Person,
     befriend,
@@ -109,14 +110,16 @@ def test_junk_at_a_known_address_is_damaged_and_the_rest_still_shows(
     alice, bob = pair
     texts = two_pages(alice)
     bob.chat.send_message("bob's own", "alice")
-    newest = [texts[-1], "bob's own"]
-    assert texts_of(update_until(bob, "alice", lambda v: texts_of(v)[-2:] == newest))[-2:] == newest
+    whole = [*texts, "bob's own"]  # one read of both pages whole: bob then keeps page 1, to heal it
+    assert texts_of(update_until(bob, "alice", lambda v: texts_of(v) == whole)) == whole
     JUNK[junk](rig, lane_key(alice, bob, 1))
-    expected = [*texts[PAGE_CAPACITY:], "bob's own"]
-    view = load_all_showing(bob, "alice", expected)
-    assert texts_of(view) == expected
-    assert "damaged" in kinds(view.problems)
-    assert all(m.text not in texts[:PAGE_CAPACITY] for m in view.messages)
+    views = [bob.chat.load_all("alice")]
+    while texts[PAGE_CAPACITY] not in texts_of(views[-1]) and len(views) < SETTLE_READS:
+        views.append(bob.chat.load_all("alice"))  # page 2, written a moment ago, may read stale
+    assert texts[PAGE_CAPACITY] in texts_of(views[-1])  # the rest still shows
+    reported = [v for v in views if "damaged" in kinds(v.problems)]
+    assert reported, [kinds(v.problems) for v in views]
+    assert all(m.text not in texts[:PAGE_CAPACITY] for m in reported[0].messages)  # junk is never shown
     # bob kept the exact value of alice's page 1 (a later page of hers follows it): he put it back, so
     # a new session reads the whole lane again, with nothing to report.
     healed = load_all_showing(fresh_session(bob, rig.ledger), "alice", [*texts, "bob's own"])
@@ -273,6 +276,10 @@ def test_rollback_to_an_older_copy_is_detected(pair: tuple[Person, Person], rig:
     assert old_copy is not None
     rig.plant(lane_key(alice, bob, 1), old_copy)
     for session in (bob, fresh_session(bob, rig.ledger)):
+        # One older read may be a stale one (the cluster serves them for a second after a write): the
+        # rollback is said when a second update still finds it, in this session and in a new one.
+        first = session.chat.get_update("alice")
+        assert texts_of(first) == ["one"]
         view = session.chat.get_update("alice")
         assert texts_of(view) == ["one"]
         assert "rollback" in kinds(view.problems)
@@ -284,7 +291,9 @@ def test_erased_page_shows_a_gap(pair: tuple[Person, Person], rig: LedgerRig) ->
     texts = two_pages(alice, 2 * PAGE_CAPACITY + 5)
     rig.erase(lane_key(alice, bob, 2))  # e.g. lost by a restarted in-memory node
     expected = texts[:PAGE_CAPACITY] + texts[2 * PAGE_CAPACITY:]
-    view = load_all_showing(fresh_session(bob, rig.ledger), "alice", expected)
+    reader = fresh_session(bob, rig.ledger)
+    assert texts_of(load_all_showing(reader, "alice", expected)) == expected
+    view = reader.chat.load_all("alice")  # the gap is said once a second read agrees (stale reads)
     assert texts_of(view) == expected
     assert "gap" in kinds(view.problems)
     assert "page 2 is missing" in details(view.problems)

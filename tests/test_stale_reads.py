@@ -118,9 +118,6 @@ def test_a_lost_outbox_rebuilt_after_stale_reads_never_reuses_a_sequence_number(
 # --- a reader while a page fills up -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a stale read of the page before the newest (its last record "
-                   "not yet read back) is reported as 'rewritten: page 2 does not follow page 1', though that "
-                   "page is only shorter than the one page 2 follows (lane.check_lane)")
 def test_a_stale_read_of_a_page_just_filled_is_not_reported_as_a_rewrite(
     pair: tuple[Person, Person], rig: LedgerRig
 ) -> None:
@@ -136,11 +133,6 @@ def test_a_stale_read_of_a_page_just_filled_is_not_reported_as_a_rewrite(
         assert "rewritten" not in kinds(view.problems), [p.detail for p in view.problems]
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a reader keeps its copy of a friend's page once a later page "
-                   "follows it, from whatever read it got: a stale read keeps the page without its last record, "
-                   "and the next update 'restores' that copy over the friend's whole page, erasing the message "
-                   "from the ledger for everyone, and reports 'rewritten' from then on (chat._remember keeps it, "
-                   "chat._repair writes it)")
 def test_a_reader_never_puts_back_a_stale_copy_of_the_friends_page(
     pair: tuple[Person, Person], rig: LedgerRig
 ) -> None:
