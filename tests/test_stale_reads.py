@@ -224,6 +224,33 @@ def test_a_stale_read_of_our_page_right_after_our_write_is_not_a_rollback(tmp_pa
     assert rig.sets_of(key) == writes
 
 
+@pytest.mark.xfail(strict=True, reason="engine: self-healing puts a page back when two updates in a row find it "
+                   "older, however soon after the write they come: two stale reads in the real cluster's second "
+                   "(a chance of 0.09 for two reads) make it write the page again and report 'restoring' "
+                   "(chat._repair counts updates, not time since the write)")
+def test_two_stale_reads_of_our_page_right_after_our_write_are_not_a_rollback(
+    tmp_path: Path, rig: LedgerRig
+) -> None:
+    clock = ManualClock()  # alice's clock stands still: each of her reads comes right after her last write
+    alice = make_person("alice", 0, tmp_path / "alice", rig.ledger, clock=clock)
+    bob = make_person("bob", 1, tmp_path / "bob", rig.ledger)
+    befriend(alice, bob)
+    for text in ("one", "two"):
+        alice.chat.send_message(text, "bob")
+    delivered = [("one", "delivered"), ("two", "delivered")]
+    update_until(alice, "bob", lambda v: [(m.text, m.status) for m in v.messages] == delivered)
+    key = alice.chat.lane_address("bob", mine=True, number=1)
+    writes = rig.sets_of(key)
+    rig.behave(stale=True)  # both reads return page 1 as it was before "two" was written
+    views = [alice.chat.get_update("bob") for _ in range(2)]
+    rig.stale_window(0.0, 0.0)  # fresh reads again
+    assert [kinds(v.problems) for v in views] == [set(), set()]
+    assert rig.sets_of(key) == writes
+    view = alice.chat.get_update("bob")
+    assert [(m.text, m.status) for m in view.messages] == delivered
+    assert view.problems == []
+
+
 def test_a_stale_read_of_our_own_pages_is_not_a_lasting_loss(pair: tuple[Person, Person], rig: LedgerRig) -> None:
     """bob's new session opens the chat while the ledger still returns his page 1 without its last
     message: once reads are fresh again, that session shows all his messages, delivered, and his pages
