@@ -9,7 +9,9 @@ all four. Tests written for one backend's own behaviour run only when that backe
 Stale reads are the normal case: on the two stand-ins the rig serves the real cluster's (a get within
 1 s of a set of the same key returns the previous value with probability 0.3) unless
 RESCHAT_STANDIN_STALE_READS=0 turns them off. A test that waits for a write to show reads again, a
-bounded number of times (``settle``, ``update_until``, ``arrivals``), and checks what it finally reads in full.
+bounded number of times (``settle``, ``update_until``, ``arrivals``), until what it expects has come (the
+messages, and no problem where it expects none), and checks what it finally reads in full: what the
+engine does on a stale read itself is tested, one stale read at a time, in test_stale_reads.py.
 """
 
 from __future__ import annotations
@@ -469,6 +471,14 @@ def settle(read: Callable[[], T], done: Callable[[T], bool], reads: int = SETTLE
         if done(result):
             return result
     return read()
+
+
+def settle_views(read: Callable[[], T], done: Callable[[T], bool], reads: int = SETTLE_READS) -> list[T]:
+    """Like ``settle``, but every result read, in order (to check what each of them reported)."""
+    results = [read()]
+    while not done(results[-1]) and len(results) < reads:
+        results.append(read())
+    return results
 
 
 def texts_of(view: ConversationView, *, outgoing: bool | None = None) -> list[str]:

@@ -21,6 +21,7 @@ from tests.conftest import (
     memory_pair,
     private_key_operations,
     settle,
+    settle_views,
     texts_of,
     update_until,
 )
@@ -40,7 +41,7 @@ def test_45_messages_both_directions_across_rollover(people: Callable[..., tuple
         else:
             alice.chat.send_message(f"alice says {i}", "bob")
             sent.append(("alice", f"alice says {i}"))
-    view = settle(lambda: bob.chat.load_all("alice"), lambda v: len(v.messages) == len(sent))
+    view = settle(lambda: bob.chat.load_all("alice"), lambda v: len(v.messages) == len(sent) and not v.problems)
     assert view.problems == []
     assert [(m.sender if m.sender != "me" else "bob", m.text) for m in view.messages] == sent
     # alice wrote 30 messages: two pages of her lane, the second one started by rollover
@@ -235,18 +236,16 @@ def test_lost_outbox_state_is_rebuilt_from_the_ledger(tmp_path: object, ledger: 
     again = make_person("alice", 0, alice.home, ledger)
     again.chat.send_message("after", "bob")
     assert again.chat.own_lane("bob").epoch == 2  # a new epoch: no sequence number is written twice
-    arrived, view = arrivals(bob, "alice", 1)  # the restart is reported by the update that sees it
+    # The restart is reported once, by the update that sees it (with "after", or just before it when
+    # that page read back stale at first).
+    views = settle_views(lambda: bob.chat.get_update("alice"), lambda v: bool(v.new_messages))
     restart = ("restart", "alice restarted their side of the conversation")
-    assert [(p.kind, p.detail) for p in view.problems] == [restart]
-    assert [m.text for m in arrived] == ["after"]
+    assert [(p.kind, p.detail) for v in views for p in v.problems] == [restart]
+    assert [m.text for v in views for m in v.new_messages] == ["after"]
     expected = [f"m{i}" for i in range(25)] + ["after"]
 
-    def read_all() -> ConversationView:
-        # A new session each time: a session keeps one of its own pages that a stale read found
-        # missing as missing (an engine bug of its own, see test_a_stale_read_of_an_own_page_is_not_a_lasting_gap).
-        return make_person("bob", 1, bob.home, ledger).chat.load_all("alice")
-
-    everything = settle(read_all, lambda v: texts_of(v) == expected and [p.kind for p in v.problems] == ["restart"])
+    everything = settle(lambda: bob.chat.load_all("alice"),
+                        lambda v: texts_of(v) == expected and [p.kind for p in v.problems] == ["restart"])
     assert [p.kind for p in everything.problems] == ["restart"]
     assert texts_of(everything) == expected
 
@@ -266,7 +265,9 @@ def test_a_new_session_opens_the_chat_without_a_private_key_operation(tmp_path: 
         assert count == [0]
 
     # A damaged key store is a clear error, never a traceback or a silent loss.
-    kept[0].write_bytes(kept[0].read_bytes()[:-1] + b"x")
+    damaged = bytearray(kept[0].read_bytes())
+    damaged[-1] ^= 0xFF  # always a change (appending b"x" was none when the last byte was already "x")
+    kept[0].write_bytes(bytes(damaged))
     third = ChatService(bob.identity, bob.friends, ledger, tmp_path / "bob" / "lanes")
     with pytest.raises(ProfileError, match="damaged"):
         third.get_update("alice")

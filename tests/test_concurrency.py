@@ -51,7 +51,7 @@ def run_senders(make_ledger: LedgerFactory, jobs: list[tuple[str, int, Path, str
 def check_conversation(reader: Person, friend: str, expected: dict[str, list[str]]) -> None:
     """Every expected text appears exactly once, each sender's messages in the order sent."""
     wanted = [text for texts in expected.values() for text in texts]
-    view = settle(lambda: reader.chat.load_all(friend), lambda v: len(v.messages) >= len(wanted))
+    view = settle(lambda: reader.chat.load_all(friend), lambda v: len(v.messages) >= len(wanted) and not v.problems)
     assert view.problems == []
     seen = Counter(m.text for m in view.messages)
     duplicated = [text for text, n in seen.items() if n > 1]

@@ -50,7 +50,7 @@ def file_messages(view: ConversationView) -> list[ChatMessage]:
 
 def received_files(person: Person, friend: str, count: int) -> list[ChatMessage]:
     """The file messages of ``person``'s conversation with ``friend``, once ``count`` of them are read."""
-    view = update_until(person, friend, lambda v: len(file_messages(v)) >= count)
+    view = update_until(person, friend, lambda v: len(file_messages(v)) >= count and not v.problems)
     assert view.problems == []
     found = file_messages(view)
     assert len(found) == count, f"{len(found)} file message(s) in the conversation, not {count}"

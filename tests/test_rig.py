@@ -58,6 +58,14 @@ def test_the_levers_act_on_what_clients_read(rig: LedgerRig, tmp_path: Path) -> 
     assert settle(lambda: ledger.get("written"), lambda v: v == "two") == "two"
     assert rig.stored("written") == "two"
 
+    # the real cluster's kind of stale reads, with chosen numbers: here always within the hour
+    rig.stale_window(3600.0, 1.0)
+    ledger.set("windowed", "one")
+    ledger.set("windowed", "two")
+    assert ledger.get("windowed") == "one" and rig.stored("windowed") == "two"
+    rig.stale_window(0.0, 0.0)  # never
+    assert ledger.get("windowed") == "two"
+
 
 def test_other_connections_see_the_same_ledger(tmp_path: Path) -> None:
     for kind in ("local", "resilientdb", "http"):

@@ -2,11 +2,12 @@
 of a set of the same key with the previous value, now and then. Nothing a client does on such a read
 may lose, duplicate or rewrite a message, or report a problem that is not there.
 
-Each test makes the stale read it needs happen, on every backend RESCHAT_TEST_LEDGER chooses: the
-rig's ``stale_window`` serves the real cluster's kind of stale reads with chosen numbers, and
-``behave(stale=True)`` makes every read return what its key held before its latest write (a read
-within the window, drawn stale). Then the ledger goes back to normal, and what the people read once
-every write is read back is checked in full.
+Each test isolates the stale read it is about, on every backend RESCHAT_TEST_LEDGER chooses: every
+other read is fresh (the ``fresh_reads`` fixture), and the test makes its stale read happen, with
+``behave(stale=True)`` (every read returns what its key held before its latest write: a read within
+the window, drawn stale) or the rig's ``stale_window`` (the real cluster's kind of stale reads, with
+chosen numbers). Then reads are fresh again, and what the people read is checked in full. The other
+engine suites run with the stand-ins' ordinary stale reads throughout (see conftest).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from reschat.ledger import Ledger
 from reschat.page import PAGE_CAPACITY, SealedPage
 from tests.conftest import LedgerRig, Person, befriend, make_person, settle, texts_of, update_until
 from tests.standin import STALE_WINDOW_S
+from tests.test_delivery import ManualClock
 
 
 class RecordingLedger(Ledger):
@@ -46,6 +48,12 @@ class RecordingLedger(Ledger):
 
 def kinds(problems: Sequence[object]) -> set[str]:
     return {p.kind for p in problems}  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def fresh_reads(rig: LedgerRig) -> None:
+    """No stale read but the one a test makes happen."""
+    rig.stale_window(0.0, 0.0)
 
 
 @pytest.fixture
@@ -99,7 +107,7 @@ def test_a_lost_outbox_rebuilt_after_stale_reads_never_reuses_a_sequence_number(
         alice = make_person("alice", 0, alice.home, recording)
         sent.append(f"after loss {loss + 1}")
         assert alice.chat.send_message(sent[-1], "bob").error is None
-    rig.behave(stale=False)
+    rig.stale_window(0.0, 0.0)  # fresh reads again
 
     assert rewrites(recording.written, places) == []
     view = settle(lambda: bob.chat.load_all("alice"), lambda v: texts_of(v) == sent)
@@ -137,7 +145,7 @@ def test_a_reader_never_puts_back_a_stale_copy_of_the_friends_page(
     assert whole is not None and len(SealedPage.from_string(whole).records) == PAGE_CAPACITY
     rig.behave(stale=True)  # bob's first read: page 1 without its last record, page 2 as it began
     bob.chat.get_update("alice")
-    rig.behave(stale=False)
+    rig.stale_window(0.0, 0.0)  # fresh reads again
     view = update_until(bob, "alice", lambda v: texts_of(v) == texts and v.problems == [])
     assert rig.stored(page1) == whole  # alice's page, untouched by her reader
     assert texts_of(view) == texts
@@ -176,7 +184,7 @@ def test_a_stale_read_of_the_friends_lane_never_keys_a_page_to_a_deleted_receive
 
     rig.behave(stale=True)  # alice's next read of bob's lane does not return his newest page yet
     alice.chat.get_update("bob")
-    rig.behave(stale=False)
+    rig.stale_window(0.0, 0.0)  # fresh reads again
     more = [f"a{i}" for i in range(len(sent), 2 * PAGE_CAPACITY + 2)]  # fills a page, starts the next
     for text in more:
         alice.chat.send_message(text, "bob")
@@ -187,6 +195,60 @@ def test_a_stale_read_of_the_friends_lane_never_keys_a_page_to_a_deleted_receive
 
 
 # --- our own pages ------------------------------------------------------------------------------------
+
+
+def test_a_stale_read_of_our_page_right_after_our_write_is_not_a_rollback(tmp_path: Path, rig: LedgerRig) -> None:
+    """Self-healing puts a page of ours back when the ledger lost or rolled it back; one stale read,
+    right after our write, is neither."""
+    clock = ManualClock()  # alice's clock stands still: each of her reads comes right after her last write
+    alice = make_person("alice", 0, tmp_path / "alice", rig.ledger, clock=clock)
+    bob = make_person("bob", 1, tmp_path / "bob", rig.ledger)
+    befriend(alice, bob)
+    for text in ("one", "two"):
+        alice.chat.send_message(text, "bob")
+    delivered = [("one", "delivered"), ("two", "delivered")]
+    update_until(alice, "bob", lambda v: [(m.text, m.status) for m in v.messages] == delivered)
+    key = alice.chat.lane_address("bob", mine=True, number=1)
+    writes = rig.sets_of(key)
+    rig.behave(stale=True)  # this read returns page 1 as it was before "two" was written
+    view = alice.chat.get_update("bob")
+    rig.stale_window(0.0, 0.0)  # fresh reads again
+    # Not put back on one read (her messages may show without their ✓ while in doubt) ...
+    assert "restoring" not in kinds(view.problems)
+    assert texts_of(view) == ["one", "two"]
+    assert rig.sets_of(key) == writes
+    # ... and the next read, fresh, finds the page whole: nothing to put back, nothing to report.
+    view = alice.chat.get_update("bob")
+    assert [(m.text, m.status) for m in view.messages] == delivered
+    assert view.problems == []
+    assert rig.sets_of(key) == writes
+
+
+@pytest.mark.xfail(strict=True, reason="engine: self-healing puts a page back when two updates in a row find it "
+                   "older, however soon after the write they come: two stale reads in the real cluster's second "
+                   "(a chance of 0.09 for two reads) make it write the page again and report 'restoring' "
+                   "(chat._repair counts updates, not time since the write)")
+def test_two_stale_reads_of_our_page_right_after_our_write_are_not_a_rollback(
+    tmp_path: Path, rig: LedgerRig
+) -> None:
+    clock = ManualClock()  # alice's clock stands still: each of her reads comes right after her last write
+    alice = make_person("alice", 0, tmp_path / "alice", rig.ledger, clock=clock)
+    bob = make_person("bob", 1, tmp_path / "bob", rig.ledger)
+    befriend(alice, bob)
+    for text in ("one", "two"):
+        alice.chat.send_message(text, "bob")
+    delivered = [("one", "delivered"), ("two", "delivered")]
+    update_until(alice, "bob", lambda v: [(m.text, m.status) for m in v.messages] == delivered)
+    key = alice.chat.lane_address("bob", mine=True, number=1)
+    writes = rig.sets_of(key)
+    rig.behave(stale=True)  # both reads return page 1 as it was before "two" was written
+    views = [alice.chat.get_update("bob") for _ in range(2)]
+    rig.stale_window(0.0, 0.0)  # fresh reads again
+    assert [kinds(v.problems) for v in views] == [set(), set()]
+    assert rig.sets_of(key) == writes
+    view = alice.chat.get_update("bob")
+    assert [(m.text, m.status) for m in view.messages] == delivered
+    assert view.problems == []
 
 
 def test_a_stale_read_of_our_own_pages_is_not_a_lasting_loss(pair: tuple[Person, Person], rig: LedgerRig) -> None:
@@ -203,7 +265,7 @@ def test_a_stale_read_of_our_own_pages_is_not_a_lasting_loss(pair: tuple[Person,
     rig.behave(stale=True)
     later = make_person("bob", 1, bob.home, rig.ledger)
     later.chat.get_update("alice")
-    rig.behave(stale=False)
+    rig.stale_window(0.0, 0.0)  # fresh reads again
     delivered = [(text, "delivered") for text in sent]
     view = update_until(later, "alice", lambda v: [(m.text, m.status) for m in v.messages] == delivered
                         and v.problems == [])
