@@ -89,6 +89,20 @@ class Friend:
             raise KeyFormatError(f"{self.nickname}'s card has no static keys: ask for a new card") from exc
 
 
+def _pinned(nickname: str, contact: Contact, name: str | None, added: str) -> Friend:
+    """A friend pinned to ``contact``'s card, with fresh counts (the name on the card unless given)."""
+    return Friend(
+        nickname=nickname,
+        public_key=public_key_to_string(contact.public_key),
+        fingerprint=fingerprint_bytes(contact.public_key).hex(),
+        name=name if name is not None else contact.name,
+        statics=contact.statics.to_bytes().hex(),
+        location=contact.location,
+        issued=contact.issued,
+        added=added,
+    )
+
+
 def validate_nickname(nickname: str) -> str:
     """1-32 printable characters; not all digits, since menus pick friends by number."""
     cleaned = unicodedata.normalize("NFC", nickname.strip())
@@ -152,16 +166,7 @@ class FriendStore:
                     raise DuplicateFriendError(f"the nickname {nickname!r} is already in use")
                 if friend.fingerprint == fpr:
                     raise DuplicateFriendError(f"that key is already your friend {friend.nickname!r}")
-            friend = Friend(
-                nickname=nickname,
-                public_key=public_key_to_string(key),
-                fingerprint=fpr,
-                name=name if name is not None else contact.name,
-                statics=contact.statics.to_bytes().hex(),
-                location=contact.location,
-                issued=contact.issued,
-                added=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            )
+            friend = _pinned(nickname, contact, name, datetime.now(timezone.utc).isoformat(timespec="seconds"))
             self._table.insert(asdict(friend))
         return friend
 
@@ -209,16 +214,7 @@ class FriendStore:
             for friend in self._all():
                 if friend.fingerprint == fpr and friend.nickname != current.nickname:
                     raise DuplicateFriendError(f"that key is already your friend {friend.nickname!r}")
-            fresh = Friend(
-                nickname=current.nickname,
-                public_key=public_key_to_string(key),
-                fingerprint=fpr,
-                name=name if name is not None else contact.name,
-                statics=contact.statics.to_bytes().hex(),
-                location=contact.location,
-                issued=contact.issued,
-                added=current.added,
-            )
+            fresh = _pinned(current.nickname, contact, name, current.added)
             self._table.update(asdict(fresh), Query().fingerprint == current.fingerprint)
         return fresh
 
