@@ -285,6 +285,11 @@ class GroupState:
     leaving: list[str] = field(default_factory=list)  # members whose leave record awaits a new epoch
     notices: list[list[Any]] = field(default_factory=list)  # [micros, by, text, epoch] membership lines
     rebase: list[dict[str, Any]] = field(default_factory=list)  # our changes that lost a race, to re-apply
+    #: Valid changes read for a coming epoch: epoch -> admin -> {"change", "secret"} (``_resolve`` decides).
+    proposals: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: Our pages keyed to fewer members than their epoch (a new epoch's secret): nothing is appended to them.
+    restricted: list[str] = field(default_factory=list)
+    used_static: bool = False  # a page keyed to our card's static keys was read: announce a receive key
     unread: int = 0
 
     def membership(self, epoch: int) -> Membership | None:
@@ -643,14 +648,14 @@ class GroupService:
         pid = page_id(epoch, own.page)
         current = own.pages.get(str(own.page)) if own.page else None
         sealed: SealedPage | None = SealedPage.from_string(current) if current and pid in own.secrets else None
-        restricted = pid in state.mine.get("restricted", {})
+        restricted = pid in state.restricted
         secret: bytes | PageKeys
         if fresh_page or readers is not None or restricted or sealed is None \
                 or len(sealed.records) >= PAGE_CAPACITY or sealed.size_with(needed) > MAX_PAGE_BYTES:
             sealed, secret = self._start_page(state, own, self._readers(state, epoch, self.me)
                                               if readers is None else readers)
             if readers is not None:
-                state.mine.setdefault("restricted", {})[page_id(epoch, own.page)] = 1
+                state.restricted = [*state.restricted[-15:], page_id(epoch, own.page)]
         else:
             secret = PageKeys.from_text(own.secrets[pid])
         header = open_header(sealed, secret)
@@ -890,6 +895,12 @@ class GroupService:
             name = self._accept(nickname, message)
             if name:
                 joined.append(name)
+        for name in joined:
+            # The membership and the members' cards come from the inviting admin's lane: read it now.
+            try:
+                self.get_update(name)
+            except LedgerError as exc:
+                log.warning("cannot read %s yet: %s", name, exc)
         return joined
 
     def _accept(self, nickname: str, message: ChatMessage) -> str:
@@ -1078,7 +1089,7 @@ class GroupService:
             newest = max((int(e["index"]) for e in state.receive_keys), default=0)
             if key_index == 0:
                 # Keyed to our card's static keys: we announce a receive key (``_after_update``).
-                state.mine.setdefault("used_static", {})[str(epoch)] = True
+                state.used_static = True
             elif key_index > 0 and key_index == newest:
                 state.key_uses += 1
             result = opened
@@ -1186,7 +1197,7 @@ class GroupService:
         remote_all = self._remote_own
         now = self.chat.clock()
         writes = []
-        for epoch_text in [e for e in state.mine if e.isdigit()]:
+        for epoch_text in list(state.mine):
             epoch = int(epoch_text)
             own = state.own(epoch)
             remote = remote_all.get(epoch, {})
@@ -1220,7 +1231,7 @@ class GroupService:
             problems.append(Problem(label, "forged", "a group record that does not belong here was ignored",
                                     record.timestamp))
             return
-        pending = state.mine.setdefault("proposals", {})
+        pending = state.proposals
         if record.type_ext == CHANGE_EXT:
             named = data.get("e")
             if named == epoch + 1:
@@ -1291,7 +1302,7 @@ class GroupService:
 
     def _resolve(self, state: GroupState, problems: list[Problem]) -> None:
         """Move to the next epoch when a valid change for it was read: the lower admin fingerprint wins."""
-        pending: dict[str, dict[str, Any]] = state.mine.setdefault("proposals", {})
+        pending = state.proposals
         for epoch_text in sorted(pending, key=int):
             epoch = int(epoch_text)
             proposals = pending[epoch_text]
@@ -1356,10 +1367,12 @@ class GroupService:
                 except MessageError as exc:
                     problems.append(Problem(ME, "skipped", f"the epoch without those who left waits: {exc}"))
                 return
-        used_static = state.mine.get("used_static", {}).get(str(state.epoch))
+        used_static = state.used_static
         own = state.own(state.epoch)
+        state.used_static = False
+        # A page of ours in this epoch has announced a receive key already; with none, one is announced,
+        # as a pair's silent reader does (one small write), and again once the newest key served enough pages.
         if (used_static and own.page == 0) or state.key_uses >= ROTATE_AFTER_PAGES:
-            state.mine.setdefault("used_static", {})[str(state.epoch)] = False
             try:
                 if own.epoch != state.epoch:
                     own.restart(state.epoch)

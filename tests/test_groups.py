@@ -20,8 +20,8 @@ from reschat.errors import MessageError
 from reschat.group import CHANGE_EXT, GroupService, GroupState, check_change, rekeyer
 from reschat.lane import find_page_secret
 from reschat.ledger import Ledger, MemoryLedger
-from reschat.page import SealedPage
-from tests.conftest import Person, befriend, make_person, settle
+from reschat.page import PAGE_CAPACITY, SealedPage
+from tests.conftest import Person, befriend, make_person, settle, statics_key
 from tests.test_protocol2 import card_derived, encodings, stored
 
 
@@ -218,6 +218,19 @@ def test_the_observer_cannot_link_a_group_to_any_member(tmp_path: Path) -> None:
         who.groups.send_message(f"{who.name} later", "crew")
     epoch_2 = {alice.groups.lane_address("crew", "me", 2, 1), bob.groups.lane_address("crew", "me", 2, 1)}
     assert epoch_2 <= set(stored(ledger)) and not epoch_2 & group_keys_1
+
+
+def test_pages_after_the_first_exchange_are_keyed_to_announced_keys_not_to_cards(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob = team(tmp_path, ledger, count=2)  # bob read alice's first page and announced a receive key
+    for i in range(PAGE_CAPACITY + 1):
+        alice.groups.send_message(f"later {i}", "team")
+    assert "later 20" in texts(until(bob, "team", lambda v: "later 20" in texts(v)))
+    # The holder of every long-term key (both cards' static keys) and the ledger, with no key store.
+    long_term = [(0, statics_key(0)), (0, statics_key(1))]
+    opened = [find_page_secret(SealedPage.from_string(v), long_term) is not None
+              for v in lane_values(ledger, alice, "team", 1)]
+    assert opened == [True, False]  # only the page written before bob announced a key
 
 
 # --- only members read --------------------------------------------------------------------------------
