@@ -129,6 +129,8 @@ MAX_RECEIVE_KEYS = 8
 #: Pages of others keyed to our newest receive key before we announce a fresh one (as pairs do).
 ROTATE_AFTER_PAGES = 4
 MAX_NOTICES = 200
+#: Where a membership line names its target (a NUL: never part of a validated name).
+WHO = "\x00who\x00"
 
 
 # --- membership -----------------------------------------------------------------------------------
@@ -828,7 +830,7 @@ class GroupService:
         for start in range(0, len(cards), CARDS_PER_RECORD):
             roster = _json({"g": state.id, "e": epoch, "c": cards[start : start + CARDS_PER_RECORD]})
             writes.append(self._write(state, "setting", ROSTER_EXT, roster)[:2])
-        self._notice(state, self.me, self._describe(state, change), epoch)
+        self._notice_change(state, self.me, change, epoch)
         self.store.save(state)
         self._set_all(writes)
         for fingerprint in invite:
@@ -864,20 +866,22 @@ class GroupService:
             self.store.save(state)
             self._set_all(writes)
 
-    def _notice(self, state: GroupState, by: str, text: str, epoch: int) -> None:
-        state.notices = [*state.notices, [to_micros(self.chat.clock()), by, text, epoch]][-MAX_NOTICES:]
+    def _notice(self, state: GroupState, by: str, text: str, epoch: int, target: str = "") -> None:
+        """A membership line; ``WHO`` in ``text`` is the target, named when shown (its card may come later)."""
+        line = [to_micros(self.chat.clock()), by, text, epoch, target]
+        state.notices = [*state.notices, line][-MAX_NOTICES:]
 
-    def _describe(self, state: GroupState, change: dict[str, Any]) -> str:
-        action, target = change.get("a"), str(change.get("t", ""))
-        who = "you" if target == self.me else self._label(state, target) if target else ""
-        return {
+    def _notice_change(self, state: GroupState, by: str, change: dict[str, Any], epoch: int) -> None:
+        action, target = str(change.get("a")), str(change.get("t", ""))
+        text = {
             "create": f"created the group {change.get('n', '')}",
-            "add": f"added {who}",
-            "remove": f"removed {who}",
+            "add": f"added {WHO}",
+            "remove": f"removed {WHO}",
             "leave": "started a new epoch without the members who left",
             "rename": f"renamed the group to {change.get('n', '')}",
-            "admin": f"made {who} an admin",
-        }.get(str(action), "changed the group")
+            "admin": f"made {WHO} an admin",
+        }.get(action, "changed the group")
+        self._notice(state, by, text, epoch, target)
 
     # -- invitations -----------------------------------------------------------------------------------
 
@@ -1326,7 +1330,7 @@ class GroupService:
             if self.me not in fprs:
                 if state.status != "removed":
                     state.status = "removed"
-                    self._notice(state, winner, self._describe(state, change), epoch)
+                    self._notice_change(state, winner, change, epoch)
                 pending.pop(epoch_text, None)
                 return
             if not chosen["secret"]:
@@ -1338,7 +1342,7 @@ class GroupService:
             state.epoch = epoch
             state.name = self._adopt_name(state, str(change["n"]))
             state.leaving = [f for f in state.leaving if f in fprs]
-            self._notice(state, winner, self._describe(state, change), epoch)
+            self._notice_change(state, winner, change, epoch)
             pending.pop(epoch_text, None)
         for epoch_text in [e for e in pending if int(e) <= state.epoch - 1]:
             pending.pop(epoch_text, None)
@@ -1434,11 +1438,14 @@ class GroupService:
                     if own is None and key not in session.returned:
                         session.returned.add(key)
                         new_messages.append(message)
-        for micros, by, text, _epoch in state.notices:
+        for micros, by, template, epoch, *rest in state.notices:
             moment = _from_micros(int(micros))
+            target = str(rest[0]) if rest else ""
+            text = str(template).replace(WHO, "you" if target == self.me else self._label(state, target))
+            # Numbered by their time (negative: never a record's), so that each line is a message of its own.
             messages.append(ChatMessage(
                 sender=self._label(state, str(by)), receiver=state.name, time=moment, type="setting",
-                type_ext=NOTICE_EXT, body=str(text).encode("utf-8"), seq=0,
+                type_ext=NOTICE_EXT, body=str(text).encode("utf-8"), seq=-int(micros), epoch=int(epoch),
             ))
         if state.status == "removed":
             problems = [p for p in problems if p.kind != "undecryptable"]
