@@ -165,7 +165,7 @@ def test_five_members_sending_at_once_lose_and_duplicate_nothing(tmp_path: Path,
     assert errors == []
     wanted = {f"{who.name} {i}" for who in people for i in range(count)}
     for reader in people:
-        view = settle(lambda r=reader: r.groups.load_all("team"), lambda v: wanted <= set(texts(v)))
+        view = settle(lambda r=reader: r.groups.load_all("team"), lambda v: wanted <= set(texts(v)) and not v.problems)
         seen = Counter(texts(view))
         lost = sorted(wanted - set(seen))
         duplicated = sorted(text for text, n in seen.items() if n > 1)
@@ -257,6 +257,9 @@ def test_a_removed_member_reads_nothing_a_writer_wrote_after_seeing_the_removal(
     assert len(new_pages) >= 2
     assert not opens_any(new_pages, keys_of(carol, "team"))
     assert opens_any(new_pages, keys_of(bob, "team"))  # the check can tell: a member's keys open them
+    # Nor does the page that carried the new epoch's secret (alice's last page of epoch 1): no slot of hers.
+    key_page = lane_values(ledger, alice, "team", 1)[-1:]
+    assert not opens_any(key_page, keys_of(carol, "team")) and opens_any(key_page, keys_of(bob, "team"))
 
 
 def test_the_removal_window_closes_at_the_writers_next_update(tmp_path: Path) -> None:
