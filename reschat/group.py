@@ -191,6 +191,25 @@ def rekeyer(members: list[Member]) -> str:
     return chosen.fingerprint if chosen else ""
 
 
+def parse_members(change: dict[str, Any]) -> list[Member] | None:
+    """The membership a change names, when it is well formed: 1 to 32 distinct fingerprints, an admin,
+    nobody joining after the epoch it starts (None otherwise; a stranger's record never raises)."""
+    members, epoch = change.get("m"), change.get("e")
+    if not isinstance(members, list) or not isinstance(epoch, int) or isinstance(epoch, bool):
+        return None
+    try:
+        parsed = [Member(str(f), int(s), bool(a)) for f, s, a in members]
+    except (TypeError, ValueError):
+        return None
+    fprs = [m.fingerprint for m in parsed]
+    if not 1 <= len(parsed) <= MAX_MEMBERS or len(set(fprs)) != len(fprs) \
+            or any(len(f) != 64 or any(c not in "0123456789abcdef" for c in f) for f in fprs):
+        return None
+    if not any(m.admin for m in parsed) or any(not 1 <= m.since <= epoch for m in parsed):
+        return None
+    return parsed
+
+
 def check_change(old: Membership | None, change: dict[str, Any], writer: str) -> str:
     """Why ``change``, written by ``writer`` after epoch ``old``, is not valid ('' when it is).
 
@@ -198,22 +217,16 @@ def check_change(old: Membership | None, change: dict[str, Any], writer: str) ->
     membership for each epoch.
     """
     action = change.get("a")
-    members = change.get("m")
-    if action not in ACTIONS or not isinstance(members, list) or change.get("by") != writer:
+    if action not in ACTIONS or change.get("by") != writer:
         return "a malformed membership change"
-    try:
-        new = [Member(str(f), int(s), bool(a)) for f, s, a in members]
-    except (TypeError, ValueError):
-        return "a malformed membership change"
-    epoch = change.get("e")
-    if not isinstance(epoch, int) or isinstance(epoch, bool):
-        return "a malformed membership change"
+    name = change.get("n")
+    if not isinstance(name, str) or not name.strip():
+        return "a change without a group name"
+    new = parse_members(change)
+    if new is None:
+        return "a membership that is not valid"
+    epoch = change["e"]
     fprs = [m.fingerprint for m in new]
-    if not 1 <= len(new) <= MAX_MEMBERS or len(set(fprs)) != len(fprs) \
-            or any(len(f) != 64 or any(c not in "0123456789abcdef" for c in f) for f in fprs):
-        return "a membership that is not valid"
-    if not any(m.admin for m in new) or any(m.since > epoch for m in new):
-        return "a membership that is not valid"
     if old is None:
         if action != "create" or epoch != 1 or writer not in fprs:
             return "a change that does not start the group"
@@ -249,8 +262,6 @@ def check_change(old: Membership | None, change: dict[str, Any], writer: str) ->
     promoted = [f for f in after if f in before and after[f].admin and not before[f].admin]
     if demoted or (promoted and (action != "admin" or promoted != [target])):
         return "a change of admins that is not valid"
-    if not isinstance(change.get("n"), str) or not change["n"].strip():
-        return "a change without a group name"
     return ""
 
 
@@ -1250,15 +1261,15 @@ class GroupService:
                 membership = state.membership(epoch)
                 if membership is not None and membership.by == writer and not membership.members:
                     # A new member: the change the inviting admin wrote first in its lane of the new epoch.
-                    reason = check_change(None, data, writer) if epoch == 1 else ""
-                    fprs = [str(m[0]) for m in data.get("m", []) if isinstance(m, list) and m]
-                    if reason or self.me not in fprs:
+                    members = parse_members(data)
+                    inviter = next((m for m in members or [] if m.fingerprint == writer), None)
+                    if members is None or inviter is None or not inviter.admin or data.get("by") != writer \
+                            or all(m.fingerprint != self.me for m in members) or data.get("a") not in ACTIONS:
                         problems.append(Problem(label, "forged", "an invitation's membership is not valid",
                                                 record.timestamp))
                         return
-                    membership = Membership(epoch, membership.secret, writer,
-                                            [Member(str(f), int(s), bool(a)) for f, s, a in data["m"]],
-                                            str(data.get("n", state.name)), str(data.get("a")), str(data.get("t", "")))
+                    membership = Membership(epoch, membership.secret, writer, members, state.name,
+                                            str(data.get("a")), str(data.get("t", "")))
                     state.epochs[str(epoch)] = membership.to_dict()
                 elif membership is None or membership.by != writer:
                     problems.append(Problem(label, "forged", "a membership change for a started epoch "

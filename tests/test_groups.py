@@ -424,3 +424,13 @@ def test_the_membership_rule_is_deterministic_and_strict() -> None:
     assert "admins" in check_change(old, sneaky, a)
     assert rekeyer([Entry(c, 1, False), Entry(b, 1, False)]) == b
     assert rekeyer([Entry(c, 1, True), Entry(b, 2, False)]) == c
+
+
+@pytest.mark.parametrize("members", [
+    "not a list", [["a" * 64, 1]], [[1, 2, 3]], [["A" * 64, 1, 1]], [["a" * 64, 1, 0]], [["a" * 64, 9, 1]], [],
+    [["a" * 64, 1, 1]] * 2, [[f"{i:064x}", 1, 1] for i in range(33)],
+])
+def test_a_malformed_membership_is_refused_without_an_exception(members: object) -> None:
+    change = {"g": "x", "e": 1, "a": "create", "t": "", "n": "team", "by": "a" * 64, "m": members}
+    assert check_change(None, change, "a" * 64) != ""
+    assert check_change(None, {**change, "m": [["a" * 64, 1, 1]]}, "a" * 64) == ""
