@@ -129,6 +129,8 @@ MAX_RECEIVE_KEYS = 8
 #: Pages of others keyed to our newest receive key before we announce a fresh one (as pairs do).
 ROTATE_AFTER_PAGES = 4
 MAX_NOTICES = 200
+#: Older pages each update re-reads in rotation, to notice a rewrite at any depth (in the update's one round).
+ROTATION_PAGES = 2
 #: Where a membership line names its target (a NUL: never part of a validated name).
 WHO = "\x00who\x00"
 
@@ -303,6 +305,7 @@ class GroupState:
     #: Our pages keyed to fewer members than their epoch (a new epoch's secret): nothing is appended to them.
     restricted: list[str] = field(default_factory=list)
     used_static: bool = False  # a page keyed to our card's static keys was read: announce a receive key
+    rotation: int = 0  # where the rotating re-read of older pages goes on
     unread: int = 0
 
     def membership(self, epoch: int) -> Membership | None:
@@ -1042,8 +1045,13 @@ class GroupService:
             for number in numbers:
                 if number >= 1:
                     wanted[self._address(state, epoch, writer, number)] = (epoch, writer, number)
-        for address, value in self.ledger.get_many(list(wanted)).items():
-            values[wanted[address]] = value
+        rotation = {} if everything else self._rotation_places(state)
+        rotation_wanted = {self._address(state, e, w, n): (e, w, n) for e, w, n in rotation}
+        found = self.ledger.get_many([*wanted, *(a for a in rotation_wanted if a not in wanted)])
+        for address, value in found.items():
+            if address in wanted:
+                values[wanted[address]] = value
+        self._check_rotation(state, {place: found.get(a) for a, place in rotation_wanted.items()}, problems)
         # Lanes that grew by more than two pages are followed, a few rounds at most.
         for _round in range(MAX_PROBE_ROUNDS):
             more: dict[str, tuple[int, str, int]] = {}
@@ -1068,6 +1076,43 @@ class GroupService:
             else:
                 self._read_lane(state, epoch, writer, lane_values, problems, shown)
         self._resolve(state, problems)
+
+    def _rotation_places(self, state: GroupState) -> list[tuple[int, str, int]]:
+        """Older pages this update re-reads, ROTATION_PAGES of them in turn over every lane we read, so that a
+        member who rewrites a message at any depth is reported within pages / ROTATION_PAGES updates."""
+        places = []
+        for key in sorted(state.lanes):
+            epoch_text, writer = key.split(":")
+            epoch = int(epoch_text)
+            membership = state.membership(epoch)
+            if membership is None or not membership.secret:
+                continue
+            lane = state.lane(epoch, writer)
+            places += [(epoch, writer, int(n)) for n in sorted(lane.secrets, key=int) if int(n) < lane.top - 1]
+        if not places:
+            return []
+        start = state.rotation % len(places)
+        state.rotation += ROTATION_PAGES
+        return [places[(start + i) % len(places)] for i in range(min(ROTATION_PAGES, len(places)))]
+
+    def _check_rotation(
+        self, state: GroupState, values: dict[tuple[int, str, int], str | None], problems: list[Problem]
+    ) -> None:
+        """Compare re-read older pages with the digests kept when they were first read."""
+        for (epoch, writer, number), value in values.items():
+            if value is None:
+                continue  # missing: not a rewrite (the window reports what it misses)
+            opened = self._open(state, epoch, writer, number, value)
+            label = self._label(state, writer)
+            if isinstance(opened, Problem):
+                if opened.kind != "skipped":
+                    problems.append(opened)
+                continue
+            kept = state.lane(epoch, writer).digests
+            for record, digest in zip(opened.records, opened.digests, strict=True):
+                if kept.get(str(record.seq), digest.hex()) != digest.hex():
+                    problems.append(Problem(label, "rewritten", f"message #{record.seq} of epoch {epoch} differs "
+                                            "from the one read before; the new version is hidden", record.timestamp))
 
     def _open(self, state: GroupState, epoch: int, writer: str, number: int, value: str) -> OpenPage | Problem:
         label = self._label(state, writer)

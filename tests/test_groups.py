@@ -9,7 +9,7 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -17,8 +17,8 @@ import pytest
 from reschat import crypto, kem
 from reschat.chat import ConversationView
 from reschat.errors import MessageError
-from reschat.group import CHANGE_EXT, GroupService, GroupState, check_change, rekeyer
-from reschat.lane import find_page_secret
+from reschat.group import CHANGE_EXT, ROTATION_PAGES, GroupService, GroupState, check_change, rekeyer
+from reschat.lane import PageKeys, add_record, find_page_secret, open_header, open_page
 from reschat.ledger import Ledger, MemoryLedger
 from reschat.page import PAGE_CAPACITY, SealedPage
 from tests.conftest import Person, befriend, make_person, settle, statics_key
@@ -233,7 +233,49 @@ def test_pages_after_the_first_exchange_are_keyed_to_announced_keys_not_to_cards
     assert opened == [True, False]  # only the page written before bob announced a key
 
 
+def test_a_file_sent_to_the_group_is_saved_by_a_member_who_is_not_the_senders_friend(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    _alice, bob, carol = team(tmp_path, ledger)
+    (tmp_path / "plan.txt").write_bytes(b"the plan, in a file")
+    bob.groups.send_file("team", tmp_path / "plan.txt")
+    view = until(carol, "team", lambda v: any(m.type == "file" for m in v.messages))
+    (message,) = [m for m in view.messages if m.type == "file"]
+    assert message.sender.startswith("bob (vouched by alice")
+    saved = carol.groups.save_file(message, tmp_path / "downloads")
+    assert saved.read_bytes() == b"the plan, in a file"
+
+
 # --- only members read --------------------------------------------------------------------------------
+
+
+def test_a_member_who_rewrites_an_old_message_is_reported_within_pages_over_k_updates(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob = team(tmp_path, ledger, count=2)
+    for i in range(2 * PAGE_CAPACITY + 5):
+        bob.groups.send_message(f"bob {i}", "team")
+    view = settle(lambda: alice.groups.load_all("team"), lambda v: f"bob {2 * PAGE_CAPACITY + 4}" in texts(v))
+    assert "bob 0" in texts(view)
+    # bob, a member with every key of his own lane, signs another first message into his page 1.
+    address = bob.groups.lane_address("team", "me", 1, 1)
+    sealed = SealedPage.from_string(stored(ledger)[address])
+    state = bob.state("team")
+    keys = PageKeys.from_text(state.own(1).secrets["1:1"])
+    header = open_header(sealed, keys)
+    original = open_page(stored(ledger)[address], sealed, keys, conversation=header.conversation,
+                         writer=header.writer, writer_key=bob.person.identity.public_key, epoch=1, number=1,
+                         verified=set()).records
+    emptied = SealedPage(slots=sealed.slots, header=sealed.header, records=[], tag=sealed.tag)
+    forged, _r, digest = add_record(emptied, header, keys, replace(original[0], body=b"bob never said that",
+                                                                    signature=b""), bob.person.chat._sign)
+    for record in original[1:]:  # the rest of the page chained again after it: a clean rewrite
+        forged, _r, digest = add_record(forged, header, keys, replace(record, prev=digest, signature=b""),
+                                        bob.person.chat._sign)
+    ledger.set(address, forged.to_string())
+    pages = 3
+    found = []
+    for _ in range(-(-pages // ROTATION_PAGES) + 1):
+        found += [p for p in alice.groups.get_update("team").problems if p.kind == "rewritten"]
+    assert found and "message #1 " in found[0].detail
 
 
 def test_a_removed_member_reads_nothing_a_writer_wrote_after_seeing_the_removal(tmp_path: Path) -> None:
