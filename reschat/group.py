@@ -72,7 +72,7 @@ from reschat.errors import (
     UnknownFriendError,
 )
 from reschat.friends import Friend, validate_nickname
-from reschat.keystore import read_sealed, write_sealed
+from reschat.keystore import PageCopies, read_sealed, write_sealed
 from reschat.lane import Checkpoint as LaneCheckpoint
 from reschat.lane import (
     OpenPage,
@@ -126,6 +126,8 @@ MAX_PROBE_ROUNDS = 4
 #: Decapsulations one update may spend on pages whose slot is not where the membership puts it.
 MAX_DECAPSULATIONS = 512
 MAX_RECEIVE_KEYS = 8
+#: Pages one update writes back to a ledger that lost or altered them; the rest follow.
+MAX_REPAIRS_PER_UPDATE = 4
 #: Pages of others keyed to our newest receive key before we announce a fresh one (as pairs do).
 ROTATE_AFTER_PAGES = 4
 MAX_NOTICES = 200
@@ -402,6 +404,7 @@ class GroupStore:
 class _Session:
     returned: set[tuple[int, str, int]] = field(default_factory=set)
     suspected: set[tuple[str, str, str]] = field(default_factory=set)  # gaps and rollbacks seen once
+    repair_suspects: set[tuple[int, str, int]] = field(default_factory=set)  # kept pages found lost once
 
 
 def _json(value: dict[str, Any]) -> bytes:
@@ -443,6 +446,7 @@ class GroupService:
         self._decaps = 0
         #: Our own pages as this update's reads returned them (epoch -> page -> value), to confirm delivery.
         self._remote_own: dict[int, dict[int, str | None]] = {}
+        self._session = _Session()  # the group being updated
 
     # -- names -----------------------------------------------------------------------------------
 
@@ -621,8 +625,15 @@ class GroupService:
 
     # -- writing ---------------------------------------------------------------------------------
 
+    def _copies(self, state: GroupState) -> PageCopies:
+        """The exact values of final pages we hold (ours and other members'), to heal a ledger that lost them."""
+        return PageCopies(self.store.directory, bytes.fromhex(state.id), self.identity.store_key)
+
     def _start_page(self, state: GroupState, own: OwnLane, readers: list[str]) -> tuple[SealedPage, bytes]:
         epoch = own.epoch
+        finished = own.pages.get(str(own.page)) if own.page else None
+        if finished is not None:
+            self._copies(state).put(self.me[:16], epoch, own.page, finished)  # final now: kept
         _address_key, conversation = self._keys(state, epoch)
         publics = [self._receive_public(state, f) for f in readers] or [self.identity.statics.public]
         number = own.page + 1
@@ -1006,6 +1017,7 @@ class GroupService:
         rebase: list[dict[str, Any]] = []
         with self.store.lock(found.id):
             state = self.store.load(found.id)
+            self._session = session
             for _round in range(MAX_EPOCHS_PER_UPDATE):
                 before = state.epoch
                 self._read_epochs(state, everything, problems, shown)
@@ -1051,7 +1063,9 @@ class GroupService:
         for address, value in found.items():
             if address in wanted:
                 values[wanted[address]] = value
-        self._check_rotation(state, {place: found.get(a) for a, place in rotation_wanted.items()}, problems)
+        rotated = {place: found.get(a) for a, place in rotation_wanted.items()}
+        self._check_rotation(state, rotated, problems)
+        self._repair(state, {**values, **rotated}, problems)
         # Lanes that grew by more than two pages are followed, a few rounds at most.
         for _round in range(MAX_PROBE_ROUNDS):
             more: dict[str, tuple[int, str, int]] = {}
@@ -1089,11 +1103,37 @@ class GroupService:
                 continue
             lane = state.lane(epoch, writer)
             places += [(epoch, writer, int(n)) for n in sorted(lane.secrets, key=int) if int(n) < lane.top - 1]
+        for epoch_text in sorted(state.mine, key=int):
+            own, mine = state.own(int(epoch_text)), state.membership(int(epoch_text))
+            if mine is not None and mine.secret:
+                places += [(own.epoch, self.me, n) for n in range(1, own.page - 1)]
         if not places:
             return []
         start = state.rotation % len(places)
         state.rotation += ROTATION_PAGES
         return [places[(start + i) % len(places)] for i in range(min(ROTATION_PAGES, len(places)))]
+
+    def _repair(self, state: GroupState, values: dict[tuple[int, str, int], str | None],
+                problems: list[Problem]) -> None:
+        """Put back, from our kept copies, final pages that two updates in a row found missing or altered."""
+        copies = self._copies(state)
+        session = self._session
+        suspects: set[tuple[int, str, int]] = set()
+        repairs: list[tuple[str, str]] = []
+        for (epoch, writer, number), value in sorted(values.items(), key=lambda item: -item[0][2]):
+            if not copies.has(writer[:16], epoch, number):
+                continue
+            copy = copies.get(writer[:16], epoch, number)
+            if copy is None or value == copy:
+                continue
+            if (epoch, writer, number) in session.repair_suspects and len(repairs) < MAX_REPAIRS_PER_UPDATE:
+                repairs.append((self._address(state, epoch, writer, number), copy))
+            else:
+                suspects.add((epoch, writer, number))
+        session.repair_suspects = suspects
+        if repairs:
+            problems.append(Problem(ME, "restoring", f"restoring {len(repairs)} page(s) of the group to the ledger"))
+            self._set_all(repairs)
 
     def _check_rotation(
         self, state: GroupState, values: dict[tuple[int, str, int], str | None], problems: list[Problem]
@@ -1219,8 +1259,14 @@ class GroupService:
         if result.newest and result.newest[0] > lane.seq and not any(p.kind == "rewritten" for p in result.problems):
             lane.seq, lane.digest = result.newest[0], result.newest[1].hex()
         lane.top = max(lane.top, top)
+        copies = self._copies(state)
         for number, page in pages.items():
             lane.secrets.setdefault(str(number), page.keys.to_text())
+            following = pages.get(number + 1)
+            if following is not None and following.header.link == page.last_digest \
+                    and following.header.first_seq == page.last_seq + 1 and not copies.has(writer[:16], epoch, number):
+                # Final and whole (the next page links to its last record): kept, to heal a ledger that loses it.
+                copies.put(writer[:16], epoch, number, page.value)
         newest_page = pages[top]
         at = state.announced_at.get(writer, [0, 0])
         if (epoch, top) > (at[0], at[1]):

@@ -278,6 +278,27 @@ def test_a_member_who_rewrites_an_old_message_is_reported_within_pages_over_k_up
     assert found and "message #1 " in found[0].detail
 
 
+def test_pages_the_ledger_lost_are_put_back_from_the_members_kept_copies(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    for i in range(2 * PAGE_CAPACITY + 5):
+        bob.groups.send_message(f"bob {i}", "team")
+    for i in range(2 * PAGE_CAPACITY + 5):
+        alice.groups.send_message(f"alice {i}", "team")
+    settle(lambda: alice.groups.load_all("team"), lambda v: f"bob {2 * PAGE_CAPACITY + 4}" in texts(v))
+    lost = [bob.groups.lane_address("team", "me", 1, 1), alice.groups.lane_address("team", "me", 1, 1)]
+    kept = {key: stored(ledger)[key] for key in lost}
+    for key in lost:
+        del ledger._data[key]
+    restoring = []
+    for _ in range(6):  # a lost page is put back once two updates in a row found it lost
+        restoring += [p for p in alice.groups.get_update("team").problems if p.kind == "restoring"]
+    assert restoring
+    assert {key: stored(ledger).get(key) for key in lost} == kept
+    view = settle(lambda: carol.groups.load_all("team"), lambda v: {"bob 0", "alice 0"} <= set(texts(v)))
+    assert {"bob 0", "alice 0"} <= set(texts(view))
+
+
 def test_a_removed_member_reads_nothing_a_writer_wrote_after_seeing_the_removal(tmp_path: Path) -> None:
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
