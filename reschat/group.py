@@ -1563,7 +1563,18 @@ class GroupService:
         for problem in problems:
             if problem not in unique:
                 unique.append(problem)
-        return ConversationView(friend=state.name, messages=messages, problems=unique, new_messages=new_messages)
+        # Older pages exist beyond the window when a lane shown starts after its page 1, or an earlier epoch
+        # we can read was not read ("Load older messages" and ``read --all`` read everything).
+        has_older = any(min(p.number for p in pages) > 1 for pages in shown.values() if pages) \
+            or bool(self._lanes_with_pages(state) - set(shown))
+        return ConversationView(friend=state.name, messages=messages, problems=unique, new_messages=new_messages,
+                                has_older=has_older)
+
+    def _lanes_with_pages(self, state: GroupState) -> set[tuple[int, str]]:
+        """(epoch, writer) of every lane of which we have read a page (ours included)."""
+        lanes = {(int(k.split(":")[0]), k.split(":")[1]) for k, v in state.lanes.items() if v.get("top")}
+        lanes |= {(int(e), self.me) for e, own in state.mine.items() if own.get("page")}
+        return lanes
 
 
 def _from_micros(micros: int) -> datetime:

@@ -255,6 +255,8 @@ def test_a_member_who_rewrites_an_old_message_is_reported_within_pages_over_k_up
         bob.groups.send_message(f"bob {i}", "team")
     view = settle(lambda: alice.groups.load_all("team"), lambda v: f"bob {2 * PAGE_CAPACITY + 4}" in texts(v))
     assert "bob 0" in texts(view)
+    window = alice.groups.get_update("team")  # the two newest pages of each lane; the rest on demand
+    assert window.has_older and "bob 0" not in texts(window)
     # bob, a member with every key of his own lane, signs another first message into his page 1.
     address = bob.groups.lane_address("team", "me", 1, 1)
     sealed = SealedPage.from_string(stored(ledger)[address])
