@@ -14,7 +14,6 @@ from reschat import crypto
 from reschat.app import ProfilePaths, open_friend_store
 from reschat.chat import ChatMessage, ChatService, ConversationView, SendResult
 from reschat.config import Settings
-from reschat.errors import MessageError
 from reschat.group import GroupService
 from reschat.ledger.base import Ledger
 
@@ -56,11 +55,11 @@ class Conversations(ChatService):
             super().mark_read(nickname)
 
     def disappearing(self, nickname: str) -> int:
-        return 0 if self.is_group(nickname) else super().disappearing(nickname)
+        return self.groups.disappearing(nickname) if self.is_group(nickname) else super().disappearing(nickname)
 
     def set_disappearing(self, nickname: str, seconds: int) -> SendResult:
         if self.is_group(nickname):
-            raise MessageError("disappearing messages are not available in groups yet")
+            return self.groups.set_disappearing(nickname, seconds)
         return super().set_disappearing(nickname, seconds)
 
     def unread_counts(self) -> dict[str, int]:

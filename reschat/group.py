@@ -50,7 +50,7 @@ from typing import Any
 from Crypto.PublicKey import RSA
 from Crypto.Random import get_random_bytes
 
-from reschat import crypto, files, kem, schedule
+from reschat import crypto, files, kem, retention, schedule
 from reschat.chat import (
     GROUP_INVITATION,
     GROUP_NOTICE,
@@ -308,6 +308,12 @@ class GroupState:
     restricted: list[str] = field(default_factory=list)
     used_static: bool = False  # a page keyed to our card's static keys was read: announce a receive key
     rotation: int = 0  # where the rotating re-read of older pages goes on
+    #: Disappearing messages: the group's timer {"disappear": seconds, "at": micros of the setting}.
+    settings: dict[str, int] = field(default_factory=dict)
+    own_times: dict[str, list[int]] = field(default_factory=dict)  # "epoch:page" -> sending time of each record
+    #: "epoch:writer:page" -> [sending time, first display (0: not yet), seq] of each record of others' pages.
+    their_times: dict[str, list[list[int]]] = field(default_factory=dict)
+    page_keys: dict[str, int] = field(default_factory=dict)  # "epoch:writer:page" -> our receive key that opened it
     unread: int = 0
 
     def membership(self, epoch: int) -> Membership | None:
@@ -447,6 +453,7 @@ class GroupService:
         #: Our own pages as this update's reads returned them (epoch -> page -> value), to confirm delivery.
         self._remote_own: dict[int, dict[int, str | None]] = {}
         self._session = _Session()  # the group being updated
+        self._used_keys: dict[tuple[int, str, int], int] = {}  # receive key that opened a page, this update
 
     # -- names -----------------------------------------------------------------------------------
 
@@ -677,8 +684,11 @@ class GroupService:
         current = own.pages.get(str(own.page)) if own.page else None
         sealed: SealedPage | None = SealedPage.from_string(current) if current and pid in own.secrets else None
         restricted = pid in state.restricted
+        timer = _timer(state)
+        # A page is wholly disappearing or not at all, so that expiring its records can delete its keys.
+        mixed = bool(timer) and sealed is not None and bool(sealed.records) and pid not in state.own_times
         secret: bytes | PageKeys
-        if fresh_page or readers is not None or restricted or sealed is None \
+        if fresh_page or readers is not None or restricted or mixed or sealed is None \
                 or len(sealed.records) >= PAGE_CAPACITY or sealed.size_with(needed) > MAX_PAGE_BYTES:
             sealed, secret = self._start_page(state, own, self._readers(state, epoch, self.me)
                                               if readers is None else readers)
@@ -694,6 +704,8 @@ class GroupService:
         own.written_at[str(own.page)] = format_timestamp(self.chat.clock())
         own.last_seq[str(own.page)] = record.seq
         own.last_time = format_timestamp(now)
+        if timer:
+            state.own_times.setdefault(page_id(epoch, own.page), []).append(to_micros(now))
         own.prune()
         self._verified.add(digest)
         state.mine[str(epoch)] = own.to_dict()
@@ -1018,6 +1030,9 @@ class GroupService:
         with self.store.lock(found.id):
             state = self.store.load(found.id)
             self._session = session
+            self._used_keys = {}
+            if _timer(state) or state.own_times or state.their_times:
+                self._expire(state)
             for _round in range(MAX_EPOCHS_PER_UPDATE):
                 before = state.epoch
                 self._read_epochs(state, everything, problems, shown)
@@ -1167,6 +1182,8 @@ class GroupService:
                       else state.lane(epoch, writer).secrets.get(str(number)))
             key_index = -1
             secret: bytes | PageKeys
+            if stored == EXPIRED:
+                return Problem(label, "expired", f"page {number}: its messages disappeared")
             if stored:
                 secret = PageKeys.from_text(stored)
             elif writer == self.me:
@@ -1193,6 +1210,8 @@ class GroupService:
                 state.used_static = True
             elif key_index > 0 and key_index == newest:
                 state.key_uses += 1
+            if key_index >= 0:
+                self._used_keys[(epoch, writer, number)] = key_index
             result = opened
         except _Waiting:
             return Problem(label, "skipped", f"page {number} waits for the member's card")
@@ -1260,8 +1279,21 @@ class GroupService:
             lane.seq, lane.digest = result.newest[0], result.newest[1].hex()
         lane.top = max(lane.top, top)
         copies = self._copies(state)
+        timer, now = _timer(state), to_micros(self.chat.clock())
         for number, page in pages.items():
             lane.secrets.setdefault(str(number), page.keys.to_text())
+            place = f"{epoch}:{writer}:{number}"
+            if (epoch, writer, number) in self._used_keys:
+                state.page_keys[place] = self._used_keys[(epoch, writer, number)]
+            if timer and page.records and to_micros(page.records[0].timestamp) >= int(state.settings.get("at", 0)):
+                entries = state.their_times.setdefault(place, [])
+                for index, record in enumerate(page.records, start=page.skipped):
+                    while len(entries) <= index:
+                        entries.append([0, 0, 0])
+                    if not entries[index][0]:
+                        entries[index] = [to_micros(record.timestamp), 0, record.seq]
+                    if not entries[index][1] and not state.status:
+                        entries[index][1] = now  # first display: this update returns it
             following = pages.get(number + 1)
             if following is not None and following.header.link == page.last_digest \
                     and following.header.first_seq == page.last_seq + 1 and not copies.has(writer[:16], epoch, number):
@@ -1275,7 +1307,9 @@ class GroupService:
         state.put_lane(epoch, writer, lane)
         shown.setdefault((epoch, writer), []).extend(pages[n] for n in sorted(pages))
         for record, _digest in fresh:
-            if record.type == "setting":
+            if record.type == "setting" and record.type_ext == "":
+                self._timer_record(state, record)
+            elif record.type == "setting":
                 self._membership_record(state, epoch, writer, record, problems)
             elif not state.status:
                 state.unread += 1
@@ -1511,6 +1545,91 @@ class GroupService:
             problems.append(Problem(ME, "restart", f"your change ({action}) was made at the same time as another "
                                     f"admin's and no longer applies: {exc}"))
 
+    # -- disappearing messages (the rules are retention.py's, as for pairs) ---------------------------------
+
+    def set_disappearing(self, name: str, seconds: int) -> SendResult:
+        """Turn disappearing messages on (5 minutes to 4 weeks) or off (0) for the whole group: a signed
+        line every member sees; the newest setting from any member wins."""
+        if seconds and not retention.MIN_SECONDS <= seconds <= retention.MAX_SECONDS:
+            raise MessageError("disappearing messages take a timer from 5 minutes to 4 weeks")
+        found = self._state(name)
+        with self.store.lock(found.id):
+            state = self.store.load(found.id)
+            self._writable(state)
+            state.settings = {"disappear": seconds, "at": to_micros(self.chat.clock())}
+            address, value, sent = self._write(state, "setting", "", retention.setting_body(seconds))
+            state.settings["at"] = to_micros(sent.time)
+            self.store.save(state)
+            error = self._set_all([(address, value)])
+        return SendResult(message=sent, error=error)
+
+    def disappearing(self, name: str) -> int:
+        return _timer(self._state(name))
+
+    def _timer_record(self, state: GroupState, record: Record) -> None:
+        seconds = retention.parse_setting(record.body)
+        when = to_micros(record.timestamp)
+        if seconds is not None and when > int(state.settings.get("at", 0)):
+            state.settings = {"disappear": seconds, "at": when}
+
+    def _expired(self, state: GroupState, epoch: int, writer: str, number: int, record: Record) -> bool:
+        """Whether ``record`` has expired (it is not shown, even from what this update opened)."""
+        timer, now = _timer(state), to_micros(self.chat.clock())
+        if not timer:
+            return False
+        if writer == self.me:
+            if page_id(epoch, number) not in state.own_times:
+                return False
+            return retention.own_expiry(to_micros(record.timestamp), timer) <= now
+        entries = state.their_times.get(f"{epoch}:{writer}:{number}", [])
+        entry = next((e for e in entries if e[2] == record.seq), None)
+        return entry is not None and retention.received_expiry(entry[0], entry[1], timer) <= now
+
+    def _expire(self, state: GroupState) -> None:
+        """Delete the keys of every expired message: chain keys move past them, receive keys go."""
+        timer, now = _timer(state), to_micros(self.chat.clock())
+        copies = self._copies(state)
+        for pid, times in list(state.own_times.items()):
+            epoch_text, number_text = pid.split(":")
+            own = state.own(int(epoch_text))
+            count = retention.expired_prefix([retention.own_expiry(t, timer) for t in times], now) if timer else 0
+            _advance(own.secrets, pid, count)
+            if times and count == len(times) and int(number_text) != own.page:
+                own.secrets[pid] = EXPIRED
+                del state.own_times[pid]
+                copies.drop(self.me[:16], int(epoch_text), int(number_text))  # an expired page is never put back
+                own.pages.pop(number_text, None)
+            state.mine[epoch_text] = own.to_dict()
+        gone: set[str] = set()
+        for place, entries in list(state.their_times.items()):
+            epoch_text, writer, number_text = place.split(":")
+            lane = state.lane(int(epoch_text), writer)
+            expiries = [retention.received_expiry(e[0], e[1], timer) if e[0] and timer else None for e in entries]
+            count = retention.expired_prefix(expiries, now)
+            _advance(lane.secrets, number_text, count)
+            if entries and count == len(entries):
+                gone.add(place)
+                copies.drop(writer[:16], int(epoch_text), int(number_text))
+                if int(number_text) < lane.top:
+                    lane.secrets[number_text] = EXPIRED
+                    del state.their_times[place]
+            state.put_lane(int(epoch_text), writer, lane)
+        keep = []
+        newest = max((int(e["index"]) for e in state.receive_keys), default=0)
+        for entry in state.receive_keys:
+            used_by = [place for place, index in state.page_keys.items() if index == int(entry["index"])]
+            if used_by and all(place in gone or _expired_place(state, place) for place in used_by):
+                # Nothing keyed to this receive key is readable any more: the key goes, and with it every way
+                # to open those pages again (their chain keys are already past the end).
+                for place in used_by:
+                    del state.page_keys[place]
+                if int(entry["index"]) == newest:
+                    state.key_uses = ROTATE_AFTER_PAGES  # announce a fresh one at the end of this update
+                continue
+            keep.append(entry)
+        state.receive_keys = keep
+        self._opened.clear()  # nothing opened before expiry may be shown from memory
+
     # -- the view ---------------------------------------------------------------------------------------
 
     def _view(
@@ -1526,7 +1645,9 @@ class GroupService:
             for page in pages:
                 for record in page.records:
                     key = (epoch, writer, record.seq)
-                    if key in seen_records or record.type == "setting":
+                    if key in seen_records or (record.type == "setting" and record.type_ext != ""):
+                        continue
+                    if self._expired(state, epoch, writer, page.number, record):
                         continue
                     seen_records.add(key)
                     status = None
@@ -1550,6 +1671,7 @@ class GroupService:
                 sender=self._label(state, str(by)), receiver=state.name, time=moment, type="setting",
                 type_ext=NOTICE_EXT, body=str(text).encode("utf-8"), seq=-int(micros), epoch=int(epoch),
             ))
+        problems = [p for p in problems if p.kind != "expired"]  # disappeared by the members' choice
         if state.status == "removed":
             problems = [p for p in problems if p.kind != "undecryptable"]
         # A gap or a rollback is said when two updates in a row find it: a single stale read of the
@@ -1575,6 +1697,30 @@ class GroupService:
         lanes = {(int(k.split(":")[0]), k.split(":")[1]) for k, v in state.lanes.items() if v.get("top")}
         lanes |= {(int(e), self.me) for e, own in state.mine.items() if own.get("page")}
         return lanes
+
+
+#: What the store keeps of a page whose every message disappeared: no key, only the fact.
+EXPIRED = "expired"
+
+
+def _timer(state: GroupState) -> int:
+    value = state.settings.get("disappear", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _expired_place(state: GroupState, place: str) -> bool:
+    epoch, writer, number = place.split(":")
+    return state.lane(int(epoch), writer).secrets.get(number) == EXPIRED
+
+
+def _advance(secrets: dict[str, str], pid: str, count: int) -> None:
+    """Keep only the keys of records from ``count`` on for page ``pid``."""
+    stored = secrets.get(pid)
+    if stored is None or stored == EXPIRED or count == 0:
+        return
+    keys = PageKeys.from_text(stored)
+    if count > keys.start:
+        secrets[pid] = keys.advanced(count).to_text()
 
 
 def _from_micros(micros: int) -> datetime:

@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from reschat.group import CHANGE_EXT, ROTATION_PAGES, GroupService, GroupState, 
 from reschat.lane import PageKeys, add_record, find_page_secret, open_header, open_page
 from reschat.ledger import Ledger, MemoryLedger
 from reschat.page import PAGE_CAPACITY, SealedPage
+from reschat.render import setting_text
 from tests.conftest import Person, befriend, make_person, settle, statics_key
 from tests.test_protocol2 import card_derived, encodings, stored
 
@@ -44,8 +46,8 @@ class Member:
         return found
 
 
-def member(name: str, index: int, root: Path, ledger: Ledger) -> Member:
-    person = make_person(name, index, root / name, ledger)
+def member(name: str, index: int, root: Path, ledger: Ledger, **chat_options: object) -> Member:
+    person = make_person(name, index, root / name, ledger, **chat_options)
     return Member(person, GroupService(person.chat))
 
 
@@ -64,10 +66,10 @@ def join(who: Member) -> None:
     until(who, joined[0], lambda v: bool(who.state(joined[0]).current().members))
 
 
-def team(tmp_path: Path, ledger: Ledger, count: int = 3) -> list[Member]:
+def team(tmp_path: Path, ledger: Ledger, count: int = 3, **chat_options: object) -> list[Member]:
     """alice (admin) with ``count - 1`` friends of hers, who are not friends of each other, in 'team'."""
     names = ["alice", "bob", "carol", "dave", "erin"][:count]
-    people = [member(name, i, tmp_path, ledger) for i, name in enumerate(names)]
+    people = [member(name, i, tmp_path, ledger, **chat_options) for i, name in enumerate(names)]
     for other in people[1:]:
         befriend(people[0].person, other.person)
     people[0].groups.create("team", [p.name for p in people[1:]])
@@ -243,6 +245,47 @@ def test_a_file_sent_to_the_group_is_saved_by_a_member_who_is_not_the_senders_fr
     assert message.sender.startswith("bob (vouched by alice")
     saved = carol.groups.save_file(message, tmp_path / "downloads")
     assert saved.read_bytes() == b"the plan, in a file"
+
+
+class Clock:
+    """A clock the test moves on (UTC)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(microseconds=1)
+        return self.now
+
+
+def test_disappearing_messages_in_a_group_leave_no_key_in_any_members_profile(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    clock = Clock()
+    alice, bob = team(tmp_path, ledger, count=2, clock=clock)
+    alice.groups.send_message("kept", "team")
+    bob.groups.set_disappearing("team", 300)
+    view = until(alice, "team", lambda v: alice.groups.disappearing("team") == 300)
+    assert "set disappearing messages to 5 minutes" in [setting_text(m) for m in view.messages if m.type == "setting"]
+    alice.groups.send_message("gone soon", "team")
+    page = alice.state("team").own(1).page
+    assert "gone soon" in texts(until(bob, "team", lambda v: "gone soon" in texts(v)))
+    clock.now += timedelta(minutes=11)  # past twice the timer: expired for both, read or not
+    for who in (alice, bob):
+        view = who.groups.get_update("team")
+        assert "gone soon" not in texts(view) and "kept" in texts(view)
+        assert not [p for p in view.problems if p.kind != "restart"]
+    # Both profiles, store keys included (what their passwords unlock), and the whole ledger.
+    value = stored(ledger)[alice.groups.lane_address("team", "me", 1, page)]
+    sealed = SealedPage.from_string(value)
+    assert alice.state("team").own(1).secrets.get(f"1:{page}") in (None, "expired") or \
+        PageKeys.from_text(alice.state("team").own(1).secrets[f"1:{page}"]).start >= len(sealed.records)
+    bob_lane = bob.state("team").lane(1, alice.fingerprint)
+    stored_keys = bob_lane.secrets.get(str(page))
+    assert stored_keys == "expired" or PageKeys.from_text(stored_keys).start >= len(sealed.records)
+    receive_keys = [k for k in keys_of(bob, "team") if k[0] > 0]
+    assert find_page_secret(sealed, receive_keys) is None
+    # The message's page is not kept to be put back either.
+    assert not alice.groups._copies(alice.state("team")).has(alice.fingerprint[:16], 1, page)
 
 
 # --- only members read --------------------------------------------------------------------------------
