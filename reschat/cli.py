@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     disappear = add("disappear", cmd_disappear,
                     "show or set the disappearing-messages timer of a conversation (both sides see the change)",
                     password=True)
-    disappear.add_argument("nick", metavar="NICK")
+    disappear.add_argument("nick", metavar="NICK", help="a friend's nickname or a group's name")
     disappear.add_argument("duration", metavar="DURATION", nargs="?",
                            help="5m, 1h, 2d, 4w (from 5 minutes to 4 weeks) or off; without it, show the timer")
 
@@ -580,7 +580,10 @@ def cmd_read(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
 
 def cmd_disappear(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Show the timer, or set it: a signed ``setting`` line in the conversation that both sides see."""
-    friend = open_friend_store(settings).get_friend(args.nick)  # before the password prompt, as the duration
+    try:
+        friend = open_friend_store(settings).get_friend(args.nick)  # before the password prompt, as the duration
+    except UnknownFriendError:
+        return groupcli.disappear_group(args, settings, env)
     seconds = None if args.duration is None else retention.parse_duration(args.duration)
     shown = neutralize(friend.nickname)
     chat = open_chat(settings, _unlock(args, settings, env))

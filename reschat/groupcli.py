@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from reschat import files
+from reschat import files, retention
 from reschat.app import open_chat
 from reschat.config import Settings
 from reschat.errors import MessageError, ReschatError, UnknownFriendError
@@ -167,4 +167,24 @@ def read_group(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     for line in format_conversation(view.messages, view.problems, width=width, full=args.full,
                                     more="'reschat read --full' shows it whole"):
         print(line)
+    return 0
+
+
+def disappear_group(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
+    """``reschat disappear NAME [DURATION]`` for a group: every member sees the change; the newest wins."""
+    seconds = None if args.duration is None else retention.parse_duration(args.duration)
+    service = open_groups(args, settings, env)
+    if not service.is_group(args.nick):
+        raise UnknownFriendError(f"no friend or group is called {args.nick!r}")
+    service.get_update(args.nick)  # the newest setting of any member first
+    current = service.disappearing(args.nick)
+    shown = neutralize(args.nick)
+    if seconds is None or seconds == current:
+        print(f"Disappearing messages in {shown}: {retention.describe(current)}")
+        return 0
+    result = service.set_disappearing(args.nick, seconds)
+    if result.error is not None:
+        raise ReschatError(f"the setting is saved but not yet on the ledger ({result.error}); "
+                           "it is re-sent by the next 'reschat read' or update")
+    print(f"Disappearing messages in {shown}: {retention.describe(seconds)} (from now on, for every member)")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from reschat import retention
 from reschat.errors import MessageError, ReschatError, UnknownFriendError
 from reschat.group import GroupService
 from reschat.render import neutralize
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 GROUP_ITEM = "Group members and settings"
 GROUP_MENU = (
     "Members", "Add a member (one of your friends)", "Remove a member", "Make a member an admin",
-    "Rename the group", "Leave the group", "Previous menu",
+    "Rename the group", "Leave the group", "Disappearing messages", "Previous menu",
 )
 
 
@@ -134,6 +135,8 @@ def group_settings(menus: Menus, screen: _Screen) -> None:
                     groups.rename(screen.nickname, new_name)
                     screen.nickname = groups._state(new_name).name
                 menus.show(f"Renamed to {neutralize(screen.nickname)}.")
+        elif number == 7:
+            set_timer(menus, groups, screen)
         elif number == 6 and menus.confirm(f"Leave {neutralize(screen.nickname)}? You will read nothing new [y/n]: "):
             with menus._chat_lock:
                 groups.leave(screen.nickname)
@@ -155,3 +158,22 @@ def show_members(menus: Menus, groups: GroupService, name: str) -> None:
     menus.show(f"Members of {neutralize(name)}:", *lines,
                "A member who is not your friend can be added from their card: 'reschat group members NAME --json'"
                " prints it.")
+
+
+def set_timer(menus: Menus, groups: GroupService, screen: _Screen) -> None:
+    """The group's disappearing-messages timer, for every member: a signed line all see; the newest wins."""
+    from reschat.menus import ask
+
+    current = groups.disappearing(screen.nickname)
+    menus.show(f"Disappearing messages in {neutralize(screen.nickname)}: {retention.describe(current)}.")
+    typed = ask("New timer (5m, 1h, 2d, 4w, or off; empty: keep it): ").strip()
+    if not typed:
+        menus.say("Nothing changed.")
+        return
+    seconds = retention.parse_duration(typed)
+    with menus._chat_lock:
+        result = groups.set_disappearing(screen.nickname, seconds)
+    menus.show(f"Disappearing messages in {neutralize(screen.nickname)}: {retention.describe(seconds)}"
+               " (from now on, for every member).")
+    if result.error is not None:
+        menus.error(f"not written to the ledger yet ({result.error}); it is re-sent on the next update")

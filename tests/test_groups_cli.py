@@ -57,6 +57,10 @@ def test_three_people_in_a_group_from_the_command_line(templates: Path, capsys: 
     assert run(root, "alice", "read", "team", "--json") == 0
     shown = json.loads(capsys.readouterr().out)
     assert [m["from"] for m in shown if m["type"] == "text"] == ["bob"]
+    assert run(root, "bob", "disappear", "team", "1h") == 0
+    assert "Disappearing messages in team: 1 hour" in capsys.readouterr().out
+    assert run(root, "alice", "disappear", "team") == 0
+    assert "Disappearing messages in team: 1 hour" in capsys.readouterr().out
     # Admin actions; a non-admin is told so in one line.
     assert run(root, "bob", "group", "rename", "team", "crew") == 1
     assert "only an admin" in capsys.readouterr().err
