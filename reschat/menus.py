@@ -55,7 +55,13 @@ from reschat.config import (
 )
 from reschat.conversations import open_conversations
 from reschat.doctor import format_report, run_doctor
-from reschat.errors import ReschatError, UnknownFriendError, WeakPasswordError, WrongPasswordError
+from reschat.errors import (
+    DuplicateFriendError,
+    ReschatError,
+    UnknownFriendError,
+    WeakPasswordError,
+    WrongPasswordError,
+)
 from reschat.files import FILE_TYPE, message_label
 from reschat.friends import Friend, validate_nickname
 from reschat.ledger import Ledger
@@ -838,7 +844,10 @@ class Menus:
                 self.say("No nickname: no friend added.")
                 return None
             try:
-                return validate_nickname(typed)
+                nickname = validate_nickname(typed)
+                if groupmenus.is_group(self, nickname):  # names are unique across friends and groups
+                    raise DuplicateFriendError(f"{nickname!r} is the name of one of your groups: choose another")
+                return nickname
             except ReschatError as exc:
                 self.error(exc)
 

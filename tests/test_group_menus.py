@@ -99,3 +99,10 @@ def test_add_remove_and_leave_from_the_group_screen(
     assert carol_groups.groups()[0].admin
     carol_fpr = crypto.fingerprint_bytes(carol.identity.public_key).hex()
     assert [m.fingerprint for m in carol_groups.members("team")] == [carol_fpr]
+
+
+def test_a_friend_cannot_take_a_groups_name(
+    run: Callable[[str], str], tmp_path: Path, ledger: MemoryLedger, settings: Settings, befriended: Person,
+) -> None:
+    output = run(login("5\r" + "team\r" + "bob\r" + "2\r" + "team\r" + "\r" + CTRL_D))
+    assert "error: 'team' is the name of one of your groups: choose another" in output
