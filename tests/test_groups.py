@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import shutil
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import pytest
 from reschat import crypto, kem
 from reschat.chat import ConversationView
 from reschat.errors import MessageError
-from reschat.group import CHANGE_EXT, ROTATION_PAGES, GroupService, GroupState, check_change, rekeyer
+from reschat.group import CHANGE_EXT, ROTATION_PAGES, GroupService, GroupState, GroupStore, check_change, rekeyer
 from reschat.lane import PageKeys, add_record, find_page_secret, open_header, open_page
 from reschat.ledger import Ledger, MemoryLedger
 from reschat.page import PAGE_CAPACITY, SealedPage
@@ -286,6 +287,34 @@ def test_disappearing_messages_in_a_group_leave_no_key_in_any_members_profile(tm
     assert find_page_secret(sealed, receive_keys) is None
     # The message's page is not kept to be put back either.
     assert not alice.groups._copies(alice.state("team")).has(alice.fingerprint[:16], 1, page)
+
+
+def test_a_stolen_group_state_opens_no_page_once_both_moved_on(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob = team(tmp_path, ledger, count=2)
+    alice.groups.send_message("before the theft", "team")
+    until(bob, "team", lambda v: "before the theft" in texts(v))
+    stolen = GroupStore(tmp_path / "stolen", bob.person.identity.store_key)
+    shutil.copytree(bob.person.home / "lanes" / "groups", tmp_path / "stolen" / "groups")
+    # After the theft bob starts a new page (announcing a fresh receive key), alice reads it and then starts
+    # a new page of hers, keyed to that key.
+    for i in range(PAGE_CAPACITY + 1):
+        bob.groups.send_message(f"bob after {i}", "team")
+    until(alice, "team", lambda v: f"bob after {PAGE_CAPACITY}" in texts(v))
+    before = alice.state("team").own(1).page
+    for i in range(PAGE_CAPACITY + 1):
+        alice.groups.send_message(f"alice after {i}", "team")
+    after = alice.state("team").own(1).page
+    assert after > before
+    assert f"alice after {PAGE_CAPACITY}" in texts(until(bob, "team", lambda v: f"alice after {PAGE_CAPACITY}"
+                                                         in texts(v)))
+    (state,) = stolen.all()
+    thief_keys = [(0, bob.person.identity.statics)]
+    thief_keys += [(int(e["index"]), kem.ReceiveKey.from_dict(e["key"])) for e in state.receive_keys]
+    new_page = SealedPage.from_string(stored(ledger)[alice.groups.lane_address("team", "me", 1, after)])
+    assert find_page_secret(new_page, thief_keys) is None
+    assert find_page_secret(new_page, keys_of(bob, "team")) is not None  # bob's own keys do open it
+    assert not any(state.lane(1, alice.fingerprint).secrets.get(str(n)) for n in range(before + 1, after + 1))
 
 
 # --- only members read --------------------------------------------------------------------------------
