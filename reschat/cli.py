@@ -533,7 +533,8 @@ def cmd_send(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
     try:
         open_friend_store(settings).get_friend(args.nick)  # an unknown nickname fails before the password prompt
     except UnknownFriendError:
-        return groupcli.send_to_group(args, settings, env)  # or a group's name (known only once unlocked)
+        # Or a group's name, known only once unlocked (an invitation may wait to be picked up).
+        return groupcli.send_to_group(args, settings, env)
     if args.file is not None:
         path = Path(args.file).expanduser()
         if not path.exists():  # before the password prompt too; send_file checks the rest
@@ -583,6 +584,8 @@ def cmd_disappear(args: argparse.Namespace, settings: Settings, env: Mapping[str
     try:
         friend = open_friend_store(settings).get_friend(args.nick)  # before the password prompt, as the duration
     except UnknownFriendError:
+        if not groupcli.has_groups(settings):
+            raise  # no group joined yet: the one-line error, before any password prompt
         return groupcli.disappear_group(args, settings, env)
     seconds = None if args.duration is None else retention.parse_duration(args.duration)
     shown = neutralize(friend.nickname)

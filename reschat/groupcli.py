@@ -17,13 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from reschat import files, retention
-from reschat.app import open_chat
+from reschat.app import ProfilePaths, open_chat
 from reschat.config import Settings
 from reschat.errors import MessageError, ReschatError, UnknownFriendError
 from reschat.group import GroupService
 from reschat.render import format_conversation, neutralize
 
 Adder = Callable[..., argparse.ArgumentParser]
+
+
+def has_groups(settings: Settings) -> bool:
+    """Whether this profile holds any group (the names are sealed; that there are some is not)."""
+    return any((ProfilePaths(settings.home).lanes / "groups").glob("*.state"))
+
+
+def _unknown(name: str) -> UnknownFriendError:
+    return UnknownFriendError(f"no friend is called {name!r}, and no group either")
 
 #: ``reschat group ACTION NAME [ARGS]``: the arguments each action takes after the group's name.
 ACTIONS: dict[str, tuple[str, int, int]] = {
@@ -128,7 +137,9 @@ def send_to_group(args: argparse.Namespace, settings: Settings, env: Mapping[str
     """``reschat send NAME ...`` when NAME is no friend: a group of that name, or the usual error."""
     service = open_groups(args, settings, env)
     if not service.is_group(args.nick):
-        raise UnknownFriendError(f"no friend or group is called {args.nick!r}")
+        service.accept_invitations()  # an invitation not picked up yet
+    if not service.is_group(args.nick):
+        raise _unknown(args.nick)
     if args.file is not None:
         path = Path(args.file).expanduser()
         if not path.exists():
@@ -153,7 +164,7 @@ def read_group(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     if not service.is_group(args.nick):
         service.accept_invitations()  # an invitation not picked up yet
     if not service.is_group(args.nick):
-        raise UnknownFriendError(f"no friend or group is called {args.nick!r}")
+        raise _unknown(args.nick)
     view = service.load_all(args.nick) if args.all else service.get_update(args.nick)
     service.mark_read(args.nick)
     if args.json:
@@ -175,7 +186,7 @@ def disappear_group(args: argparse.Namespace, settings: Settings, env: Mapping[s
     seconds = None if args.duration is None else retention.parse_duration(args.duration)
     service = open_groups(args, settings, env)
     if not service.is_group(args.nick):
-        raise UnknownFriendError(f"no friend or group is called {args.nick!r}")
+        raise _unknown(args.nick)
     service.get_update(args.nick)  # the newest setting of any member first
     current = service.disappearing(args.nick)
     shown = neutralize(args.nick)

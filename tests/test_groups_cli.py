@@ -70,12 +70,14 @@ def test_three_people_in_a_group_from_the_command_line(templates: Path, capsys: 
     assert "alice removed you" in capsys.readouterr().out
     assert run(root, "carol", "send", "team", "still there?") == 1
     assert "removed" in capsys.readouterr().err
+    assert run(root, "carol", "send", "nosuch", "hi") == 1  # a profile with groups looks among them too
+    assert "no friend is called 'nosuch', and no group either" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("args", "expected"), [
     (("group", "add", "team"), "usage: reschat group add NAME NICK"),
     (("group", "members", "nosuch"), "no group is called"),
-    (("send", "nosuch", "hi"), "no friend or group is called"),
+    (("send", "nosuch", "hi"), "no friend is called 'nosuch'"),
     (("group", "create", "x\x1b[2Jy"), "control"),
 ])
 def test_bad_input_is_one_clear_line(
