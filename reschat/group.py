@@ -728,6 +728,8 @@ class GroupService:
             raise MessageError(f"you were removed from {state.name}")
         if state.status == "left":
             raise MessageError(f"you left {state.name}")
+        if not state.current().members:
+            raise MessageError(f"the member list of {state.name} is still arriving: update the group first")
 
     def send_message(
         self, message: str | bytes, name: str, *, msg_type: str = "text", type_ext: str = ""
@@ -1494,9 +1496,9 @@ class GroupService:
     def _after_update(self, state: GroupState, problems: list[Problem]) -> None:
         """Writes an update may make: the epoch without leavers (its designated member only), and a fresh
         receive key when a page used our card's keys or our newest key has served enough pages."""
-        if state.status:
-            return
         membership = state.current()
+        if state.status or not membership.members:
+            return  # nothing to write for a group we left, or whose member list has not arrived
         leavers = [f for f in state.leaving if membership.get(f) is not None]
         if leavers:
             remaining = [m for m in membership.members if m.fingerprint not in leavers]
