@@ -102,6 +102,10 @@ MAX_WINDOW_PAGES = 1000
 MAX_REFUSED = 256
 
 IntegrityProblem = Problem
+#: The type extension of a group invitation, a ``setting`` record of a pair's lane (see group.py).
+GROUP_INVITATION = "ginvite"
+#: The type extension of a group's membership line (made by the group engine from verified records).
+GROUP_NOTICE = "group"
 
 
 def utc_now() -> datetime:
@@ -226,6 +230,9 @@ class ChatService:
         self._lane_checked: set[bytes] = set()  # conversations whose own lane this session checked
         self._notes: list[Problem] = []
         self._refusals: dict[str, str] = {}  # value hash -> problem kind, refused in this update
+        #: Group invitations read in pairwise lanes (friend, message): lines of no pair's chat; the group
+        #: engine (group.py) takes them from here.
+        self.group_invitations: list[tuple[str, ChatMessage]] = []
 
     # -- pairs ---------------------------------------------------------------------------------
 
@@ -751,12 +758,23 @@ class ChatService:
         problems = self._second_look(session, problems)
         messages = self._retain(pair, friend_pages, f_epoch, messages, new_messages)
         new_messages = [m for m in new_messages if m in messages]
+        messages, new_messages = self._take_group_records(friend.nickname, messages, new_messages)
         messages.sort(key=lambda m: (m.time, m.outgoing, m.seq))
         self._count_unread(friend, result, f_epoch)
         return ConversationView(
             friend=friend.nickname, messages=messages, problems=_unique(problems), new_messages=new_messages,
             has_older=(theirs_view.low > 1 and top > 0) or my_has_older,
         )
+
+    def _take_group_records(
+        self, nickname: str, messages: list[ChatMessage], new_messages: list[ChatMessage]
+    ) -> tuple[list[ChatMessage], list[ChatMessage]]:
+        """Hand the friend's group invitations to the group engine; they are no line of this chat."""
+        invitations = [m for m in messages if m.type == "setting" and m.type_ext == GROUP_INVITATION]
+        if not invitations:
+            return messages, new_messages
+        self.group_invitations += [(nickname, m) for m in invitations if not m.outgoing]
+        return [m for m in messages if m not in invitations], [m for m in new_messages if m not in invitations]
 
     # -- disappearing messages (the rules are in retention.py) --------------------------------------
 

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from reschat import __version__, crypto, files, retention, safety
+from reschat import __version__, crypto, files, groupcli, retention, safety
 from reschat.app import ProfilePaths, open_chat, open_friend_store
 from reschat.chat import ChatMessage, IntegrityProblem, peek_unread_counts
 from reschat.config import (
@@ -140,14 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     mark.add_argument("--unmark", action="store_true", help="mark NICK not verified")
 
     send = add("send", cmd_send, "send a message or a file", password=True)
-    send.add_argument("nick", metavar="NICK")
+    send.add_argument("nick", metavar="NICK", help="a friend's nickname or a group's name")
     what = send.add_mutually_exclusive_group(required=True)
     what.add_argument("text", metavar="TEXT", nargs="?", help="the message, or - to read it from stdin")
     what.add_argument("--file", metavar="PATH", help="send this file (at most 5 MiB) instead of a message")
 
     read = add("read", cmd_read, "print a conversation in time order (two most recent pages per lane)",
                password=True)
-    read.add_argument("nick", metavar="NICK")
+    read.add_argument("nick", metavar="NICK", help="a friend's nickname or a group's name")
     read.add_argument("--all", action="store_true", help="the whole conversation")
     read.add_argument("--full", action="store_true",
                       help="whole messages: a friend's long message is otherwise cut after 1,000 characters a line "
@@ -164,9 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     disappear = add("disappear", cmd_disappear,
                     "show or set the disappearing-messages timer of a conversation (both sides see the change)",
                     password=True)
-    disappear.add_argument("nick", metavar="NICK")
+    disappear.add_argument("nick", metavar="NICK", help="a friend's nickname or a group's name")
     disappear.add_argument("duration", metavar="DURATION", nargs="?",
                            help="5m, 1h, 2d, 4w (from 5 minutes to 4 weeks) or off; without it, show the timer")
+
+    groupcli.add_commands(add)
 
     add("doctor", cmd_doctor, "check that the configured ledger works (a write and a read back) and the profile")
 
@@ -549,7 +551,11 @@ def cmd_verify(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
 
 
 def cmd_send(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
-    open_friend_store(settings).get_friend(args.nick)  # an unknown nickname fails before the password prompt
+    try:
+        open_friend_store(settings).get_friend(args.nick)  # an unknown nickname fails before the password prompt
+    except UnknownFriendError:
+        # Or a group's name, known only once unlocked (an invitation may wait to be picked up).
+        return groupcli.send_to_group(args, settings, env)
     if args.file is not None:
         path = Path(args.file).expanduser()
         if not path.exists():  # before the password prompt too; send_file checks the rest
@@ -569,7 +575,10 @@ def cmd_send(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
 
 
 def cmd_read(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
-    open_friend_store(settings).get_friend(args.nick)
+    try:
+        open_friend_store(settings).get_friend(args.nick)
+    except UnknownFriendError:
+        return groupcli.read_group(args, settings, env)
     chat = open_chat(settings, _unlock(args, settings, env))
     view = chat.load_all(args.nick) if args.all else chat.get_update(args.nick)
     chat.mark_read(args.nick)
@@ -593,7 +602,12 @@ def cmd_read(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
 
 def cmd_disappear(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Show the timer, or set it: a signed ``setting`` line in the conversation that both sides see."""
-    friend = open_friend_store(settings).get_friend(args.nick)  # before the password prompt, as the duration
+    try:
+        friend = open_friend_store(settings).get_friend(args.nick)  # before the password prompt, as the duration
+    except UnknownFriendError:
+        if not groupcli.has_groups(settings):
+            raise  # no group joined yet: the one-line error, before any password prompt
+        return groupcli.disappear_group(args, settings, env)
     seconds = None if args.duration is None else retention.parse_duration(args.duration)
     shown = neutralize(friend.nickname)
     chat = open_chat(settings, _unlock(args, settings, env))

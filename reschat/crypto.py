@@ -387,6 +387,8 @@ class Contact:
     statics: ReceivePublic
     location: str = ""
     issued: int = 0
+    #: The whole signed line, as pasted (whitespace removed): what a group's roster passes on.
+    card: str = ""
 
 
 def _take(data: bytes, offset: int, size: int) -> tuple[bytes, int]:
@@ -455,7 +457,7 @@ def parse_contact(text: str) -> Contact:
         raise KeyFormatError("the contact card's static keys are damaged") from exc
     if any(not ch.isprintable() for ch in location):
         raise KeyFormatError("the contact card's ledger location is damaged")
-    return Contact(public_key=key, name=name, statics=statics, location=location, issued=issued)
+    return Contact(public_key=key, name=name, statics=statics, location=location, issued=issued, card=compact)
 
 
 # --- symmetric encryption, wrapping, signatures --------------------------------------------------

@@ -75,6 +75,7 @@ class Friend:
     updated: str = ""  # when ``unread`` was last computed from verified data
     added: str = ""
     verified: bool = False  # the user compared the safety number with this friend (see safety.py)
+    card: str = ""  # the signed card line they gave (a group's roster passes it on to other members)
 
     @property
     def key(self) -> RSA.RsaKey:
@@ -100,6 +101,7 @@ def _pinned(nickname: str, contact: Contact, name: str | None, added: str) -> Fr
         location=contact.location,
         issued=contact.issued,
         added=added,
+        card=contact.card,
     )
 
 

@@ -39,8 +39,8 @@ from prompt_toolkit.completion import Completer, PathCompleter, WordCompleter
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from reschat import crypto, retention, safety
-from reschat.app import ProfilePaths, open_chat
+from reschat import crypto, groupmenus, retention, safety
+from reschat.app import ProfilePaths
 from reschat.chat import MAX_TEXT_BYTES, ME, ChatMessage, ChatService, ConversationView
 from reschat.config import (
     Settings,
@@ -55,8 +55,15 @@ from reschat.config import (
     tool_ledger,
     update_config,
 )
+from reschat.conversations import open_conversations
 from reschat.doctor import format_report, run_doctor
-from reschat.errors import ReschatError, UnknownFriendError, WeakPasswordError, WrongPasswordError
+from reschat.errors import (
+    DuplicateFriendError,
+    ReschatError,
+    UnknownFriendError,
+    WeakPasswordError,
+    WrongPasswordError,
+)
 from reschat.files import FILE_TYPE, message_label
 from reschat.friends import Friend, validate_nickname
 from reschat.ledger import Ledger
@@ -75,7 +82,8 @@ from reschat.render import (
 log = logging.getLogger(__name__)
 
 LOGIN_ATTEMPTS = 3
-MAIN_MENU = ("Start chatting", "Add or verify a friend", "Show my contact card", "Quit")
+#: "Create a group" comes after Quit so that the seed's four items keep their numbers.
+MAIN_MENU = ("Start chatting", "Add or verify a friend", "Show my contact card", "Quit", "Create a group")
 LEDGER_MENU = (
     "This machine only (the default): friends who use this computer",
     "A ResilientDB HTTP gateway: a URL such as http://192.0.2.7:18000",
@@ -658,7 +666,7 @@ class Menus:
         """Start-up, then the main menu until Quit or Ctrl-D; returns the exit status."""
         try:
             self.identity = self.start()
-            self._chat = open_chat(self.settings, self.identity, ledger=self.ledger)
+            self._chat = open_conversations(self.settings, self.identity, ledger=self.ledger)
             self.say("", *self.locations())
             self.main_menu()
         except QuitRequested:
@@ -721,6 +729,8 @@ class Menus:
                     self.friends_menu()
                 elif number == 2:
                     self.add_friend()
+                elif number == 5:
+                    groupmenus.create_group(self)
                 else:
                     self.show_card()
             except KeyboardInterrupt:
@@ -840,7 +850,10 @@ class Menus:
                 self.say("No nickname: no friend added.")
                 return None
             try:
-                return validate_nickname(typed)
+                nickname = validate_nickname(typed)
+                if groupmenus.is_group(self, nickname):  # names are unique across friends and groups
+                    raise DuplicateFriendError(f"{nickname!r} is the name of one of your groups: choose another")
+                return nickname
             except ReschatError as exc:
                 self.error(exc)
 
@@ -947,6 +960,8 @@ class Menus:
 
     def chat_header(self, nickname: str) -> list[str]:
         """The first lines of a chat: who, verified or not, and while not verified, the safety number."""
+        if groupmenus.is_group(self, nickname):
+            return groupmenus.group_header(self, nickname)
         friend = self.chat.friends.get_friend(nickname)
         shown = neutralize(friend.nickname)
         if friend.verified:
@@ -972,7 +987,7 @@ class Menus:
     def friends_menu(self) -> None:
         while True:
             nicknames = self.chat.friends.get_all_friend()
-            if not nicknames:
+            if not nicknames and not groupmenus.is_group_holder(self):
                 self.say("You have no friends yet: choose 'Add or verify a friend' in the main menu first.")
                 return
             counted: dict[str, int] | None
@@ -989,6 +1004,9 @@ class Menus:
                 + (f" ({counts[nick]} unread)" if counts.get(nick) else "")
                 for nick in nicknames
             ]
+            # Groups follow the friends, with their unread counts (names are unique across both).
+            group_names, group_items = groupmenus.friend_list_items(self, counts)
+            nicknames, items = [*nicknames, *group_names], [*items, *group_items]
             self._menu("Friends", [*items, "Previous menu"])
             try:
                 with self._unread_watch(counted) as watch:
@@ -1039,7 +1057,10 @@ class Menus:
         if view.has_older:
             self.say("(There are older messages: choose 'Load older messages'.)")
         title = f"Chat with {neutralize(nickname)}"
-        self._menu(title, CHAT_MENU)
+        items: tuple[str, ...] = CHAT_MENU
+        if groupmenus.is_group(self, nickname):
+            items = tuple(groupmenus.GROUP_ITEM if n == DISAPPEAR_ITEM else item for n, item in enumerate(CHAT_MENU, 1))
+        self._menu(title, items)
         self.show(CHAT_HINT)
         actions: dict[int, Callable[[_Screen], None]] = {
             1: self._send, 2: self._update, 3: self._older, 4: self._send_file, 5: self._save_file,
@@ -1054,7 +1075,7 @@ class Menus:
                     return
                 typed = read_chat_line(line, len(CHAT_MENU))
                 if typed.kind == "menu":
-                    self._menu(title, CHAT_MENU)
+                    self._menu(title, items)
                     self.show(CHAT_HINT)
                     continue
                 if typed.kind == "no-choice":
@@ -1216,6 +1237,9 @@ class Menus:
     def _disappearing(self, screen: _Screen) -> None:
         """Show the conversation's disappearing-messages timer and set a new one (or turn it off): a
         signed line that both sides see, the newest setting from either side wins."""
+        if groupmenus.is_group(self, screen.nickname):
+            groupmenus.group_settings(self, screen)  # item 7 of a group's chat
+            return
         with self._chat_lock:
             current = self.chat.disappearing(screen.nickname)
         self.show(

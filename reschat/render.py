@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, tzinfo
 
 from reschat import retention
-from reschat.chat import ME, ChatMessage, IntegrityProblem
+from reschat.chat import GROUP_NOTICE, ME, ChatMessage, IntegrityProblem
 from reschat.files import FILE_TYPE, message_label
 
 #: Longest line of untrusted text shown before it is cut (a 16 KiB message still fits ~4 screens).
@@ -285,6 +285,9 @@ def format_setting(message: ChatMessage, tz: tzinfo | None = None) -> str:
 
 def setting_text(message: ChatMessage) -> str:
     """What a ``setting`` message did, in words: ``set disappearing messages to 1 hour``."""
+    if message.type_ext == GROUP_NOTICE:
+        # A group's membership line: made by the group engine from a verified change, names neutralised.
+        return neutralize(message.text)
     seconds = retention.parse_setting(message.body)
     if seconds is None:
         return "changed a setting this version of ResChat does not know"

@@ -65,6 +65,19 @@ def pair_keys(shared: bytes, fingerprint_a: bytes, fingerprint_b: bytes) -> tupl
     return _hkdf(shared, "reschat2 addresses", binding), _hkdf(shared, "reschat2 conversation id", binding)
 
 
+def group_keys(epoch_secret: bytes, group_id: bytes) -> tuple[bytes, bytes]:
+    """(address key, conversation id) of one membership epoch of a group.
+
+    The address key comes from the epoch's random group secret, so each membership epoch has
+    addresses that only its members can compute and that link to no earlier or later epoch; the
+    conversation id (inside every signed header, never on the ledger in the clear) names the group.
+    """
+    return (
+        _hkdf(epoch_secret, "reschat2 group addresses", group_id),
+        _hkdf(group_id, "reschat2 group conversation"),
+    )
+
+
 def page_address(address_key: bytes, writer: bytes, epoch: int, number: int) -> str:
     """The ledger key of page ``number`` of ``epoch`` of ``writer``'s lane."""
     return _address(address_key, "page", writer, epoch, number)

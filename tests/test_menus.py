@@ -412,7 +412,7 @@ def test_main_menu_lists_the_seed_items_and_the_card(
 
 def test_unknown_main_menu_choice_is_an_error(run: Callable[[str], str]) -> None:
     output = run(login("9\rchat\r\r4\r"))
-    assert "error: no such choice '9': enter a number from 1 to 4" in output
+    assert "error: no such choice '9': enter a number from 1 to 5" in output
     assert "error: no such choice 'chat'" in output
 
 

@@ -1,0 +1,1765 @@
+"""Group conversations on protocol 2: the same pages, lanes, signatures and key schedule as pairs.
+
+How a group lives on the ledger
+-------------------------------
+A group has a random id and, for each *membership epoch*, a random 32-byte group secret that only
+the members of that epoch hold. Each member writes only its own lane of the group; page n of
+member W's lane in epoch e lives at ``schedule.page_address(address key of e, W, e, n)``, where the
+address key comes from the epoch's secret (``schedule.group_keys``). New members, removals and
+departures start a new epoch, so the addresses change with each membership and link to no earlier
+one. A page is a protocol-2 page (``lane.new_page``) of kind ``GROUP_KIND``: its header names the
+epoch it was written in, and it has one KEM slot per other member of that epoch, in the order of
+their fingerprints, each to the receive key that member last announced in its own lane of the group
+(or to its card's static keys before any announcement). Records are signed by their writer
+(RSA-PSS), so every line is attributed to one member, members who are not friends included.
+
+Membership
+----------
+Every change is a ``setting`` record of an admin's lane (``CHANGE_EXT``) that names the epoch it
+starts and the whole membership of that epoch. The admin writes it twice:
+
+1. in its lane of the current epoch, readable by every current member (so a removed member learns
+   of the removal), followed by a page keyed to the *remaining* members only that carries the new
+   epoch's secret (``KEY_EXT``): a removed member gets no slot in it;
+2. as the first record of its lane of the new epoch, followed by the cards of all members
+   (``ROSTER_EXT``), so that a member who is not your friend comes with a card that the admin's
+   signature vouches for.
+
+A member added to the group receives the new epoch's secret through an invitation (``INVITE_EXT``)
+in the admin's pairwise lane with them (an admin adds only friends), and so can read nothing of any
+earlier epoch. A member leaves with a signed ``LEAVE_EXT`` record in its own lane; the first
+remaining admin (or, when no admin remains, the longest-standing member, who thereby becomes admin)
+starts the epoch without them. Changes by non-admins, changes naming an epoch other than the next
+one, and anything that does not verify are reported and ignored. When two admins start the same
+epoch, the one with the lower fingerprint wins for everyone; the other admin's change is applied
+again on top of it as the following epoch.
+
+Limits: see the README ("Groups").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from Crypto.PublicKey import RSA
+from Crypto.Random import get_random_bytes
+
+from reschat import crypto, files, kem, retention, schedule
+from reschat.chat import (
+    GROUP_INVITATION,
+    GROUP_NOTICE,
+    MAX_PAYLOAD_BYTES,
+    MAX_TEXT_BYTES,
+    ME,
+    ChatMessage,
+    ChatService,
+    ConversationView,
+    SendResult,
+)
+from reschat.errors import (
+    DuplicateFriendError,
+    KeyFormatError,
+    LedgerError,
+    MessageError,
+    PageFormatError,
+    ProfileError,
+    UnknownFriendError,
+)
+from reschat.friends import Friend, validate_nickname
+from reschat.keystore import PageCopies, read_sealed, write_sealed
+from reschat.lane import Checkpoint as LaneCheckpoint
+from reschat.lane import (
+    OpenPage,
+    PageKeys,
+    Problem,
+    add_record,
+    check_lane,
+    find_page_secret,
+    new_page,
+    open_header,
+    open_page,
+    writer_tag,
+)
+from reschat.outbox import OwnLane, page_id
+from reschat.page import (
+    MAX_PAGE_BYTES,
+    MESSAGE_TYPES,
+    PAGE_CAPACITY,
+    Record,
+    SealedPage,
+    format_timestamp,
+    parse_timestamp,
+    record_content_size,
+    sealed_record_size,
+    to_micros,
+    valid_type_ext,
+)
+from reschat.storage import file_lock
+
+log = logging.getLogger(__name__)
+
+#: ``Header.kind`` of a group's page (0 is a pair's lane).
+GROUP_KIND = 1
+#: Members of one group, its creator included: one KEM slot per reader fits ``page.MAX_SLOTS``.
+MAX_MEMBERS = 32
+#: ``setting`` records of the group protocol, told apart by their type extension.
+CHANGE_EXT = "gchange"
+KEY_EXT = "gkey"
+ROSTER_EXT = "groster"
+LEAVE_EXT = "gleave"
+INVITE_EXT = GROUP_INVITATION
+#: The type extension of the membership lines the engine makes for display (never on the ledger).
+NOTICE_EXT = GROUP_NOTICE
+ACTIONS = ("create", "add", "remove", "leave", "rename", "admin")
+#: Cards per roster record: about 2.8 KB each, so that one record stays within the largest bucket.
+CARDS_PER_RECORD = 10
+#: Epoch changes one update follows; what is left waits for the next update.
+MAX_EPOCHS_PER_UPDATE = 4
+#: Further rounds of reads one update makes to follow a lane that grew by more than two pages.
+MAX_PROBE_ROUNDS = 4
+#: Decapsulations one update may spend on pages whose slot is not where the membership puts it.
+MAX_DECAPSULATIONS = 512
+MAX_RECEIVE_KEYS = 8
+#: Pages one update writes back to a ledger that lost or altered them; the rest follow.
+MAX_REPAIRS_PER_UPDATE = 4
+#: Pages of others keyed to our newest receive key before we announce a fresh one (as pairs do).
+ROTATE_AFTER_PAGES = 4
+MAX_NOTICES = 200
+#: Older pages each update re-reads in rotation, to notice a rewrite at any depth (in the update's one round).
+ROTATION_PAGES = 2
+#: Where a membership line names its target (a NUL: never part of a validated name).
+WHO = "\x00who\x00"
+
+
+# --- membership -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    fingerprint: str  # 64 hex digits
+    since: int  # the membership epoch it joined in
+    admin: bool
+
+    def to_list(self) -> list[Any]:
+        return [self.fingerprint, self.since, int(self.admin)]
+
+
+@dataclass
+class Membership:
+    """Who is in the group for one epoch, and who started that epoch with which change."""
+
+    epoch: int
+    secret: str  # hex; "" when only the change is known (a removed member learns no secret)
+    by: str
+    members: list[Member]
+    name: str
+    action: str = "create"
+    target: str = ""
+
+    def fingerprints(self) -> list[str]:
+        return [m.fingerprint for m in self.members]
+
+    def get(self, fingerprint: str) -> Member | None:
+        return next((m for m in self.members if m.fingerprint == fingerprint), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["members"] = [m.to_list() for m in self.members]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Membership:
+        members = [Member(str(f), int(s), bool(a)) for f, s, a in data.get("members", [])]
+        return cls(
+            epoch=int(data["epoch"]), secret=str(data.get("secret", "")), by=str(data.get("by", "")),
+            members=members, name=str(data.get("name", "")), action=str(data.get("action", "create")),
+            target=str(data.get("target", "")),
+        )
+
+
+def longest_standing(members: Iterable[Member]) -> Member | None:
+    """The member who joined first (the lower fingerprint between equals): the successor admin."""
+    return min(members, key=lambda m: (m.since, m.fingerprint), default=None)
+
+
+def rekeyer(members: list[Member]) -> str:
+    """Who starts the epoch that takes leavers out: the first admin, else the longest-standing member."""
+    admins = [m for m in members if m.admin]
+    chosen = longest_standing(admins or members)
+    return chosen.fingerprint if chosen else ""
+
+
+def parse_members(change: dict[str, Any]) -> list[Member] | None:
+    """The membership a change names, when it is well formed: 1 to 32 distinct fingerprints, an admin,
+    nobody joining after the epoch it starts (None otherwise; a stranger's record never raises)."""
+    members, epoch = change.get("m"), change.get("e")
+    if not isinstance(members, list) or not isinstance(epoch, int) or isinstance(epoch, bool):
+        return None
+    try:
+        parsed = [Member(str(f), int(s), bool(a)) for f, s, a in members]
+    except (TypeError, ValueError):
+        return None
+    fprs = [m.fingerprint for m in parsed]
+    if not 1 <= len(parsed) <= MAX_MEMBERS or len(set(fprs)) != len(fprs) \
+            or any(len(f) != 64 or any(c not in "0123456789abcdef" for c in f) for f in fprs):
+        return None
+    if not any(m.admin for m in parsed) or any(not 1 <= m.since <= epoch for m in parsed):
+        return None
+    return parsed
+
+
+def check_change(old: Membership | None, change: dict[str, Any], writer: str) -> str:
+    """Why ``change``, written by ``writer`` after epoch ``old``, is not valid ('' when it is).
+
+    Pure: every member runs the same rule on the same signed records and so arrives at the same
+    membership for each epoch.
+    """
+    action = change.get("a")
+    if action not in ACTIONS or change.get("by") != writer:
+        return "a malformed membership change"
+    name = change.get("n")
+    if not isinstance(name, str) or not name.strip():
+        return "a change without a group name"
+    new = parse_members(change)
+    if new is None:
+        return "a membership that is not valid"
+    epoch = change["e"]
+    fprs = [m.fingerprint for m in new]
+    if old is None:
+        if action != "create" or epoch != 1 or writer not in fprs:
+            return "a change that does not start the group"
+        return ""
+    if epoch != old.epoch + 1:
+        return f"a change naming epoch {epoch} after epoch {old.epoch} (replayed or misplaced)"
+    before = {m.fingerprint: m for m in old.members}
+    after = {m.fingerprint: m for m in new}
+    author = before.get(writer)
+    if author is None:
+        return "a change by someone who is not a member"
+    added = set(after) - set(before)
+    gone = set(before) - set(after)
+    if any(after[f].since != epoch for f in added) or any(after[f].since != before[f].since for f in after
+                                                            if f in before):
+        return "a membership that rewrites who joined when"
+    if action == "leave":
+        remaining = [before[f] for f in after]
+        successor = not any(m.admin for m in remaining) and longest_standing(remaining) == before.get(writer)
+        if added or not gone or not (author.admin or successor):
+            return "a departure that is not valid"
+        return ""
+    if not author.admin:
+        return "a change by a member who is not an admin"
+    target = change.get("t", "")
+    if action == "add" and (gone or added != {target}):
+        return "an addition that is not valid"
+    if action == "remove" and (added or gone != {target} or target == writer):
+        return "a removal that is not valid"
+    if action in ("rename", "admin") and (added or gone):
+        return "a change that is not valid"
+    demoted = [f for f in after if f in before and before[f].admin and not after[f].admin]
+    promoted = [f for f in after if f in before and after[f].admin and not before[f].admin]
+    if demoted or (promoted and (action != "admin" or promoted != [target])):
+        return "a change of admins that is not valid"
+    return ""
+
+
+# --- the local state of one group -----------------------------------------------------------------
+
+
+@dataclass
+class LaneState:
+    """One member's lane in one epoch, as far as we verified it (as keystore.FriendLane for pairs)."""
+
+    top: int = 0
+    seq: int = 0
+    digest: str = ""
+    digests: dict[str, str] = field(default_factory=dict)  # seq -> digest of every record read
+    secrets: dict[str, str] = field(default_factory=dict)  # page -> PageKeys text (history keys)
+
+
+@dataclass
+class GroupState:
+    id: str
+    name: str
+    epoch: int = 0
+    epochs: dict[str, dict[str, Any]] = field(default_factory=dict)  # epoch -> Membership dict
+    cards: dict[str, str] = field(default_factory=dict)  # fingerprint -> card (verified against it)
+    vouched: dict[str, str] = field(default_factory=dict)  # fingerprint -> the admin whose roster carried it
+    lanes: dict[str, dict[str, Any]] = field(default_factory=dict)  # "epoch:fingerprint" -> LaneState
+    mine: dict[str, dict[str, Any]] = field(default_factory=dict)  # epoch -> outbox.OwnLane
+    receive_keys: list[dict[str, Any]] = field(default_factory=list)  # [{"index", "key"}]
+    key_counter: int = 0
+    key_uses: int = 0  # others' pages keyed to our newest receive key
+    announced: dict[str, str] = field(default_factory=dict)  # fingerprint -> newest announced receive key
+    announced_at: dict[str, list[int]] = field(default_factory=dict)  # fingerprint -> [epoch, page]
+    status: str = ""  # "" | "removed" | "left"
+    leaving: list[str] = field(default_factory=list)  # members whose leave record awaits a new epoch
+    notices: list[list[Any]] = field(default_factory=list)  # [micros, by, text, epoch] membership lines
+    rebase: list[dict[str, Any]] = field(default_factory=list)  # our changes that lost a race, to re-apply
+    #: Valid changes read for a coming epoch: epoch -> admin -> {"change", "secret"} (``_resolve`` decides).
+    proposals: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: Our pages keyed to fewer members than their epoch (a new epoch's secret): nothing is appended to them.
+    restricted: list[str] = field(default_factory=list)
+    used_static: bool = False  # a page keyed to our card's static keys was read: announce a receive key
+    rotation: int = 0  # where the rotating re-read of older pages goes on
+    #: Disappearing messages: the group's timer {"disappear": seconds, "at": micros of the setting}.
+    settings: dict[str, int] = field(default_factory=dict)
+    own_times: dict[str, list[int]] = field(default_factory=dict)  # "epoch:page" -> sending time of each record
+    #: "epoch:writer:page" -> [sending time, first display (0: not yet), seq] of each record of others' pages.
+    their_times: dict[str, list[list[int]]] = field(default_factory=dict)
+    page_keys: dict[str, int] = field(default_factory=dict)  # "epoch:writer:page" -> our receive key that opened it
+    unread: int = 0
+
+    def membership(self, epoch: int) -> Membership | None:
+        data = self.epochs.get(str(epoch))
+        return Membership.from_dict(data) if data else None
+
+    def current(self) -> Membership:
+        membership = self.membership(self.epoch)
+        if membership is None:
+            raise ProfileError("a group's state is damaged (no current membership)")
+        return membership
+
+    def lane(self, epoch: int, fingerprint: str) -> LaneState:
+        data = self.lanes.get(f"{epoch}:{fingerprint}", {})
+        return LaneState(**{k: v for k, v in data.items() if k in LaneState.__dataclass_fields__})
+
+    def put_lane(self, epoch: int, fingerprint: str, lane: LaneState) -> None:
+        self.lanes[f"{epoch}:{fingerprint}"] = asdict(lane)
+
+    def own(self, epoch: int) -> OwnLane:
+        return OwnLane.from_dict(self.mine.get(str(epoch)))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> GroupState:
+        if not isinstance(data, dict):
+            raise ProfileError("a group's state is damaged")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except TypeError as exc:
+            raise ProfileError("a group's state is damaged") from exc
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    name: str
+    members: int
+    unread: int
+    status: str  # "" | "removed" | "left"
+    epoch: int
+    admin: bool
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    label: str  # how the member is shown: "me", a friend's nickname, or the card's name
+    fingerprint: str
+    admin: bool
+    friend: bool
+    vouched_by: str  # the label of the admin whose roster carried the card ("" for friends and me)
+    card: str
+
+
+class GroupStore:
+    """Each group's sealed state file (``groups/<id>.state``), with a lock for read-modify-write."""
+
+    def __init__(self, directory: Path, store_key: bytes) -> None:
+        self.directory = Path(directory) / "groups"
+        self.store_key = store_key
+
+    def _path(self, group_id: str) -> Path:
+        return self.directory / f"{group_id[:32]}.state"
+
+    def lock(self, group_id: str) -> Any:
+        return file_lock(self.directory / f"{group_id[:32]}.lock")
+
+    def load(self, group_id: str) -> GroupState:
+        data = read_sealed(self._path(group_id), self.store_key)
+        if data is None:
+            raise ProfileError("no such group")
+        return GroupState.from_json(data)
+
+    def save(self, state: GroupState) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_sealed(self._path(state.id), self.store_key, state.to_json())
+
+    def all(self) -> list[GroupState]:
+        try:
+            paths = sorted(self.directory.glob("*.state"))
+        except OSError:
+            return []
+        groups = []
+        for path in paths:
+            try:
+                groups.append(GroupState.from_json(read_sealed(path, self.store_key)))
+            except ProfileError as exc:
+                log.warning("a group's state cannot be read: %s", exc)
+        return groups
+
+
+@dataclass
+class _Session:
+    returned: set[tuple[int, str, int]] = field(default_factory=set)
+    suspected: set[tuple[str, str, str]] = field(default_factory=set)  # gaps and rollbacks seen once
+    repair_suspects: set[tuple[int, str, int]] = field(default_factory=set)  # kept pages found lost once
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def _parse(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _problem_kind(exc: Exception) -> str:
+    text = str(exc)
+    if "old format" in text:
+        return "old-format"
+    if any(word in text for word in ("signature", "signed as", "another conversation", "does not follow",
+                                      "does not open", "replaced", "kind", "slot")):
+        return "forged"
+    return "damaged"
+
+
+class GroupService:
+    """Groups of one unlocked identity, beside its ChatService (whose pairwise lanes carry invitations)."""
+
+    def __init__(self, chat: ChatService) -> None:
+        self.chat = chat
+        self.identity = chat.identity
+        self.friends = chat.friends
+        self.ledger = chat.ledger
+        self.me = chat.my_fingerprint.hex()
+        self.store = GroupStore(chat.state_dir, chat.identity.store_key)
+        self._verified: set[bytes] = set()
+        self._opened: dict[tuple[str, int, int, str], OpenPage | Problem] = {}
+        self._contacts: dict[str, crypto.Contact] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._decaps = 0
+        #: Our own pages as this update's reads returned them (epoch -> page -> value), to confirm delivery.
+        self._remote_own: dict[int, dict[int, str | None]] = {}
+        self._session = _Session()  # the group being updated
+        self._used_keys: dict[tuple[int, str, int], int] = {}  # receive key that opened a page, this update
+
+    # -- names -----------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return [g.name for g in self.store.all()]
+
+    def is_group(self, name: str) -> bool:
+        return self._find(name) is not None
+
+    def _find(self, name: str) -> GroupState | None:
+        wanted = name.strip().casefold()
+        return next((g for g in self.store.all() if g.name.casefold() == wanted), None)
+
+    def _state(self, name: str) -> GroupState:
+        found = self._find(name)
+        if found is None:
+            raise UnknownFriendError(f"no group is called {name!r}")
+        return found
+
+    def _check_free(self, name: str, group_id: str = "") -> str:
+        """``name`` as a valid, unused name: names are unique across friends and groups."""
+        name = validate_nickname(name)
+        try:
+            self.friends.get_friend(name)
+        except UnknownFriendError:
+            pass
+        else:
+            raise DuplicateFriendError(f"the name {name!r} is already a friend's")
+        other = self._find(name)
+        if other is not None and other.id != group_id:
+            raise DuplicateFriendError(f"the name {name!r} is already a group's")
+        return name
+
+    def groups(self) -> list[GroupInfo]:
+        infos = []
+        for state in self.store.all():
+            membership = state.membership(state.epoch)
+            member = membership.get(self.me) if membership else None
+            infos.append(GroupInfo(
+                name=state.name, members=len(membership.members) if membership else 0, unread=state.unread,
+                status=state.status, epoch=state.epoch, admin=bool(member and member.admin),
+            ))
+        return infos
+
+    # -- who is who ------------------------------------------------------------------------------
+
+    def _friend_by_fingerprint(self, fingerprint: str) -> Friend | None:
+        return next((f for f in self.friends.all_friends() if f.fingerprint == fingerprint), None)
+
+    def _contact(self, state: GroupState, fingerprint: str) -> crypto.Contact | None:
+        """The verified card of a member: our friend's pinned one, or the one an admin's roster carried."""
+        if fingerprint == self.me:
+            return crypto.Contact(self.identity.public_key, self.identity.name, self.identity.statics.public)
+        friend = self._friend_by_fingerprint(fingerprint)
+        if friend is not None:
+            try:
+                return crypto.Contact(friend.key, friend.name or friend.nickname, friend.receive_public)
+            except KeyFormatError:
+                pass
+        cached = self._contacts.get(fingerprint)
+        if cached is not None:
+            return cached
+        card = state.cards.get(fingerprint)
+        if card is None:
+            return None
+        try:
+            contact = crypto.parse_contact(card)
+        except KeyFormatError:
+            return None
+        if crypto.fingerprint_bytes(contact.public_key).hex() != fingerprint:
+            return None
+        self._contacts[fingerprint] = contact
+        return contact
+
+    def _label(self, state: GroupState, fingerprint: str) -> str:
+        if fingerprint == self.me:
+            return ME
+        friend = self._friend_by_fingerprint(fingerprint)
+        if friend is not None:
+            return friend.nickname
+        contact = self._contact(state, fingerprint)
+        name = contact.name if contact else "unknown member"
+        voucher = state.vouched.get(fingerprint, "")
+        by = self._label(state, voucher) if voucher and voucher != fingerprint else "an admin"
+        return f"{name} (vouched by {by}, {fingerprint[:16]})"
+
+    def members(self, name: str) -> list[MemberInfo]:
+        state = self._state(name)
+        membership = state.current()
+        infos = []
+        for member in sorted(membership.members, key=lambda m: (m.since, m.fingerprint)):
+            friend = self._friend_by_fingerprint(member.fingerprint)
+            voucher = state.vouched.get(member.fingerprint, "") if friend is None and member.fingerprint != self.me \
+                else ""
+            card = self.identity.card if member.fingerprint == self.me else state.cards.get(member.fingerprint, "")
+            infos.append(MemberInfo(
+                label=self._label(state, member.fingerprint), fingerprint=member.fingerprint, admin=member.admin,
+                friend=friend is not None, vouched_by=self._label(state, voucher) if voucher else "", card=card,
+            ))
+        return infos
+
+    def _member_named(self, state: GroupState, who: str) -> str:
+        """The fingerprint of the member ``who`` names: a friend's nickname, a card name or a fingerprint prefix."""
+        wanted = who.strip()
+        if not wanted:
+            raise UnknownFriendError("name a member")
+        membership = state.current()
+        matches = []
+        for member in membership.members:
+            friend = self._friend_by_fingerprint(member.fingerprint)
+            contact = self._contact(state, member.fingerprint)
+            names = {member.fingerprint}
+            if friend is not None:
+                names.add(friend.nickname.casefold())
+            if contact is not None:
+                names.add(contact.name.casefold())
+            if wanted.casefold() in names or (len(wanted) >= 8 and member.fingerprint.startswith(wanted.lower())):
+                matches.append(member.fingerprint)
+        if len(matches) != 1:
+            raise UnknownFriendError(f"{who!r} names no member of {state.name}" if not matches
+                                     else f"{who!r} names more than one member: give a fingerprint")
+        return matches[0]
+
+    # -- addresses and keys ---------------------------------------------------------------------------
+
+    def _keys(self, state: GroupState, epoch: int) -> tuple[bytes, bytes]:
+        membership = state.membership(epoch)
+        if membership is None or not membership.secret:
+            raise ProfileError(f"the secret of epoch {epoch} is not known")
+        return schedule.group_keys(bytes.fromhex(membership.secret), bytes.fromhex(state.id))
+
+    def _address(self, state: GroupState, epoch: int, writer: str, number: int) -> str:
+        address_key, _conversation = self._keys(state, epoch)
+        return schedule.page_address(address_key, bytes.fromhex(writer), epoch, number)
+
+    def lane_address(self, name: str, writer: str, epoch: int, number: int) -> str:
+        """The ledger key of page ``number`` of ``writer``'s lane in ``epoch`` (``writer``: a fingerprint, or ME)."""
+        state = self._state(name)
+        return self._address(state, epoch, self.me if writer == ME else writer, number)
+
+    def _readers(self, state: GroupState, epoch: int, writer: str) -> list[str]:
+        """Whom a page of ``writer`` in ``epoch`` is keyed to, in slot order: every other member."""
+        membership = state.membership(epoch)
+        return sorted(f for f in (membership.fingerprints() if membership else []) if f != writer)
+
+    def _receive_public(self, state: GroupState, fingerprint: str) -> kem.ReceivePublic:
+        announced = state.announced.get(fingerprint)
+        if announced:
+            try:
+                return kem.ReceivePublic.from_bytes(bytes.fromhex(announced))
+            except (ValueError, kem.KemError):
+                log.warning("a member's announced receive key is unusable; using their card's")
+        contact = self._contact(state, fingerprint)
+        if contact is None:
+            raise MessageError("the group's member list is still arriving: update the group first")
+        return contact.statics
+
+    def _new_receive_key(self, state: GroupState) -> kem.ReceiveKey:
+        key = kem.ReceiveKey.generate()
+        state.key_counter += 1
+        state.receive_keys.append({"index": state.key_counter, "key": key.to_dict()})
+        # Bounded: a member who never moves to our newer keys cannot make us keep keys without end.
+        state.receive_keys = sorted(state.receive_keys, key=lambda e: int(e["index"]))[-MAX_RECEIVE_KEYS:]
+        state.key_uses = 0
+        return key
+
+    def _candidates(self, state: GroupState) -> list[tuple[int, kem.ReceiveKey]]:
+        keys: list[tuple[int, kem.ReceiveKey]] = []
+        for entry in sorted(state.receive_keys, key=lambda e: -int(e["index"])):
+            try:
+                keys.append((int(entry["index"]), kem.ReceiveKey.from_dict(entry["key"])))
+            except kem.KemError:
+                continue
+        keys.append((0, self.identity.statics))
+        return keys
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _copies(self, state: GroupState) -> PageCopies:
+        """The exact values of final pages we hold (ours and other members'), to heal a ledger that lost them."""
+        return PageCopies(self.store.directory, bytes.fromhex(state.id), self.identity.store_key)
+
+    def _start_page(self, state: GroupState, own: OwnLane, readers: list[str]) -> tuple[SealedPage, bytes]:
+        epoch = own.epoch
+        finished = own.pages.get(str(own.page)) if own.page else None
+        if finished is not None:
+            self._copies(state).put(self.me[:16], epoch, own.page, finished)  # final now: kept
+        _address_key, conversation = self._keys(state, epoch)
+        publics = [self._receive_public(state, f) for f in readers] or [self.identity.statics.public]
+        number = own.page + 1
+        sealed, header, secret = new_page(
+            conversation=conversation, writer=bytes.fromhex(self.me), epoch=epoch, number=number,
+            first_seq=own.seq + 1, link=bytes.fromhex(own.head), readers=publics,
+            next_receive_key=self._new_receive_key(state).public, created=to_micros(self.chat.clock()),
+            signer=self.chat._sign, kind=GROUP_KIND,
+        )
+        sealed.tag = writer_tag(self.chat._tag_key, conversation, epoch, number, sealed)
+        own.page = number
+        own.secrets[page_id(epoch, number)] = PageKeys.from_secret(secret).to_text()
+        own.pages[str(number)] = sealed.to_string()
+        own.last_seq[str(number)] = own.seq
+        own.unseen = sorted({*own.unseen, str(number)}, key=int)
+        self._verified.add(header.digest)
+        return sealed, secret
+
+    def _write(
+        self, state: GroupState, msg_type: str, type_ext: str, body: bytes, *,
+        readers: list[str] | None = None, fresh_page: bool = False,
+    ) -> tuple[str, str, ChatMessage]:
+        """Append one record to our lane of the current epoch (saved by the caller): (address, value, message).
+
+        ``readers`` keys a new page to fewer members than the epoch has (the new epoch's secret goes only
+        to the members who stay); such a page is always a fresh one and takes no other record after it.
+        """
+        epoch = state.epoch
+        own = state.own(epoch)
+        if own.epoch != epoch:
+            own.restart(epoch)
+        now = self.chat.clock()
+        if own.last_time:
+            now = max(now, parse_timestamp(own.last_time) + timedelta(microseconds=1))
+        record = Record(
+            type=msg_type, seq=own.seq + 1, prev=bytes.fromhex(own.head), timestamp=now, causal=(epoch, 0),
+            type_ext=type_ext, body=body,
+        )
+        needed = sealed_record_size(record_content_size(type_ext, len(body)))
+        pid = page_id(epoch, own.page)
+        current = own.pages.get(str(own.page)) if own.page else None
+        sealed: SealedPage | None = SealedPage.from_string(current) if current and pid in own.secrets else None
+        restricted = pid in state.restricted
+        timer = _timer(state)
+        # A page is wholly disappearing or not at all, so that expiring its records can delete its keys.
+        mixed = bool(timer) and sealed is not None and bool(sealed.records) and pid not in state.own_times
+        secret: bytes | PageKeys
+        if fresh_page or readers is not None or restricted or mixed or sealed is None \
+                or len(sealed.records) >= PAGE_CAPACITY or sealed.size_with(needed) > MAX_PAGE_BYTES:
+            sealed, secret = self._start_page(state, own, self._readers(state, epoch, self.me)
+                                              if readers is None else readers)
+            if readers is not None:
+                state.restricted = [*state.restricted[-15:], page_id(epoch, own.page)]
+        else:
+            secret = PageKeys.from_text(own.secrets[pid])
+        header = open_header(sealed, secret)
+        sealed, _signed, digest = add_record(sealed, header, secret, record, self.chat._sign)
+        value = sealed.to_string()
+        own.seq, own.head = record.seq, digest.hex()
+        own.pages[str(own.page)] = value
+        own.written_at[str(own.page)] = format_timestamp(self.chat.clock())
+        own.last_seq[str(own.page)] = record.seq
+        own.last_time = format_timestamp(now)
+        if timer:
+            state.own_times.setdefault(page_id(epoch, own.page), []).append(to_micros(now))
+        own.prune()
+        self._verified.add(digest)
+        state.mine[str(epoch)] = own.to_dict()
+        message = ChatMessage(sender=ME, receiver=state.name, time=now, type=msg_type, type_ext=type_ext, body=body,
+                              seq=record.seq, status="pending", epoch=epoch)
+        return self._address(state, epoch, self.me, own.page), value, message
+
+    def _set_all(self, writes: list[tuple[str, str]]) -> LedgerError | None:
+        error: LedgerError | None = None
+        for address, value in writes:
+            try:
+                self.ledger.set(address, value)
+            except LedgerError as exc:
+                log.warning("group write deferred: %s", exc)
+                error = exc
+        return error
+
+    def _writable(self, state: GroupState) -> None:
+        if state.status == "removed":
+            raise MessageError(f"you were removed from {state.name}")
+        if state.status == "left":
+            raise MessageError(f"you left {state.name}")
+        if not state.current().members:
+            raise MessageError(f"the member list of {state.name} is still arriving: update the group first")
+
+    def send_message(
+        self, message: str | bytes, name: str, *, msg_type: str = "text", type_ext: str = ""
+    ) -> SendResult:
+        """Seal, sign and append ``message`` to our lane of the group: one ledger write, no read."""
+        body = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+        if msg_type not in MESSAGE_TYPES or msg_type == "setting":
+            raise MessageError(f"unknown message type {msg_type!r}")
+        if not valid_type_ext(type_ext):
+            raise MessageError(f"invalid type extension {type_ext!r}")
+        if not body or (msg_type == "text" and not body.decode("utf-8", errors="replace").strip()):
+            raise MessageError("the message is empty")
+        if len(body) > (MAX_TEXT_BYTES if msg_type == "text" else MAX_PAYLOAD_BYTES):
+            raise MessageError(f"the message is {len(body)} bytes: over the limit")
+        found = self._state(name)
+        with self.store.lock(found.id):
+            state = self.store.load(found.id)
+            self._writable(state)
+            address, value, sent = self._write(state, msg_type, type_ext, body)
+            self.store.save(state)
+            error = self._set_all([(address, value)])
+        return SendResult(message=sent, error=error)
+
+    def send_file(self, name: str, path: Path) -> SendResult:
+        """Send a file to the group: encrypted chunks under their own secret addresses, then the manifest."""
+        self._state(name)
+        prepared = files.prepare_file(path, self.chat.randfunc)
+        files.store_chunks(self.ledger, prepared.chunks)
+        return self.send_message(prepared.manifest, name, msg_type=files.FILE_TYPE, type_ext=prepared.type_ext)
+
+    def save_file(self, message: ChatMessage, downloads_dir: Path) -> Path:
+        return files.save_file(self.ledger, message, downloads_dir)
+
+    # -- membership changes ------------------------------------------------------------------------------
+
+    def create(self, name: str, nicknames: list[str]) -> GroupInfo:
+        """A new group of us (its first admin) and ``nicknames`` (friends), who are invited at once."""
+        name = self._check_free(name)
+        friends: list[Friend] = []
+        for nickname in nicknames:
+            friend = self.friends.get_friend(nickname)
+            friend.receive_public  # noqa: B018 - an old card fails here, before anything is written
+            if friend.fingerprint not in [f.fingerprint for f in friends]:
+                friends.append(friend)
+        if len(friends) + 1 > MAX_MEMBERS:
+            raise MessageError(f"a group has at most {MAX_MEMBERS} members")
+        group_id = get_random_bytes(32).hex()
+        state = GroupState(id=group_id, name=name)
+        members = [Member(self.me, 1, True)] + [Member(f.fingerprint, 1, False) for f in friends]
+        with self.store.lock(group_id):
+            self._start_epoch(state, "create", members, "", name, [f.fingerprint for f in members[1:]])
+        return next(g for g in self.groups() if g.name == name)
+
+    def add(self, name: str, nickname: str) -> None:
+        friend = self.friends.get_friend(nickname)
+        friend.receive_public  # noqa: B018 - an old card fails here, before anything is written
+
+        def change(state: GroupState, old: Membership) -> tuple[list[Member], str, list[str]]:
+            if old.get(friend.fingerprint) is not None:
+                raise MessageError(f"{friend.nickname} is already in {state.name}")
+            if len(old.members) >= MAX_MEMBERS:
+                raise MessageError(f"a group has at most {MAX_MEMBERS} members")
+            return [*old.members, Member(friend.fingerprint, old.epoch + 1, False)], friend.fingerprint, \
+                [friend.fingerprint]
+
+        self._admin_change(name, "add", change)
+
+    def remove(self, name: str, who: str) -> None:
+        def change(state: GroupState, old: Membership) -> tuple[list[Member], str, list[str]]:
+            target = self._member_named(state, who)
+            if target == self.me:
+                raise MessageError("to leave the group, use leave")
+            return [m for m in old.members if m.fingerprint != target], target, []
+
+        self._admin_change(name, "remove", change)
+
+    def make_admin(self, name: str, who: str) -> None:
+        def change(state: GroupState, old: Membership) -> tuple[list[Member], str, list[str]]:
+            target = self._member_named(state, who)
+            member = old.get(target)
+            if member is None or member.admin:
+                raise MessageError("that member is already an admin")
+            return [Member(m.fingerprint, m.since, m.admin or m.fingerprint == target) for m in old.members], \
+                target, []
+
+        self._admin_change(name, "admin", change)
+
+    def rename(self, name: str, new_name: str) -> None:
+        state = self._state(name)
+        new_name = self._check_free(new_name, state.id)
+
+        def change(_state: GroupState, old: Membership) -> tuple[list[Member], str, list[str]]:
+            return list(old.members), "", []
+
+        self._admin_change(name, "rename", change, new_name)
+
+    def _admin_change(self, name: str, action: str, change: Any, new_name: str | None = None) -> None:
+        found = self._state(name)
+        with self.store.lock(found.id):
+            state = self.store.load(found.id)
+            self._writable(state)
+            old = state.current()
+            member = old.get(self.me)
+            if member is None or not member.admin:
+                raise MessageError(f"only an admin of {state.name} can do that")
+            members, target, invite = change(state, old)
+            self._start_epoch(state, action, members, target, new_name or old.name, invite)
+
+    def _start_epoch(
+        self, state: GroupState, action: str, members: list[Member], target: str, name: str, invite: list[str],
+    ) -> None:
+        """Start the next membership epoch (the caller holds the group's lock): see the module's text."""
+        old_epoch = state.epoch
+        epoch = old_epoch + 1
+        secret = get_random_bytes(32).hex()
+        change = {"g": state.id, "e": epoch, "a": action, "t": target, "n": name,
+                  "m": [m.to_list() for m in members], "by": self.me}
+        problem = check_change(state.membership(old_epoch), change, self.me)
+        if problem:
+            raise MessageError(f"that change is not valid: {problem}")
+        for fingerprint in (m.fingerprint for m in members):
+            if self._contact(state, fingerprint) is None:
+                raise MessageError("a member's card is not known yet: update the group first")
+        writes: list[tuple[str, str]] = []
+        body = _json(change)
+        if old_epoch:
+            writes.append(self._write(state, "setting", CHANGE_EXT, body)[:2])
+            staying = sorted(m.fingerprint for m in members if m.fingerprint != self.me
+                             and state.current().get(m.fingerprint) is not None)
+            key_body = _json({"g": state.id, "e": epoch, "s": secret, "by": self.me})
+            writes.append(self._write(state, "setting", KEY_EXT, key_body, readers=staying)[:2])
+        state.epochs[str(epoch)] = Membership(epoch, secret, self.me, list(members), name, action, target).to_dict()
+        state.epoch = epoch
+        state.name = name
+        state.leaving = [f for f in state.leaving if any(m.fingerprint == f for m in members)]
+        writes.append(self._write(state, "setting", CHANGE_EXT, body)[:2])
+        cards = [self._card_of(state, m.fingerprint) for m in members]
+        for start in range(0, len(cards), CARDS_PER_RECORD):
+            roster = _json({"g": state.id, "e": epoch, "c": cards[start : start + CARDS_PER_RECORD]})
+            writes.append(self._write(state, "setting", ROSTER_EXT, roster)[:2])
+        self._notice_change(state, self.me, change, epoch)
+        self.store.save(state)
+        self._set_all(writes)
+        for fingerprint in invite:
+            friend = self._friend_by_fingerprint(fingerprint)
+            if friend is None:
+                continue
+            invitation = _json({"g": state.id, "e": epoch, "s": secret, "n": name, "by": self.me})
+            result = self.chat.send_message(invitation, friend.nickname, msg_type="setting", type_ext=INVITE_EXT)
+            if result.error is not None:
+                log.warning("an invitation waits in the outbox: %s", result.error)
+
+    def _card_of(self, state: GroupState, fingerprint: str) -> str:
+        """A member's card as the roster carries it: theirs as we pinned or received it."""
+        if fingerprint == self.me:
+            return self.identity.card
+        if state.cards.get(fingerprint):
+            return state.cards[fingerprint]
+        friend = self._friend_by_fingerprint(fingerprint)
+        if friend is None:
+            raise MessageError("a member's card is not known yet: update the group first")
+        return _friend_card(friend)
+
+    def leave(self, name: str) -> None:
+        """Leave the group (no approval): a signed record in our lane; the remaining admin starts an epoch
+        without us. We stop reading and writing at once."""
+        found = self._state(name)
+        with self.store.lock(found.id):
+            state = self.store.load(found.id)
+            self._writable(state)
+            writes = [self._write(state, "setting", LEAVE_EXT, _json({"g": state.id, "e": state.epoch}))[:2]]
+            state.status = "left"
+            self._notice(state, self.me, "left the group", state.epoch)
+            self.store.save(state)
+            self._set_all(writes)
+
+    def _notice(self, state: GroupState, by: str, text: str, epoch: int, target: str = "") -> None:
+        """A membership line; ``WHO`` in ``text`` is the target, named when shown (its card may come later)."""
+        line = [to_micros(self.chat.clock()), by, text, epoch, target]
+        state.notices = [*state.notices, line][-MAX_NOTICES:]
+
+    def _notice_change(self, state: GroupState, by: str, change: dict[str, Any], epoch: int) -> None:
+        action, target = str(change.get("a")), str(change.get("t", ""))
+        text = {
+            "create": f"created the group {change.get('n', '')}",
+            "add": f"added {WHO}",
+            "remove": f"removed {WHO}",
+            "leave": "started a new epoch without the members who left",
+            "rename": f"renamed the group to {change.get('n', '')}",
+            "admin": f"made {WHO} an admin",
+        }.get(action, "changed the group")
+        self._notice(state, by, text, epoch, target)
+
+    # -- invitations -----------------------------------------------------------------------------------
+
+    def accept_invitations(self, refresh: bool = True) -> list[str]:
+        """Join the groups friends invited us to (invitations travel in pairwise lanes): their names."""
+        if refresh:
+            for friend in self.friends.all_friends():
+                try:
+                    self.chat.get_update(friend.nickname)
+                except (KeyFormatError, ProfileError, LedgerError) as exc:
+                    log.warning("cannot update %s: %s", friend.nickname, exc)
+        joined = []
+        invitations, self.chat.group_invitations = self.chat.group_invitations, []
+        for nickname, message in invitations:
+            name = self._accept(nickname, message)
+            if name:
+                joined.append(name)
+        for name in joined:
+            # The membership and the members' cards come from the inviting admin's lane: read it now.
+            try:
+                self.get_update(name)
+            except LedgerError as exc:
+                log.warning("cannot read %s yet: %s", name, exc)
+        return joined
+
+    def _accept(self, nickname: str, message: ChatMessage) -> str:
+        data = _parse(message.body)
+        try:
+            friend = self.friends.get_friend(nickname)
+        except UnknownFriendError:
+            return ""
+        if data is None or data.get("by") != friend.fingerprint:
+            return ""
+        try:
+            group_id, epoch, secret = str(data["g"]), int(data["e"]), str(data["s"])
+            if len(bytes.fromhex(group_id)) != 32 or len(bytes.fromhex(secret)) != 32 or epoch < 1:
+                return ""
+        except (KeyError, ValueError, TypeError):
+            return ""
+        existing = next((g for g in self.store.all() if g.id == group_id), None)
+        if existing is not None and existing.epoch >= epoch and existing.status != "removed":
+            return ""
+        state = existing or GroupState(id=group_id, name=self._free_name(str(data.get("n", "group"))))
+        with self.store.lock(group_id):
+            state.epochs[str(epoch)] = Membership(epoch, secret, friend.fingerprint, [], state.name).to_dict()
+            state.epoch, state.status = epoch, ""
+            self._notice(state, friend.fingerprint, "added you", epoch)
+            self.store.save(state)
+        return state.name
+
+    def _free_name(self, wanted: str) -> str:
+        try:
+            base = validate_nickname(wanted)
+        except KeyFormatError:
+            base = "group"
+        for suffix in range(1, 100):
+            candidate = base if suffix == 1 else f"{base[:28]} {suffix}"
+            try:
+                return self._check_free(candidate)
+            except (DuplicateFriendError, KeyFormatError):
+                continue
+        return self._check_free(f"group {get_random_bytes(3).hex()}")
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def get_update(self, name: str) -> ConversationView:
+        """Read what is new in the group ``name``: one round of reads when nothing changed."""
+        return self._load(name, everything=False)
+
+    def load_all(self, name: str) -> ConversationView:
+        """The whole group conversation this profile can read, from page 1 of every lane of every epoch."""
+        return self._load(name, everything=True)
+
+    def load_older(self, name: str) -> ConversationView:
+        return self._load(name, everything=True)
+
+    def mark_read(self, name: str) -> None:
+        found = self._state(name)
+        with self.store.lock(found.id):
+            state = self.store.load(found.id)
+            state.unread = 0
+            self.store.save(state)
+
+    def unread_counts(self) -> dict[str, int]:
+        counts = {}
+        for state in self.store.all():
+            if not state.status:
+                try:
+                    self.get_update(state.name)
+                except (KeyFormatError, ProfileError, LedgerError, MessageError) as exc:
+                    log.warning("cannot update %s: %s", state.name, exc)
+            counts[state.name] = self._state(state.name).unread
+        return counts
+
+    def _readable_epochs(self, state: GroupState, everything: bool) -> list[int]:
+        known = sorted(int(e) for e, m in state.epochs.items() if m.get("secret"))
+        if everything:
+            return known
+        return [e for e in known if e >= state.epoch - 1]
+
+    def _load(self, name: str, *, everything: bool) -> ConversationView:
+        found = self._state(name)
+        session = self._sessions.setdefault(found.id, _Session())
+        problems: list[Problem] = []
+        shown: dict[tuple[int, str], list[OpenPage]] = {}
+        self._decaps = 0
+        rebase: list[dict[str, Any]] = []
+        with self.store.lock(found.id):
+            state = self.store.load(found.id)
+            self._session = session
+            self._used_keys = {}
+            if _timer(state) or state.own_times or state.their_times:
+                self._expire(state)
+            for _round in range(MAX_EPOCHS_PER_UPDATE):
+                before = state.epoch
+                self._read_epochs(state, everything, problems, shown)
+                if state.epoch == before:
+                    break
+            self._confirm(state, shown)
+            self._after_update(state, problems)
+            rebase, state.rebase = state.rebase, []
+            self.store.save(state)
+        for change in rebase:
+            self._reapply(state.name, change, problems)
+        state = self.store.load(found.id)
+        return self._view(state, session, shown, problems)
+
+    def _read_epochs(
+        self, state: GroupState, everything: bool, problems: list[Problem],
+        shown: dict[tuple[int, str], list[OpenPage]],
+    ) -> None:
+        """One round of reads over every lane of the readable epochs, then as many as the lanes grew."""
+        epochs = self._readable_epochs(state, everything)
+        lanes: list[tuple[int, str]] = []
+        for epoch in epochs:
+            membership = state.membership(epoch)
+            assert membership is not None
+            writers = membership.fingerprints() or [membership.by]  # a new member reads the admin first
+            lanes += [(epoch, w) for w in writers]
+        values: dict[tuple[int, str, int], str | None] = {}
+        wanted: dict[str, tuple[int, str, int]] = {}
+        for epoch, writer in lanes:
+            if writer == self.me:
+                own = state.own(epoch)
+                numbers = list(range(1, own.page + 2)) if everything else \
+                    [own.page - 1, own.page, own.page + 1, *own.unconfirmed()]
+            else:
+                top = state.lane(epoch, writer).top
+                numbers = list(range(1, top + 3)) if everything else [top - 1, top, top + 1, top + 2]
+            for number in numbers:
+                if number >= 1:
+                    wanted[self._address(state, epoch, writer, number)] = (epoch, writer, number)
+        rotation = {} if everything else self._rotation_places(state)
+        rotation_wanted = {self._address(state, e, w, n): (e, w, n) for e, w, n in rotation}
+        found = self.ledger.get_many([*wanted, *(a for a in rotation_wanted if a not in wanted)])
+        for address, value in found.items():
+            if address in wanted:
+                values[wanted[address]] = value
+        rotated = {place: found.get(a) for a, place in rotation_wanted.items()}
+        self._check_rotation(state, rotated, problems)
+        self._repair(state, {**values, **rotated}, problems)
+        # Lanes that grew by more than two pages are followed, a few rounds at most.
+        for _round in range(MAX_PROBE_ROUNDS):
+            more: dict[str, tuple[int, str, int]] = {}
+            for epoch, writer in lanes:
+                if writer == self.me:
+                    continue
+                highest = max((n for (e, w, n), v in values.items() if (e, w) == (epoch, writer) and v), default=0)
+                fetched = max((n for (e, w, n) in values if (e, w) == (epoch, writer)), default=0)
+                if highest and highest == fetched:
+                    for number in range(fetched + 1, fetched + 4):
+                        more[self._address(state, epoch, writer, number)] = (epoch, writer, number)
+            if not more:
+                break
+            for address, value in self.ledger.get_many(list(more)).items():
+                values[more[address]] = value
+        for epoch, writer in lanes:
+            if state.membership(epoch) is None:
+                continue
+            lane_values = {n: v for (e, w, n), v in values.items() if (e, w) == (epoch, writer)}
+            if writer == self.me:
+                self._read_own(state, epoch, lane_values, problems, shown)
+            else:
+                self._read_lane(state, epoch, writer, lane_values, problems, shown)
+        self._resolve(state, problems)
+
+    def _rotation_places(self, state: GroupState) -> list[tuple[int, str, int]]:
+        """Older pages this update re-reads, ROTATION_PAGES of them in turn over every lane we read, so that a
+        member who rewrites a message at any depth is reported within pages / ROTATION_PAGES updates."""
+        places = []
+        for key in sorted(state.lanes):
+            epoch_text, writer = key.split(":")
+            epoch = int(epoch_text)
+            membership = state.membership(epoch)
+            if membership is None or not membership.secret:
+                continue
+            lane = state.lane(epoch, writer)
+            places += [(epoch, writer, int(n)) for n in sorted(lane.secrets, key=int) if int(n) < lane.top - 1]
+        for epoch_text in sorted(state.mine, key=int):
+            own, mine = state.own(int(epoch_text)), state.membership(int(epoch_text))
+            if mine is not None and mine.secret:
+                places += [(own.epoch, self.me, n) for n in range(1, own.page - 1)]
+        if not places:
+            return []
+        start = state.rotation % len(places)
+        state.rotation += ROTATION_PAGES
+        return [places[(start + i) % len(places)] for i in range(min(ROTATION_PAGES, len(places)))]
+
+    def _repair(self, state: GroupState, values: dict[tuple[int, str, int], str | None],
+                problems: list[Problem]) -> None:
+        """Put back, from our kept copies, final pages that two updates in a row found missing or altered."""
+        copies = self._copies(state)
+        session = self._session
+        suspects: set[tuple[int, str, int]] = set()
+        repairs: list[tuple[str, str]] = []
+        for (epoch, writer, number), value in sorted(values.items(), key=lambda item: -item[0][2]):
+            if not copies.has(writer[:16], epoch, number):
+                continue
+            copy = copies.get(writer[:16], epoch, number)
+            if copy is None or value == copy:
+                continue
+            if (epoch, writer, number) in session.repair_suspects and len(repairs) < MAX_REPAIRS_PER_UPDATE:
+                repairs.append((self._address(state, epoch, writer, number), copy))
+            else:
+                suspects.add((epoch, writer, number))
+        session.repair_suspects = suspects
+        if repairs:
+            problems.append(Problem(ME, "restoring", f"restoring {len(repairs)} page(s) of the group to the ledger"))
+            self._set_all(repairs)
+
+    def _check_rotation(
+        self, state: GroupState, values: dict[tuple[int, str, int], str | None], problems: list[Problem]
+    ) -> None:
+        """Compare re-read older pages with the digests kept when they were first read."""
+        for (epoch, writer, number), value in values.items():
+            if value is None:
+                continue  # missing: not a rewrite (the window reports what it misses)
+            opened = self._open(state, epoch, writer, number, value)
+            label = self._label(state, writer)
+            if isinstance(opened, Problem):
+                if opened.kind != "skipped":
+                    problems.append(opened)
+                continue
+            kept = state.lane(epoch, writer).digests
+            for record, digest in zip(opened.records, opened.digests, strict=True):
+                if kept.get(str(record.seq), digest.hex()) != digest.hex():
+                    problems.append(Problem(label, "rewritten", f"message #{record.seq} of epoch {epoch} differs "
+                                            "from the one read before; the new version is hidden", record.timestamp))
+
+    def _open(self, state: GroupState, epoch: int, writer: str, number: int, value: str) -> OpenPage | Problem:
+        label = self._label(state, writer)
+        cache_key = (writer, epoch, number, value)
+        cached = self._opened.get(cache_key)
+        if cached is not None:
+            return cached
+        result: OpenPage | Problem
+        try:
+            sealed = SealedPage.from_string(value)
+            stored = (state.own(epoch).secrets.get(page_id(epoch, number)) if writer == self.me
+                      else state.lane(epoch, writer).secrets.get(str(number)))
+            key_index = -1
+            secret: bytes | PageKeys
+            if stored == EXPIRED:
+                return Problem(label, "expired", f"page {number}: its messages disappeared")
+            if stored:
+                secret = PageKeys.from_text(stored)
+            elif writer == self.me:
+                raise _Unopenable("its key is not in this profile")
+            else:
+                found = self._find_secret(state, epoch, writer, sealed)
+                if found is None:
+                    raise _Unopenable("no key of ours opens it")
+                secret, key_index = found
+            contact = self._contact(state, writer)
+            if contact is None:
+                raise _Waiting
+            _address_key, conversation = self._keys(state, epoch)
+            writer_key: RSA.RsaKey = contact.public_key
+            opened = open_page(
+                value, sealed, secret, conversation=conversation, writer=bytes.fromhex(writer),
+                writer_key=writer_key, epoch=epoch, number=number, verified=self._verified,
+            )
+            if opened.header.kind != GROUP_KIND:
+                raise PageFormatError("it is not a group's page (wrong kind)")
+            newest = max((int(e["index"]) for e in state.receive_keys), default=0)
+            if key_index == 0:
+                # Keyed to our card's static keys: we announce a receive key (``_after_update``).
+                state.used_static = True
+            elif key_index > 0 and key_index == newest:
+                state.key_uses += 1
+            if key_index >= 0:
+                self._used_keys[(epoch, writer, number)] = key_index
+            result = opened
+        except _Waiting:
+            return Problem(label, "skipped", f"page {number} waits for the member's card")
+        except _Budget:
+            return Problem(label, "skipped", f"page {number} waits for the next update (budget spent)")
+        except _Unopenable as exc:
+            result = Problem(label, "undecryptable", f"page {number} of epoch {epoch} cannot be opened: {exc}")
+        except PageFormatError as exc:
+            result = Problem(label, _problem_kind(exc), f"page {number} of epoch {epoch}: {exc}")
+        if len(self._opened) > 1024:
+            self._opened.clear()
+        self._opened[cache_key] = result
+        return result
+
+    def _find_secret(
+        self, state: GroupState, epoch: int, writer: str, sealed: SealedPage
+    ) -> tuple[bytes, int] | None:
+        """The page secret from our slot: where the membership puts it, else (a page keyed to fewer
+        readers: a new epoch's secret) any slot, within the update's budget."""
+        readers = self._readers(state, epoch, writer)
+        candidates = self._candidates(state)
+        if self.me in readers and len(sealed.slots) == len(readers):
+            mine = SealedPage(slots=[sealed.slots[readers.index(self.me)]], header=sealed.header, records=[])
+            self._decaps += len(candidates)
+            return find_page_secret(mine, candidates)
+        if len(sealed.slots) > len(readers) and readers:
+            raise PageFormatError(f"it has {len(sealed.slots)} key slots; epoch {epoch} has {len(readers)} readers")
+        cost = len(candidates) * len(sealed.slots)
+        if self._decaps + cost > MAX_DECAPSULATIONS:
+            raise _Budget
+        self._decaps += cost
+        return find_page_secret(sealed, candidates)
+
+    def _read_lane(
+        self, state: GroupState, epoch: int, writer: str, values: dict[int, str | None], problems: list[Problem],
+        shown: dict[tuple[int, str], list[OpenPage]],
+    ) -> None:
+        label = self._label(state, writer)
+        lane = state.lane(epoch, writer)
+        pages: dict[int, OpenPage] = {}
+        for number in sorted(values):
+            value = values[number]
+            if value is None:
+                continue
+            opened = self._open(state, epoch, writer, number, value)
+            if isinstance(opened, Problem):
+                if opened.kind != "skipped":
+                    problems.append(opened)
+                continue
+            pages[number] = opened
+        top = max(pages, default=0)
+        if not top:
+            return
+        low = min(pages)
+        window: dict[int, OpenPage | None] = {n: pages.get(n) for n in range(low, top + 1)}
+        kept = {int(k): bytes.fromhex(v) for k, v in lane.digests.items()}
+        checkpoint = LaneCheckpoint(seq=lane.seq, digest=bytes.fromhex(lane.digest) if lane.digest else b"", kept=kept)
+        result = check_lane(label, window, checkpoint, complete_to=top)
+        problems += result.problems
+        before = lane.seq
+        fresh = [(r, d) for r, d in result.records if r.seq > before]
+        for record, digest in result.records:
+            lane.digests.setdefault(str(record.seq), digest.hex())
+        if result.newest and result.newest[0] > lane.seq and not any(p.kind == "rewritten" for p in result.problems):
+            lane.seq, lane.digest = result.newest[0], result.newest[1].hex()
+        lane.top = max(lane.top, top)
+        copies = self._copies(state)
+        timer, now = _timer(state), to_micros(self.chat.clock())
+        for number, page in pages.items():
+            lane.secrets.setdefault(str(number), page.keys.to_text())
+            place = f"{epoch}:{writer}:{number}"
+            if (epoch, writer, number) in self._used_keys:
+                state.page_keys[place] = self._used_keys[(epoch, writer, number)]
+            if timer and page.records and to_micros(page.records[0].timestamp) >= int(state.settings.get("at", 0)):
+                entries = state.their_times.setdefault(place, [])
+                for index, record in enumerate(page.records, start=page.skipped):
+                    while len(entries) <= index:
+                        entries.append([0, 0, 0])
+                    if not entries[index][0]:
+                        entries[index] = [to_micros(record.timestamp), 0, record.seq]
+                    if not entries[index][1] and not state.status:
+                        entries[index][1] = now  # first display: this update returns it
+            following = pages.get(number + 1)
+            if following is not None and following.header.link == page.last_digest \
+                    and following.header.first_seq == page.last_seq + 1 and not copies.has(writer[:16], epoch, number):
+                # Final and whole (the next page links to its last record): kept, to heal a ledger that loses it.
+                copies.put(writer[:16], epoch, number, page.value)
+        newest_page = pages[top]
+        at = state.announced_at.get(writer, [0, 0])
+        if (epoch, top) > (at[0], at[1]):
+            state.announced[writer] = newest_page.header.next_receive_key.hex()
+            state.announced_at[writer] = [epoch, top]
+        state.put_lane(epoch, writer, lane)
+        shown.setdefault((epoch, writer), []).extend(pages[n] for n in sorted(pages))
+        for record, _digest in fresh:
+            if record.type == "setting" and record.type_ext == "":
+                self._timer_record(state, record)
+            elif record.type == "setting":
+                self._membership_record(state, epoch, writer, record, problems)
+            elif not state.status:
+                state.unread += 1
+
+    def _read_own(
+        self, state: GroupState, epoch: int, values: dict[int, str | None], problems: list[Problem],
+        shown: dict[tuple[int, str], list[OpenPage]],
+    ) -> None:
+        own = state.own(epoch)
+        pages = []
+        for number in sorted(values):
+            value = own.pages.get(str(number)) or values[number]
+            if value is None or number > own.page:
+                continue
+            opened = self._open(state, epoch, self.me, number, value)
+            if isinstance(opened, Problem):
+                if opened.kind not in ("skipped", "undecryptable"):
+                    problems.append(opened)
+                continue
+            pages.append(opened)
+        shown.setdefault((epoch, self.me), []).extend(pages)
+        self._remote_own[epoch] = values
+
+    def _confirm(self, state: GroupState, shown: dict[tuple[int, str], list[OpenPage]]) -> None:
+        """Mark our messages delivered once a read returned their page exactly as written; re-send the rest."""
+        remote_all = self._remote_own
+        now = self.chat.clock()
+        writes = []
+        for epoch_text in list(state.mine):
+            epoch = int(epoch_text)
+            own = state.own(epoch)
+            remote = remote_all.get(epoch, {})
+            for number in own.unconfirmed():
+                local = own.pages.get(str(number))
+                if local is None:
+                    continue
+                if remote.get(number) == local:
+                    own.unseen = [n for n in own.unseen if n != str(number)]
+                    if all(int(n) >= number or own.last_seq.get(n, 0) <= own.confirmed for n in own.pages):
+                        own.confirmed = max(own.confirmed, own.last_seq.get(str(number), 0))
+                elif number in remote:
+                    written = own.written_at.get(str(number))
+                    if written is None or now - parse_timestamp(written) >= self.chat.resend_after:
+                        own.written_at[str(number)] = format_timestamp(now)
+                        writes.append((self._address(state, epoch, self.me, number), local))
+            own.prune()
+            state.mine[epoch_text] = own.to_dict()
+        self._remote_own = {}
+        self._set_all(writes)
+
+    # -- membership as read --------------------------------------------------------------------------
+
+    def _membership_record(
+        self, state: GroupState, epoch: int, writer: str, record: Record, problems: list[Problem]
+    ) -> None:
+        """Take in one verified ``setting`` record of ``writer``'s lane of ``epoch``."""
+        label = self._label(state, writer)
+        data = _parse(record.body)
+        if data is None or data.get("g") != state.id:
+            problems.append(Problem(label, "forged", "a group record that does not belong here was ignored",
+                                    record.timestamp))
+            return
+        pending = state.proposals
+        if record.type_ext == CHANGE_EXT:
+            named = data.get("e")
+            if named == epoch + 1:
+                reason = check_change(state.membership(epoch), data, writer)
+                if reason:
+                    problems.append(Problem(label, "forged", f"{reason}: ignored", record.timestamp))
+                    return
+                pending.setdefault(str(epoch + 1), {})[writer] = {"change": data, "secret": ""}
+            elif named == epoch and record.seq == 1:
+                # The first record of the lane of the epoch that the change started, by the admin who started it.
+                membership = state.membership(epoch)
+                if membership is not None and membership.by == writer and not membership.members:
+                    # A new member: the change the inviting admin wrote first in its lane of the new epoch.
+                    members = parse_members(data)
+                    inviter = next((m for m in members or [] if m.fingerprint == writer), None)
+                    if members is None or inviter is None or not inviter.admin or data.get("by") != writer \
+                            or all(m.fingerprint != self.me for m in members) or data.get("a") not in ACTIONS:
+                        problems.append(Problem(label, "forged", "an invitation's membership is not valid",
+                                                record.timestamp))
+                        return
+                    membership = Membership(epoch, membership.secret, writer, members, state.name,
+                                            str(data.get("a")), str(data.get("t", "")))
+                    state.epochs[str(epoch)] = membership.to_dict()
+                elif membership is None or membership.by != writer:
+                    problems.append(Problem(label, "forged", "a membership change for a started epoch "
+                                            "(replayed, or not by the admin who started it): ignored",
+                                            record.timestamp))
+            else:
+                problems.append(Problem(label, "forged", f"a membership change naming epoch {named} in epoch "
+                                        f"{epoch} (replayed or misplaced): ignored", record.timestamp))
+        elif record.type_ext == KEY_EXT:
+            proposal = pending.get(str(epoch + 1), {}).get(writer)
+            if data.get("e") != epoch + 1 or proposal is None:
+                problems.append(Problem(label, "forged", "a group key with no change before it: ignored",
+                                        record.timestamp))
+                return
+            try:
+                if len(bytes.fromhex(str(data.get("s")))) != 32:
+                    raise ValueError
+            except ValueError:
+                problems.append(Problem(label, "forged", "a damaged group key: ignored", record.timestamp))
+                return
+            proposal["secret"] = str(data["s"])
+        elif record.type_ext == ROSTER_EXT:
+            membership = state.membership(epoch)
+            if membership is None or membership.by != writer or data.get("e") != epoch:
+                problems.append(Problem(label, "forged", "member cards from someone who did not start this "
+                                        "epoch: ignored", record.timestamp))
+                return
+            for card in data.get("c", []) if isinstance(data.get("c"), list) else []:
+                try:
+                    contact = crypto.parse_contact(str(card))
+                except KeyFormatError:
+                    continue
+                fingerprint = crypto.fingerprint_bytes(contact.public_key).hex()
+                if membership.get(fingerprint) is not None and fingerprint != self.me \
+                        and fingerprint not in state.cards:
+                    state.cards[fingerprint] = str(card)
+                    state.vouched[fingerprint] = writer
+        elif record.type_ext == LEAVE_EXT:
+            membership = state.membership(epoch)
+            if data.get("e") != epoch or membership is None or membership.get(writer) is None:
+                problems.append(Problem(label, "forged", "a departure for another epoch: ignored", record.timestamp))
+                return
+            if epoch == state.epoch and writer not in state.leaving:
+                state.leaving.append(writer)
+                self._notice(state, writer, "left the group", epoch)
+
+    def _resolve(self, state: GroupState, problems: list[Problem]) -> None:
+        """Move to the next epoch when a valid change for it was read: the lower admin fingerprint wins."""
+        pending = state.proposals
+        for epoch_text in sorted(pending, key=int):
+            epoch = int(epoch_text)
+            proposals = pending[epoch_text]
+            if epoch > state.epoch + 1 or not proposals:
+                continue
+            winner = min(proposals)
+            chosen = proposals[winner]
+            change = chosen["change"]
+            fprs = [str(m[0]) for m in change["m"]]
+            current = state.membership(epoch)
+            if epoch <= state.epoch:
+                if current is None or current.by == winner or winner > current.by:
+                    continue
+                # We had moved to an epoch another admin started at the same time; the lower fingerprint wins.
+                if current.by == self.me:
+                    state.rebase.append({"a": current.action, "t": current.target, "n": current.name})
+                for key in [k for k in state.lanes if k.startswith(f"{epoch}:")]:
+                    del state.lanes[key]
+                state.mine.pop(str(epoch), None)
+                state.epoch = epoch - 1
+            if self.me not in fprs:
+                if state.status != "removed":
+                    state.status = "removed"
+                    self._notice_change(state, winner, change, epoch)
+                pending.pop(epoch_text, None)
+                return
+            if not chosen["secret"]:
+                continue  # the key page comes after the change: it may not have been read yet
+            state.epochs[epoch_text] = Membership(
+                epoch, chosen["secret"], winner, [Member(str(f), int(s), bool(a)) for f, s, a in change["m"]],
+                str(change["n"]), str(change["a"]), str(change.get("t", "")),
+            ).to_dict()
+            state.epoch = epoch
+            state.name = self._adopt_name(state, str(change["n"]))
+            state.leaving = [f for f in state.leaving if f in fprs]
+            self._notice_change(state, winner, change, epoch)
+            pending.pop(epoch_text, None)
+        for epoch_text in [e for e in pending if int(e) <= state.epoch - 1]:
+            pending.pop(epoch_text, None)
+
+    def _adopt_name(self, state: GroupState, wanted: str) -> str:
+        """The group's new name, unless it clashes with a friend or another group here (then kept as it was)."""
+        try:
+            return self._check_free(wanted, state.id)
+        except (DuplicateFriendError, KeyFormatError):
+            return state.name
+
+    def _after_update(self, state: GroupState, problems: list[Problem]) -> None:
+        """Writes an update may make: the epoch without leavers (its designated member only), and a fresh
+        receive key when a page used our card's keys or our newest key has served enough pages."""
+        membership = state.current()
+        if state.status or not membership.members:
+            return  # nothing to write for a group we left, or whose member list has not arrived
+        leavers = [f for f in state.leaving if membership.get(f) is not None]
+        if leavers:
+            remaining = [m for m in membership.members if m.fingerprint not in leavers]
+            if remaining and rekeyer(remaining) == self.me:
+                if not any(m.admin for m in remaining):
+                    remaining = [Member(m.fingerprint, m.since, m.admin or m.fingerprint == self.me) for m in remaining]
+                try:
+                    self._start_epoch(state, "leave", remaining, leavers[0], membership.name, [])
+                except MessageError as exc:
+                    problems.append(Problem(ME, "skipped", f"the epoch without those who left waits: {exc}"))
+                return
+        used_static = state.used_static
+        own = state.own(state.epoch)
+        state.used_static = False
+        # A page of ours in this epoch has announced a receive key already; with none, one is announced,
+        # as a pair's silent reader does (one small write), and again once the newest key served enough pages.
+        if (used_static and own.page == 0) or state.key_uses >= ROTATE_AFTER_PAGES:
+            try:
+                if own.epoch != state.epoch:
+                    own.restart(state.epoch)
+                    state.mine[str(state.epoch)] = own.to_dict()
+                self._start_page(state, own, self._readers(state, state.epoch, self.me))
+                own.written_at[str(own.page)] = format_timestamp(self.chat.clock())
+                state.mine[str(state.epoch)] = own.to_dict()
+                self._set_all([(self._address(state, state.epoch, self.me, own.page), own.pages[str(own.page)])])
+            except MessageError as exc:
+                log.warning("announcing a receive key waits: %s", exc)
+
+    def _reapply(self, name: str, change: dict[str, Any], problems: list[Problem]) -> None:
+        """Apply again, on top of the winner, a change of ours that lost a race for its epoch."""
+        action, target = str(change.get("a")), str(change.get("t", ""))
+        try:
+            if action == "add":
+                friend = self._friend_by_fingerprint(target)
+                if friend is not None:
+                    self.add(name, friend.nickname)
+            elif action == "remove":
+                self.remove(name, target)
+            elif action == "admin":
+                self.make_admin(name, target)
+            elif action == "rename":
+                self.rename(name, str(change.get("n")))
+            problems.append(Problem(ME, "restart", f"your change ({action}) was made at the same time as "
+                                    "another admin's, and was applied again after it"))
+        except (MessageError, UnknownFriendError, DuplicateFriendError, KeyFormatError) as exc:
+            problems.append(Problem(ME, "restart", f"your change ({action}) was made at the same time as another "
+                                    f"admin's and no longer applies: {exc}"))
+
+    # -- disappearing messages (the rules are retention.py's, as for pairs) ---------------------------------
+
+    def set_disappearing(self, name: str, seconds: int) -> SendResult:
+        """Turn disappearing messages on (5 minutes to 4 weeks) or off (0) for the whole group: a signed
+        line every member sees; the newest setting from any member wins."""
+        if seconds and not retention.MIN_SECONDS <= seconds <= retention.MAX_SECONDS:
+            raise MessageError("disappearing messages take a timer from 5 minutes to 4 weeks")
+        found = self._state(name)
+        with self.store.lock(found.id):
+            state = self.store.load(found.id)
+            self._writable(state)
+            state.settings = {"disappear": seconds, "at": to_micros(self.chat.clock())}
+            address, value, sent = self._write(state, "setting", "", retention.setting_body(seconds))
+            state.settings["at"] = to_micros(sent.time)
+            self.store.save(state)
+            error = self._set_all([(address, value)])
+        return SendResult(message=sent, error=error)
+
+    def disappearing(self, name: str) -> int:
+        return _timer(self._state(name))
+
+    def _timer_record(self, state: GroupState, record: Record) -> None:
+        seconds = retention.parse_setting(record.body)
+        when = to_micros(record.timestamp)
+        if seconds is not None and when > int(state.settings.get("at", 0)):
+            state.settings = {"disappear": seconds, "at": when}
+
+    def _expired(self, state: GroupState, epoch: int, writer: str, number: int, record: Record) -> bool:
+        """Whether ``record`` has expired (it is not shown, even from what this update opened)."""
+        timer, now = _timer(state), to_micros(self.chat.clock())
+        if not timer:
+            return False
+        if writer == self.me:
+            if page_id(epoch, number) not in state.own_times:
+                return False
+            return retention.own_expiry(to_micros(record.timestamp), timer) <= now
+        entries = state.their_times.get(f"{epoch}:{writer}:{number}", [])
+        entry = next((e for e in entries if e[2] == record.seq), None)
+        return entry is not None and retention.received_expiry(entry[0], entry[1], timer) <= now
+
+    def _expire(self, state: GroupState) -> None:
+        """Delete the keys of every expired message: chain keys move past them, receive keys go."""
+        timer, now = _timer(state), to_micros(self.chat.clock())
+        copies = self._copies(state)
+        for pid, times in list(state.own_times.items()):
+            epoch_text, number_text = pid.split(":")
+            own = state.own(int(epoch_text))
+            count = retention.expired_prefix([retention.own_expiry(t, timer) for t in times], now) if timer else 0
+            _advance(own.secrets, pid, count)
+            if times and count == len(times) and int(number_text) != own.page:
+                own.secrets[pid] = EXPIRED
+                del state.own_times[pid]
+                copies.drop(self.me[:16], int(epoch_text), int(number_text))  # an expired page is never put back
+                own.pages.pop(number_text, None)
+            state.mine[epoch_text] = own.to_dict()
+        gone: set[str] = set()
+        for place, entries in list(state.their_times.items()):
+            epoch_text, writer, number_text = place.split(":")
+            lane = state.lane(int(epoch_text), writer)
+            expiries = [retention.received_expiry(e[0], e[1], timer) if e[0] and timer else None for e in entries]
+            count = retention.expired_prefix(expiries, now)
+            _advance(lane.secrets, number_text, count)
+            if entries and count == len(entries):
+                gone.add(place)
+                copies.drop(writer[:16], int(epoch_text), int(number_text))
+                if int(number_text) < lane.top:
+                    lane.secrets[number_text] = EXPIRED
+                    del state.their_times[place]
+            state.put_lane(int(epoch_text), writer, lane)
+        keep = []
+        newest = max((int(e["index"]) for e in state.receive_keys), default=0)
+        for entry in state.receive_keys:
+            used_by = [place for place, index in state.page_keys.items() if index == int(entry["index"])]
+            if used_by and all(place in gone or _expired_place(state, place) for place in used_by):
+                # Nothing keyed to this receive key is readable any more: the key goes, and with it every way
+                # to open those pages again (their chain keys are already past the end).
+                for place in used_by:
+                    del state.page_keys[place]
+                if int(entry["index"]) == newest:
+                    state.key_uses = ROTATE_AFTER_PAGES  # announce a fresh one at the end of this update
+                continue
+            keep.append(entry)
+        state.receive_keys = keep
+        self._opened.clear()  # nothing opened before expiry may be shown from memory
+
+    # -- the view ---------------------------------------------------------------------------------------
+
+    def _view(
+        self, state: GroupState, session: _Session, shown: dict[tuple[int, str], list[OpenPage]],
+        problems: list[Problem],
+    ) -> ConversationView:
+        messages: list[ChatMessage] = []
+        new_messages: list[ChatMessage] = []
+        seen_records: set[tuple[int, str, int]] = set()
+        for (epoch, writer), pages in shown.items():
+            label = self._label(state, writer)
+            own = state.own(epoch) if writer == self.me else None
+            for page in pages:
+                for record in page.records:
+                    key = (epoch, writer, record.seq)
+                    if key in seen_records or (record.type == "setting" and record.type_ext != ""):
+                        continue
+                    if self._expired(state, epoch, writer, page.number, record):
+                        continue
+                    seen_records.add(key)
+                    status = None
+                    if own is not None:
+                        status = "delivered" if record.seq <= own.confirmed else "pending"
+                    message = ChatMessage(
+                        sender=label, receiver=ME if own is None else state.name, time=record.timestamp,
+                        type=record.type, type_ext=record.type_ext, body=record.body, seq=record.seq,
+                        status=status, epoch=epoch,
+                    )
+                    messages.append(message)
+                    if own is None and key not in session.returned:
+                        session.returned.add(key)
+                        new_messages.append(message)
+        for micros, by, template, epoch, *rest in state.notices:
+            moment = _from_micros(int(micros))
+            target = str(rest[0]) if rest else ""
+            text = str(template).replace(WHO, "you" if target == self.me else self._label(state, target))
+            # Numbered by their time (negative: never a record's), so that each line is a message of its own.
+            messages.append(ChatMessage(
+                sender=self._label(state, str(by)), receiver=state.name, time=moment, type="setting",
+                type_ext=NOTICE_EXT, body=str(text).encode("utf-8"), seq=-int(micros), epoch=int(epoch),
+            ))
+        problems = [p for p in problems if p.kind != "expired"]  # disappeared by the members' choice
+        if state.status == "removed":
+            problems = [p for p in problems if p.kind != "undecryptable"]
+        # A gap or a rollback is said when two updates in a row find it: a single stale read of the
+        # ledger (an older copy of a page that was just written) is the normal case, not an attack.
+        suspected = {(p.lane, p.kind, p.detail) for p in problems if p.kind in ("gap", "rollback")}
+        problems = [p for p in problems if p.kind not in ("gap", "rollback")
+                    or (p.lane, p.kind, p.detail) in session.suspected]
+        session.suspected = suspected
+        messages.sort(key=lambda m: (m.time, m.outgoing, m.seq))
+        unique: list[Problem] = []
+        for problem in problems:
+            if problem not in unique:
+                unique.append(problem)
+        # Older pages exist beyond the window when a lane shown starts after its page 1, or an earlier epoch
+        # we can read was not read ("Load older messages" and ``read --all`` read everything).
+        has_older = any(min(p.number for p in pages) > 1 for pages in shown.values() if pages) \
+            or bool(self._lanes_with_pages(state) - set(shown))
+        return ConversationView(friend=state.name, messages=messages, problems=unique, new_messages=new_messages,
+                                has_older=has_older)
+
+    def _lanes_with_pages(self, state: GroupState) -> set[tuple[int, str]]:
+        """(epoch, writer) of every lane of which we have read a page (ours included)."""
+        lanes = {(int(k.split(":")[0]), k.split(":")[1]) for k, v in state.lanes.items() if v.get("top")}
+        lanes |= {(int(e), self.me) for e, own in state.mine.items() if own.get("page")}
+        return lanes
+
+
+#: What the store keeps of a page whose every message disappeared: no key, only the fact.
+EXPIRED = "expired"
+
+
+def _timer(state: GroupState) -> int:
+    value = state.settings.get("disappear", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _expired_place(state: GroupState, place: str) -> bool:
+    epoch, writer, number = place.split(":")
+    return state.lane(int(epoch), writer).secrets.get(number) == EXPIRED
+
+
+def _advance(secrets: dict[str, str], pid: str, count: int) -> None:
+    """Keep only the keys of records from ``count`` on for page ``pid``."""
+    stored = secrets.get(pid)
+    if stored is None or stored == EXPIRED or count == 0:
+        return
+    keys = PageKeys.from_text(stored)
+    if count > keys.start:
+        secrets[pid] = keys.advanced(count).to_text()
+
+
+def _from_micros(micros: int) -> datetime:
+    from reschat.page import from_micros
+
+    return from_micros(micros)
+
+
+def _friend_card(friend: Friend) -> str:
+    """A friend's card as the roster carries it: the signed line they gave us, kept at befriending."""
+    if not friend.card:
+        raise MessageError(f"{friend.nickname}'s card was added before groups existed: ask for their card "
+                           "again and add it (friend replace)")
+    return friend.card
+
+
+class _Unopenable(Exception):
+    pass
+
+
+class _Waiting(Exception):
+    pass
+
+
+class _Budget(Exception):
+    pass
+
+
+__all__ = [
+    "GROUP_KIND",
+    "MAX_MEMBERS",
+    "GroupInfo",
+    "GroupService",
+    "GroupState",
+    "Member",
+    "MemberInfo",
+    "Membership",
+    "check_change",
+    "rekeyer",
+]
