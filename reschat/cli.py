@@ -325,6 +325,8 @@ def message_json(message: ChatMessage) -> dict[str, Any]:
         "seq": message.seq,
         "epoch": message.epoch,
         "status": message.status,
+        # Still not returned by a ledger read after six times chat.resend_after (status "undelivered").
+        "not_delivered_yet": message.status == "undelivered",
         # The engine returns only verified messages; problems carry "verified": false.
         "verified": True,
         "clock_ahead": message.clock_ahead,

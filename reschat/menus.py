@@ -62,6 +62,7 @@ from reschat.passwords import check_new_password
 from reschat.render import (
     DEFAULT_WIDTH,
     DELIVERED_MARK,
+    PENDING_MARK,
     format_conversation,
     format_message,
     local_time,
@@ -354,6 +355,7 @@ class _Screen:
     #: (sender, epoch, seq) of each message shown: a restarted lane numbers its messages from 1 again.
     shown: set[tuple[str, int, int]] = field(default_factory=set)
     delivered: set[tuple[int, int]] = field(default_factory=set)
+    undelivered: set[tuple[int, int]] = field(default_factory=set)  # own messages said "not delivered yet"
     problems: set[tuple[str, str, str]] = field(default_factory=set)
     has_older: bool = False
     last_error: str | None = None
@@ -658,11 +660,44 @@ class Menus:
             self.identity = self.start()
             self._chat = open_chat(self.settings, self.identity, ledger=self.ledger)
             self.say("", *self.locations())
-            self.main_menu()
+            with self._delivery():
+                self.main_menu()
         except QuitRequested:
             pass
+        if self._chat is not None:
+            self.say(*self.pending_note())
         self.say("Bye.")
         return 0
+
+    @contextlib.contextmanager
+    def _delivery(self) -> Iterator[None]:
+        """For the whole session after login: what waits in any friend's outbox goes out in the
+        background, at once and then every ``chat.resend_after`` seconds, whichever chat is open."""
+        waits = iter([0.0])
+
+        def gap() -> float:
+            return next(waits, self.settings.chat.resend_after)
+
+        def deliver() -> None:
+            try:
+                with self._chat_lock:
+                    self.chat.deliver_pending()
+            except Exception:  # a background thread must never end in a traceback; the menus report failures
+                log.warning("background delivery failed", exc_info=True)
+
+        with Poller(gap, deliver):
+            yield
+
+    def pending_note(self) -> list[str]:
+        """At quit: how many messages no ledger read has confirmed yet, and that they go out later."""
+        with self._chat_lock:
+            counts = self.chat.pending_counts()
+        total = sum(counts.values())
+        if not total:
+            return []
+        each = ", ".join(f"{count} to {neutralize(nick, max_chars=32)}" for nick, count in sorted(counts.items()))
+        plural = "message is" if total == 1 else "messages are"
+        return [f"{total} {plural} not confirmed by the ledger yet ({each}): they go out at the next start."]
 
     def start(self) -> crypto.Identity:
         """Register when the profile has no identity, else log in; then show the fingerprint."""
@@ -1298,7 +1333,14 @@ class Menus:
             if m.outgoing and m.status == "delivered" and (m.epoch, m.seq) not in screen.delivered
             and _message_id(m) in screen.shown
         ]
+        overdue = [
+            m for m in view.messages
+            if m.outgoing and m.status == "undelivered" and (m.epoch, m.seq) not in screen.undelivered
+            and _message_id(m) in screen.shown
+        ]
         lines = format_conversation(fresh, problems, width=self._columns(), more=CHAT_MORE)
+        for message in overdue:
+            lines.append(f"{PENDING_MARK} not delivered yet: {message_summary(message)} (it is sent again until it is)")
         for message in delivered:
             lines.append(f"{DELIVERED_MARK} delivered: {message_summary(message)}")
         if header and lines:
@@ -1308,6 +1350,7 @@ class Menus:
         screen.shown.update(_message_id(m) for m in fresh)
         screen.problems.update((p.lane, p.kind, p.detail) for p in problems)
         screen.delivered.update((m.epoch, m.seq) for m in view.messages if m.outgoing and m.status == "delivered")
+        screen.undelivered.update((m.epoch, m.seq) for m in view.messages if m.outgoing and m.status == "undelivered")
         if fresh and not initial:
             screen.last_activity = self._monotonic()
             if any(not m.outgoing for m in fresh):

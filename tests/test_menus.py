@@ -50,7 +50,7 @@ from reschat.menus import (
 )
 from reschat.page import SealedPage
 from reschat.render import DEFAULT_WIDTH, display_width, format_message, gutter
-from tests.conftest import TEST_SCRYPT_N, Person, make_identity, make_person, rsa_key, statics_key
+from tests.conftest import TEST_SCRYPT_N, FaultyLedger, Person, make_identity, make_person, rsa_key, statics_key
 from tests.standin import StandInCluster
 from tests.standin.http_gateway import GatewayStandIn
 
@@ -1533,3 +1533,34 @@ def test_the_pager_is_fed_through_a_pipe(tmp_path: Path) -> None:
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True
+
+
+# --- delivery you can trust (issue 12) --------------------------------------------------------------------
+
+
+def test_quit_and_restart_with_unsent_messages_for_two_friends_delivers_both_without_opening_either_chat(
+    settings: Settings, ledger: MemoryLedger, befriended: Person, carol: Person
+) -> None:
+    faulty = FaultyLedger(ledger)
+    faulty.drop_sets = True  # every write is lost: nothing alice sends is confirmed
+    first = Terminal(settings, faulty).start()
+    first.type(login("1\r1\r" + "hi bob\r" + "8\r" + "2\r" + "hi carol\r" + "8\r"))
+    first.wait_for("me: hi carol")
+    first.type(CTRL_D)
+    output = first.finish()
+    assert "2 messages are not confirmed by the ledger yet (1 to bob, 1 to carol): they go out at the next start." \
+        in output
+    assert texts(befriended) == [] and [m.text for m in carol.chat.get_update("alice").messages] == []
+
+    # The next start, on a ledger that works, re-sending only after an hour: alice logs in and opens no chat.
+    patient = replace(settings, chat=replace(settings.chat, resend_after=3600.0))
+    again = Terminal(patient, ledger).start()
+    again.type(login())
+    again.wait_for("Main menu")
+    again.wait_until(lambda: texts(befriended) == ["hi bob"], "bob receives 'hi bob'")
+    again.wait_until(lambda: [m.text for m in carol.chat.get_update("alice").messages] == ["hi carol"],
+                     "carol receives 'hi carol'")
+    again.wait_until(lambda: not again.menus.chat.pending_counts(), "both confirmed by a read")
+    again.type(CTRL_D)
+    output = again.finish()
+    assert "not confirmed" not in output and "Chat with" not in output
