@@ -41,6 +41,7 @@ from reschat.lane import (
     add_record,
     check_lane,
     find_page_secret,
+    gap_problem,
     new_page,
     open_header,
     open_page,
@@ -748,6 +749,8 @@ class ChatService:
         if everything:
             messages += self._read_old_epochs(pair, state, session, False, f_epoch, problems)
             messages += self._read_old_epochs(pair, state, session, True, own.epoch, problems)
+        if (older or everything) and top:
+            self._name_gaps(pair, session, f_epoch, low, top, friend_pages, problems)
         problems = self._second_look(session, problems)
         messages = self._retain(pair, friend_pages, f_epoch, messages, new_messages)
         new_messages = [m for m in new_messages if m in messages]
@@ -924,6 +927,27 @@ class ChatService:
             problems.append(Problem(owner, "undecryptable", f"{unopenable} earlier epoch(s) of this lane cannot be "
                                     "opened here: their keys were not kept by this profile"))
         return messages
+
+    def _name_gaps(
+        self, pair: _Pair, session: _Session, epoch: int, low: int, top: int,
+        pages: dict[int, OpenPage | None], problems: list[Problem],
+    ) -> None:
+        """Loading older messages: a page of the window the ledger does not have is read once more at
+        once; still missing, it is named now (which page, which message numbers), not after a second
+        update that loading older messages may never get, and never left to look like the lane's start."""
+        view = session.theirs
+        absent = [n for n in range(max(low, 1), top + 1) if pages.get(n) is None and view.pages.get((epoch, n)) is None]
+        if not absent:
+            return
+        self._fetch({self._address(pair, False, epoch, n): (False, epoch, n) for n in absent}, session)
+        named = {p.detail for p in problems if p.kind == "gap" and p.lane == pair.friend.nickname}
+        for number in absent:
+            if view.pages.get((epoch, number)) is not None:
+                continue  # a read that lagged behind: the next update shows the page
+            problem = gap_problem(pair.friend.nickname, pages, number)
+            if problem.detail not in named:
+                problems.append(problem)
+            session.suspected.add((problem.lane, problem.kind, problem.detail))  # seen twice: said now
 
     @staticmethod
     def _second_look(session: _Session, problems: list[Problem]) -> list[Problem]:

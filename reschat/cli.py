@@ -17,6 +17,7 @@ import shutil
 import sys
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,8 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         help="settings file (TOML); default: $RESCHAT_CONFIG or config.toml in the profile")
     parser.add_argument("--ledger", metavar="PATH", default=default,
                         help="use the embedded ledger in this SQLite file (shared by everyone who names it)")
+    parser.add_argument("--create", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="make the local ledger file if it does not exist (its folder must exist)")
     parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
                         help="show tracebacks and log details")
 
@@ -212,6 +215,8 @@ def main(argv: list[str] | None = None, *, environ: MutableMapping[str, str] | N
     debug: bool = args.debug
     try:
         settings = load_settings(home=args.home, config=args.config, ledger=args.ledger, environ=env)
+        if args.create:
+            settings = replace(settings, create_ledger=True)
         _setup_logging(settings.home, debug)
         log.info("reschat %s: %s", __version__, getattr(args.func, "__name__", "?"))
         status: int = args.func(args, settings, env)
@@ -641,7 +646,7 @@ def cmd_ledger(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
         changes = http_ledger(args.url)
     else:
         changes = tool_ledger(args.tool, args.client_config, legacy=args.legacy)
-    chosen = preview_config(settings, changes)
+    chosen = replace(preview_config(settings, changes), create_ledger=settings.create_ledger)  # --create counts
     if not args.no_check:
         report = run_doctor(chosen, check_profile=False)
         if not report.ok:

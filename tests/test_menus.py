@@ -33,7 +33,7 @@ from reschat.app import ProfilePaths, open_friend_store
 from reschat.chat import MAX_TEXT_BYTES
 from reschat.config import Settings, load_settings
 from reschat.errors import UnknownFriendError, WrongPasswordError
-from reschat.ledger import Ledger, MemoryLedger, ResilientDBHttpLedger
+from reschat.ledger import Ledger, LocalLedger, MemoryLedger, ResilientDBHttpLedger
 from reschat.menus import (
     ACTIVE_WINDOW_S,
     CHAT_HINT,
@@ -1564,3 +1564,43 @@ def test_quit_and_restart_with_unsent_messages_for_two_friends_delivers_both_wit
     again.type(CTRL_D)
     output = again.finish()
     assert "not confirmed" not in output and "Chat with" not in output
+
+
+def test_loading_older_messages_names_pages_the_ledger_lost_and_never_says_there_are_none(
+    run: Callable[[str], str], ledger: MemoryLedger, befriended: Person
+) -> None:
+    for i in range(50):
+        befriended.chat.send_message(f"m{i}", "alice")
+    del ledger._data[befriended.chat.lane_address("alice", mine=True, number=1)]  # lost, and bob is away
+    output = unwrapped(run(login("1\r1\r" + "3\r" + "3\r" + CTRL_D)))
+    named = "page 1 is missing or unreadable: its messages (#1-#20) are not shown"
+    assert named in output.split("--- older messages ---", 1)[1]
+    nothing = "Nothing older can be shown: missing from the ledger, and no copy here to restore them"
+    assert f"{nothing}: bob's lane: {named}" in output
+    assert "No older messages" not in output and "bob: m19" not in output and "bob: m20" in output
+
+
+def test_a_local_ledger_file_deleted_while_chatting_is_reported_at_once_and_made_again_when_confirmed(
+    tmp_path: Path, settings: Settings, alice_identity: crypto.Identity
+) -> None:
+    path = tmp_path / "ledger.sqlite"
+    bob = make_person("bob", 1, tmp_path / "bob", LocalLedger(path))
+    bob.friends.add_friend("alice", crypto.parse_contact(alice_identity.card))
+    open_friend_store(settings).add_friend("bob", crypto.parse_contact(bob.card), "bob")
+    bob.chat.send_message("hello alice", "alice")
+    local = replace(settings, ledger=replace(settings.ledger, backend="local", path=str(path)))
+    term = Terminal(local, None).start()
+    term.type(login("1\r1\r" + "hi bob\r"))
+    term.wait_for("me: hi bob")
+    alice_page = bob.chat.lane_address("alice", mine=False, number=1)
+    term.wait_until(lambda: LocalLedger(path).get(alice_page) is not None, "alice's page on the ledger")
+    path.unlink()
+    term.wait_for("was deleted")  # said by the chat's poll at once, nothing typed
+    assert not path.exists()
+    term.type("\r" + "y\r")  # Enter, and the question: use the file again? (prompts go to the terminal)
+    term.wait_for("Using ")
+    # alice's updates put back her page (and bob's, which hers follows not: his newest is his own).
+    term.wait_until(lambda: path.exists() and LocalLedger(path).get(alice_page) is not None, "alice's page back")
+    term.type("8\r" + CTRL_D)
+    term.finish()
+    assert term.error is None and term.status == 0
