@@ -30,7 +30,7 @@ from prompt_toolkit.output import DummyOutput, Output
 
 from reschat import crypto, files, menus, safety, schedule
 from reschat.app import ProfilePaths, open_friend_store
-from reschat.chat import MAX_TEXT_BYTES
+from reschat.chat import MAX_TEXT_BYTES, ChatService
 from reschat.config import Settings, load_settings
 from reschat.errors import UnknownFriendError, WrongPasswordError
 from reschat.ledger import Ledger, LocalLedger, MemoryLedger, ResilientDBHttpLedger
@@ -1602,5 +1602,32 @@ def test_a_local_ledger_file_deleted_while_chatting_is_reported_at_once_and_made
     # alice's updates put back her page (and bob's, which hers follows not: his newest is his own).
     term.wait_until(lambda: path.exists() and LocalLedger(path).get(alice_page) is not None, "alice's page back")
     term.type("8\r" + CTRL_D)
+    term.finish()
+    assert term.error is None and term.status == 0
+
+
+def test_what_waits_goes_out_in_the_background_while_a_prompt_with_no_poll_of_its_own_waits(
+    settings: Settings, ledger: MemoryLedger, befriended: Person
+) -> None:
+    faulty = FaultyLedger(ledger)
+    faulty.drop_sets = True
+
+    def session(menus: Menus) -> int:
+        """Log in, then wait at the nickname prompt of 'Add a friend' (no unread count, no chat poll)."""
+        menus.identity = menus.start()
+        menus._chat = menus._open_chat(menus.identity)
+        with menus._delivery():
+            menus.add_friend()
+        return 0
+
+    identity = crypto.load_identity(settings.home, PASSWORD, scrypt_n=TEST_SCRYPT_N)
+    first = ChatService(identity, open_friend_store(settings), faulty, ProfilePaths(settings.home).lanes)
+    assert first.send_message("sent before a quit", "bob").error is None  # and lost on the way
+    faulty.drop_sets = False
+    patient = replace(settings, chat=replace(settings.chat, resend_after=3600.0))
+    term = Terminal(patient, ledger, body=session).start()
+    term.type(login())
+    term.wait_until(lambda: texts(befriended) == ["sent before a quit"], "bob receives it")
+    term.type("\r")  # an empty nickname adds nobody
     term.finish()
     assert term.error is None and term.status == 0
