@@ -1517,12 +1517,14 @@ class ChatService:
                 counts[friend.nickname] = own.unconfirmed_messages()
         return counts
 
-    def deliver_pending(self) -> dict[str, int]:
-        """Send what waits in the outbox of every friend, whether or not their chat is open: one
-        update of each conversation whose outbox holds unconfirmed pages or file chunks (a page
-        written by an earlier session and not returned by a read is re-sent at once). Returns what is
-        still unconfirmed, per friend."""
+    def deliver_pending(self, *, besides: str | None = None) -> dict[str, int]:
+        """Send what waits in the outbox of every friend (but ``besides``, just updated by the caller),
+        whether or not their chat is open: one update of each conversation whose outbox holds
+        unconfirmed pages or file chunks (a page written by an earlier session and not returned by a
+        read is re-sent at once). Returns what is still unconfirmed, per friend."""
         for friend in self.friends.all_friends():
+            if friend.nickname == besides:
+                continue
             try:
                 own = self.own_lane(friend.nickname)
                 if own.unconfirmed() or own.chunks:

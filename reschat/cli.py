@@ -24,7 +24,7 @@ from typing import Any
 
 from reschat import __version__, crypto, files, retention, safety
 from reschat.app import ProfilePaths, open_chat, open_friend_store
-from reschat.chat import ChatMessage, IntegrityProblem, peek_unread_counts
+from reschat.chat import ChatMessage, ChatService, IntegrityProblem, peek_unread_counts
 from reschat.config import (
     Settings,
     config_target,
@@ -309,6 +309,15 @@ def _unlock(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]
     return crypto.load_identity(settings.home, _password(args, env))
 
 
+def _deliver_the_rest(chat: ChatService, nickname: str) -> None:
+    """After login, what waits in any other friend's outbox goes out too, as the menus do in the
+    background (an update of each conversation that holds unconfirmed messages; nothing for the rest)."""
+    try:
+        chat.deliver_pending(besides=nickname)
+    except ReschatError as exc:
+        log.warning("what waits for other friends goes out next time: %s", exc)
+
+
 def _iso_utc(moment: datetime | None) -> str | None:
     return None if moment is None else str(moment.astimezone(timezone.utc).isoformat())
 
@@ -540,10 +549,13 @@ def cmd_send(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
         path = Path(args.file).expanduser()
         if not path.exists():  # before the password prompt too; send_file checks the rest
             raise MessageError(f"no such file: {path}")
-        result = open_chat(settings, _unlock(args, settings, env)).send_file(args.nick, path)
+        chat = open_chat(settings, _unlock(args, settings, env))
+        result = chat.send_file(args.nick, path)
     else:
         text: str = _read_stdin().rstrip("\r\n") if args.text == "-" else args.text
-        result = open_chat(settings, _unlock(args, settings, env)).send_message(text, args.nick)
+        chat = open_chat(settings, _unlock(args, settings, env))
+        result = chat.send_message(text, args.nick)
+    _deliver_the_rest(chat, args.nick)
     if result.error is not None:
         raise ReschatError(
             f"the message is saved but not yet on the ledger ({result.error}); "
@@ -559,6 +571,7 @@ def cmd_read(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
     chat = open_chat(settings, _unlock(args, settings, env))
     view = chat.load_all(args.nick) if args.all else chat.get_update(args.nick)
     chat.mark_read(args.nick)
+    _deliver_the_rest(chat, args.nick)
     if args.json:
         items = [(m.time, 0, message_json(m)) for m in view.messages]
         items += [(p.time, 1, problem_json(p)) for p in view.problems if p.time is not None]

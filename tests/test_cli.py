@@ -23,7 +23,7 @@ from reschat.app import open_chat, open_friend_store
 from reschat.cli import main
 from reschat.config import load_settings
 from reschat.ledger import LocalLedger
-from tests.conftest import make_identity, make_person, rsa_key, statics_key
+from tests.conftest import FaultyLedger, make_identity, make_person, rsa_key, statics_key
 from tests.standin import StandInCluster
 from tests.standin.http_gateway import GatewayStandIn
 
@@ -757,3 +757,20 @@ def test_a_ledger_file_that_does_not_exist_is_refused_until_create_and_no_folder
         open_chat(load_settings(home=str(world / "alice"), ledger=str(missing), environ={}),
                   crypto.load_identity(world / "alice", PASSWORDS["alice"])).lane_address("bob", mine=True, number=1)
     ) is not None
+
+
+def test_a_command_delivers_what_waits_for_another_friend_too(as_user: Run, world: Path) -> None:
+    befriend(as_user, world)
+    path = world / "ledger.sqlite"
+    carol = make_person("carol", 2, world / "carol", LocalLedger(path))
+    carol.friends.add_friend("alice", crypto.parse_contact(card_of(world, "alice")))
+    assert as_user("alice", "add", "carol", carol.card, password=False).returncode == 0
+    lossy = FaultyLedger(LocalLedger(path))
+    lossy.drop_sets = True  # the write of alice's message to carol is lost on the way
+    settings = load_settings(home=str(world / "alice"), ledger=str(path), environ={})
+    alice = open_chat(settings, crypto.load_identity(world / "alice", PASSWORDS["alice"]), ledger=lossy)
+    assert alice.send_message("hi carol", "carol").error is None
+    assert [m.text for m in carol.chat.get_update("alice").messages] == []
+    # The next command alice runs is about bob; what waits for carol goes out too.
+    assert as_user("alice", "read", "bob").returncode == 0
+    assert [m.text for m in carol.chat.get_update("alice").messages] == ["hi carol"]
