@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -355,6 +356,22 @@ class ChatService:
         epochs this identity already wrote (from another profile or an older copy of this one), and
         starts the next one, so no (epoch, sequence number) is ever written twice.
         """
+        began = time.monotonic()
+        highest = self._highest_own_epoch(pair)
+        window = self.ledger.stale_read_window_s
+        if window > 0:
+            # A read within the ledger's stale window of a write may miss it: page 1 of an epoch that
+            # this identity started a moment ago, before this profile lost its state. A second look once
+            # the window has passed sees every write made before the first look (the ledger's contract:
+            # a re-read a second later was right). It costs that second only here, when a lane starts.
+            time.sleep(max(0.0, window - (time.monotonic() - began)))
+            highest = max(highest, self._highest_own_epoch(pair))
+        own.restart(max(highest, own.epoch) + 1)
+        self._lane_checked.add(pair.conversation)
+
+    def _highest_own_epoch(self, pair: _Pair) -> int:
+        """The newest epoch of our lane that the ledger shows (0 when none): one round of reads, more
+        only when the first eight epochs are all taken."""
         highest, start = 0, 1
         for _round in range(4):  # epochs are few; junk at these addresses never counts (no tag of ours)
             keys = {e: self._address(pair, True, e, 1) for e in range(start, start + _MAX_EPOCH_PROBE)}
@@ -367,8 +384,7 @@ class ChatService:
             if not mine or max(mine) < start + _MAX_EPOCH_PROBE - 1:
                 break
             start += _MAX_EPOCH_PROBE
-        own.restart(max(highest, own.epoch) + 1)
-        self._lane_checked.add(pair.conversation)
+        return highest
 
     def _is_mine(self, pair: _Pair, epoch: int, number: int, value: str | None) -> bool:
         """True when ``value`` is a page this identity wrote at that place (its writer tag matches)."""
@@ -1152,9 +1168,14 @@ class ChatService:
         """
         repairs: list[tuple[bool, int, int, str]] = []
         unconfirmed = set(own.unconfirmed())
+        now = self.clock()
+        settle = timedelta(seconds=self.ledger.stale_read_window_s)
         for (epoch, number), remote in session.mine.pages.items():
             if epoch != own.epoch or number > own.page or number in unconfirmed:
                 continue
+            written = own.written_at.get(str(number))
+            if written is not None and now - parse_timestamp(written) < settle:
+                continue  # read within the ledger's stale window of our write: it may not show it yet
             local = own.pages.get(str(number)) if number == own.page else pair.copies.get("m", epoch, number)
             if local is None or remote == local:
                 continue

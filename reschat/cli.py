@@ -27,9 +27,11 @@ from reschat.app import ProfilePaths, open_chat, open_friend_store
 from reschat.chat import ChatMessage, ChatService, IntegrityProblem, peek_unread_counts
 from reschat.config import (
     Settings,
+    card_location,
     config_target,
     describe_ledger,
     http_ledger,
+    ledger_mismatch,
     load_settings,
     local_ledger,
     preview_config,
@@ -282,7 +284,7 @@ def _password(
         password = _password(args, env)
         check_new_password(password, user_inputs=user_inputs)
         return password
-    if args.password_file:
+    if getattr(args, "password_file", None):  # not every command takes it (whoami)
         path = Path(args.password_file).expanduser()
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -306,7 +308,7 @@ def _password(
 def _unlock(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> crypto.Identity:
     if not crypto.identity_exists(settings.home):
         raise ProfileError(f"no identity in {settings.home}: run 'reschat init --name NAME' first")
-    return crypto.load_identity(settings.home, _password(args, env))
+    return crypto.load_identity(settings.home, _password(args, env), location=card_location(settings))
 
 
 def _deliver_the_rest(chat: ChatService, nickname: str) -> None:
@@ -387,7 +389,8 @@ def cmd_init(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
     name = crypto.validate_name(args.name)
     if crypto.identity_exists(settings.home):
         raise ProfileError(f"an identity already exists in {settings.home}; use another --home for a new one")
-    identity = crypto.create_keys(name, _password(args, env, new=True, user_inputs=(name,)), settings.home)
+    identity = crypto.create_keys(name, _password(args, env, new=True, user_inputs=(name,)), settings.home,
+                                  location=card_location(settings))
     print(f"Created the identity of {neutralize(identity.name)} in {settings.home}")
     print(f"Fingerprint: {identity.fingerprint}")
     return ExitStatus.OK
@@ -399,9 +402,25 @@ def cmd_whoami(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     if card is None:
         # An identity made before cards carried static keys gains them at its next unlock.
         card = _unlock(args, settings, env).card
+    elif _card_location(card) != card_location(settings):
+        # The ledger changed since the card was signed: a friend given the old card would be told to
+        # use the old ledger. Signing it again needs the password; without one, say so and go on.
+        try:
+            card = _unlock(args, settings, env).card
+        except ProfileError as exc:
+            print(f"reschat: warning: this card still names your previous ledger ({exc}); give your password"
+                  " once (any command that asks for it) to sign it for the ledger you use now", file=sys.stderr)
     print(card)
     print(crypto.fingerprint(key))
     return ExitStatus.OK
+
+
+def _card_location(card: str) -> str | None:
+    """The ledger our own stored card names (None if it does not parse: it is printed as it is)."""
+    try:
+        return crypto.parse_contact(card).location
+    except ReschatError:
+        return None
 
 
 def _card_text(card: str) -> str:
@@ -479,6 +498,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]
         friend = friends.add_friend(nick, contact)
         print(f"Added {neutralize(friend.nickname)}{card_name}")
     print(f"Fingerprint: {crypto.fingerprint(contact.public_key)}")
+    for line in ledger_mismatch(settings, contact.location, friend.nickname):
+        print(neutralize(line))
     _print_safety_number(own, contact.public_key, f"Safety number with {neutralize(friend.nickname)}:")
     print(f"{neutralize(friend.nickname)} is not verified: {safety.CHECKSUM_NOTE} Compare it with them by voice,"
           f" then run 'reschat verify {friend.nickname} --mark'.")

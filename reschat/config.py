@@ -317,6 +317,50 @@ def describe_ledger(settings: Settings) -> str:
     return f"this machine only, the file {settings.ledger_path}"
 
 
+#: What a card says about a ledger that is not a gateway: only its kind. A local file's path or a tool's
+#: set-up files mean nothing on a friend's machine, and would tell them about ours.
+LOCAL_CARD_LOCATION = "local"
+TOOL_CARD_LOCATION = "resilientdb kv_service_tools"
+
+
+def card_location(settings: Settings) -> str:
+    """Where our messages travel, as our contact card says it (signed with the card)."""
+    ledger = settings.ledger
+    if ledger.backend == "resilientdb-http":
+        return ledger.http.url
+    if ledger.backend == "resilientdb":
+        return TOOL_CARD_LOCATION
+    return LOCAL_CARD_LOCATION
+
+
+def ledger_mismatch(settings: Settings, theirs: str, nickname: str) -> list[str]:
+    """Lines that warn when a friend's card names another ledger than ours, with the command that
+    switches; nothing when the card names none, or one we cannot tell apart from ours (two local
+    files, two kv_service_tools set-ups). ``theirs`` came from a card (printable, its parser checks):
+    the caller shows each line through ``render.neutralize`` all the same."""
+    ours = card_location(settings)
+    if not theirs or theirs == ours or (theirs == TOOL_CARD_LOCATION and ours == TOOL_CARD_LOCATION):
+        return []
+    yours = f"yours travel through {describe_ledger(settings)}"
+    if theirs.startswith(("http://", "https://")):
+        where = f"the ResilientDB gateway at {theirs}"
+        switch = f"To use theirs: reschat ledger http {theirs}"
+    elif theirs == LOCAL_CARD_LOCATION:
+        where = "their own machine only (the embedded ledger)"
+        switch = "Unless you share that machine, agree on a ResilientDB ledger: reschat ledger http URL (both of you)"
+    elif theirs == TOOL_CARD_LOCATION:
+        where = "a ResilientDB cluster through kv_service_tools"
+        switch = "Ask them for the cluster's gateway URL or client config, then: reschat ledger http URL" \
+                 " (or: reschat ledger tool kv_service_tools CONFIG)"
+    else:
+        where = f"a ledger this version does not know ({theirs})"
+        switch = "Ask them where their messages travel: reschat ledger shows yours"
+    return [
+        f"Warning: {nickname}'s card says their messages travel through {where}; {yours}.",
+        f"You will not see each other's messages until you both use the same ledger. {switch}",
+    ]
+
+
 # --- choosing the ledger (the first-run question and `reschat ledger`) -----------------------------
 
 

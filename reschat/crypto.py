@@ -20,7 +20,7 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -110,6 +110,7 @@ def create_keys(
     *,
     scrypt_n: int = SCRYPT_N,
     randfunc: RandFunc | None = None,
+    location: str = "",
 ) -> Identity:
     """Create the identity (name, RSA-3072 key pair, vault) in ``profile_dir``; refuse to overwrite one."""
     name = validate_name(username)
@@ -137,7 +138,7 @@ def create_keys(
     _write_public_file(profile_dir / PUBLIC_KEY_FILE, public_pem + b"\n")
     identity_json = json.dumps({"name": name}, ensure_ascii=False).encode()
     _write_public_file(profile_dir / IDENTITY_FILE, identity_json + b"\n")
-    return _open_vault(profile_dir, password, name, key, scrypt_n=scrypt_n)
+    return _open_vault(profile_dir, password, name, key, scrypt_n=scrypt_n, location=location)
 
 
 def _write_public_file(path: Path, data: bytes) -> None:
@@ -188,10 +189,15 @@ def load_card(profile_dir: Path) -> str | None:
     return text or None
 
 
-def load_identity(profile_dir: Path, password: str, *, scrypt_n: int = SCRYPT_N) -> Identity:
-    """Unlock the identity stored in ``profile_dir``; an identity without a vault gains one now."""
+def load_identity(profile_dir: Path, password: str, *, scrypt_n: int = SCRYPT_N, location: str = "") -> Identity:
+    """Unlock the identity stored in ``profile_dir``; an identity without a vault gains one now.
+
+    ``location`` is the ledger the card names (see ``config.card_location``): the card in the profile
+    is signed again with it, so that ``whoami`` shows the ledger in use since the last unlock.
+    """
     key = load_private_key(profile_dir, password)
-    return _open_vault(Path(profile_dir), password, load_name(profile_dir), key, scrypt_n=scrypt_n)
+    return _open_vault(Path(profile_dir), password, load_name(profile_dir), key, scrypt_n=scrypt_n,
+                       location=location)
 
 
 # --- the vault: static keys and the key store's key, under the password ---------------------------------
@@ -203,7 +209,9 @@ def _vault_kek(password: str, salt: bytes, n: int) -> bytes:
     return derived
 
 
-def _open_vault(profile_dir: Path, password: str, name: str, key: RSA.RsaKey, *, scrypt_n: int) -> Identity:
+def _open_vault(
+    profile_dir: Path, password: str, name: str, key: RSA.RsaKey, *, scrypt_n: int, location: str = ""
+) -> Identity:
     path = profile_dir / VAULT_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -239,9 +247,19 @@ def _open_vault(profile_dir: Path, password: str, name: str, key: RSA.RsaKey, *,
             raise WrongPasswordError("the vault does not open with this password (or it is damaged)") from exc
         except (KeyError, TypeError, KemError) as exc:
             raise ProfileError(f"the vault {path} is damaged; restore it from a backup") from exc
-    identity = Identity(name=name, private_key=key, statics=statics, store_key=store_key, issued=issued)
+    identity = Identity(name=name, private_key=key, statics=statics, store_key=store_key, issued=issued,
+                        location=location)
     _write_public_file(profile_dir / CARD_FILE, identity.card.encode("ascii") + b"\n")
     return identity
+
+
+def relocate(identity: Identity, profile_dir: Path, location: str) -> Identity:
+    """The identity with its card naming ``location`` (signed again), the profile's card rewritten."""
+    if location == identity.location:
+        return identity
+    moved = replace(identity, location=location, _card=[])
+    _write_public_file(Path(profile_dir) / CARD_FILE, moved.card.encode("ascii") + b"\n")
+    return moved
 
 
 def _now_micros() -> int:

@@ -44,9 +44,11 @@ from reschat.app import ProfilePaths, open_chat
 from reschat.chat import MAX_TEXT_BYTES, ME, ChatMessage, ChatService, ConversationView
 from reschat.config import (
     Settings,
+    card_location,
     config_target,
     describe_ledger,
     http_ledger,
+    ledger_mismatch,
     load_file,
     local_ledger,
     preview_config,
@@ -772,6 +774,8 @@ class Menus:
         self.say(f"Logged in as {neutralize(identity.name)}.", f"Your fingerprint: {identity.fingerprint}")
         if first_run and self.first_run_ledger:
             self.choose_ledger()
+            # The card names the ledger just chosen, so a friend on another one is warned.
+            identity = crypto.relocate(identity, self.settings.home, card_location(self.settings))
         return identity
 
     def locations(self) -> list[str]:
@@ -794,13 +798,14 @@ class Menus:
                 self.error(exc)
         password = ask_new_password(self.say, user_inputs=(name,))
         self.say("Creating your keys (this takes a few seconds)...")
-        return crypto.create_keys(name, password, self.settings.home, scrypt_n=self.scrypt_n)
+        return crypto.create_keys(name, password, self.settings.home, scrypt_n=self.scrypt_n,
+                                  location=card_location(self.settings))
 
     def login(self) -> crypto.Identity:
         for attempt in range(1, LOGIN_ATTEMPTS + 1):
             password = ask_password()
             try:
-                return crypto.load_identity(self.settings.home, password)
+                return crypto.load_identity(self.settings.home, password, location=card_location(self.settings))
             except WrongPasswordError:
                 left = LOGIN_ATTEMPTS - attempt
                 self.error("wrong password" + (f"; {left} {'try' if left == 1 else 'tries'} left" if left else ""))
@@ -920,6 +925,7 @@ class Menus:
         if contact.name:
             self.say(f"Name on the card: {neutralize(contact.name)}")
         self.say(f"Fingerprint: {crypto.fingerprint(contact.public_key)}")
+        self.say(*(neutralize(line) for line in ledger_mismatch(self.settings, contact.location, nickname)))
         self._show_safety_number(nickname, contact.public_key)
         if self.confirm(f"Add {neutralize(nickname)} with this key? [y/n]: "):
             friend = self.chat.friends.add_friend(nickname, contact)

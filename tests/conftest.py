@@ -185,6 +185,14 @@ class FaultyLedger(Ledger):
         self.sets: Counter[str] = Counter()
         self.random = random.Random()
 
+    @property
+    def stale_read_window_s(self) -> float:  # type: ignore[override]
+        """As the stand-ins declare theirs: the window of the stale reads turned on (every read stale
+        has no window; the contract's second stands for it)."""
+        if self.stale:
+            return max(self.window_s, STALE_WINDOW_S)
+        return self.window_s if self.probability else 0.0
+
     def _reachable(self) -> None:
         if self.down:
             raise LedgerUnavailableError("cannot connect to the ledger (it is down in this test)")

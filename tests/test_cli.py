@@ -659,7 +659,10 @@ def test_chat_across_machines_through_a_gateway_from_zero(
         assert doctor.returncode == 0 and doctor.stdout.splitlines()[-1] == "Everything works.", doctor.stdout
     alice_card = on_profile("alice", "whoami").stdout.splitlines()[0]
     bob_card = on_profile("bob", "whoami").stdout.splitlines()[0]
-    assert on_profile("alice", "add", "bob", bob_card).returncode == 0
+    # Each card, signed again for the new ledger, names the gateway; the same ledger gives no warning.
+    assert crypto.parse_contact(alice_card).location == gateway.url == crypto.parse_contact(bob_card).location
+    added = on_profile("alice", "add", "bob", bob_card)
+    assert added.returncode == 0 and "Warning" not in added.stdout
     assert on_profile("bob", "add", "alice", alice_card).returncode == 0
     assert on_profile("alice", "send", "bob", "hello across machines").returncode == 0
     read = on_profile("bob", "read", "alice", "--json")
@@ -667,6 +670,33 @@ def test_chat_across_machines_through_a_gateway_from_zero(
     assert [m["text"] for m in json.loads(read.stdout)] == ["hello across machines"]
     assert any(key.startswith(schedule.ADDRESS_PREFIX) for key in gateway.store)  # it went through the gateway
     assert not (world / "ledger.sqlite").exists()
+
+
+def test_a_card_naming_another_ledger_gets_a_warning_with_the_command_that_switches(
+    on_profile: Run, world: Path, gateway: GatewayStandIn
+) -> None:
+    assert on_profile("bob", "ledger", "http", gateway.url).returncode == 0
+    bob_card = on_profile("bob", "whoami").stdout.splitlines()[0]
+    added = on_profile("alice", "add", "bob", bob_card)  # alice is still on this machine's ledger
+    assert added.returncode == 0, added.stderr
+    assert f"Warning: bob's card says their messages travel through the ResilientDB gateway at {gateway.url};" \
+           " yours travel through this machine only" in added.stdout
+    assert f"To use theirs: reschat ledger http {gateway.url}" in added.stdout
+    # The other way round: bob is told that alice's messages stay on her machine.
+    back = on_profile("bob", "add", "alice", on_profile("alice", "whoami").stdout.splitlines()[0])
+    assert "Warning: alice's card says their messages travel through their own machine only" in back.stdout
+
+
+def test_whoami_without_a_password_after_a_switch_prints_the_card_and_says_it_names_the_old_ledger(
+    on_profile: Run, world: Path, gateway: GatewayStandIn
+) -> None:
+    before = on_profile("alice", "whoami").stdout.splitlines()[0]
+    assert crypto.parse_contact(before).location == "local"
+    assert on_profile("alice", "ledger", "http", gateway.url).returncode == 0
+    shown = reschat("--home", str(world / "alice"), "whoami", env=clean_env())
+    assert shown.returncode == 0
+    assert shown.stdout.splitlines()[0] == before
+    assert "this card still names your previous ledger" in shown.stderr and shown.stderr.count("\n") == 1
 
 
 def test_switching_to_a_gateway_that_fails_its_check_changes_nothing(

@@ -320,6 +320,7 @@ def test_first_run_through_a_resilientdb_gateway_from_zero_to_the_first_message(
     # bob, on another machine, writes to dana through the gateway; she adds him and reads it.
     dana_card = crypto.load_card(settings.home)
     assert dana_card is not None
+    assert crypto.parse_contact(dana_card).location == gateway.url  # her card names the ledger she chose
     bob.friends.add_friend("dana", crypto.parse_contact(dana_card))
     bob.chat.send_message("hello over the gateway", "dana")
     term.type("2\r" + "bob\r" + bob.card + "\r" + "y\r" + "1\r")
@@ -450,6 +451,30 @@ def test_add_friend_by_pasting_a_card(
     assert "bobby is not verified yet: once you have compared the safety number with them, mark them verified" in output
     assert friend_keys(settings) == {"bobby": bob_fpr(bob)}
     assert not open_friend_store(settings).get_friend("bobby").verified
+
+
+def card_naming(person: Person, location: str) -> str:
+    """``person``'s card, signed by them, naming the ledger ``location``."""
+    identity = person.identity
+    return crypto.make_card(identity.name, identity.private_key, identity.statics.public, location, identity.issued)
+
+
+def test_a_card_naming_another_ledger_warns_and_shows_the_command_that_switches(
+    run: Callable[[str], str], settings: Settings, bob: Person
+) -> None:
+    output = run(login("2\rbob\r" + card_naming(bob, "http://192.0.2.7:18000") + "\r" + "y\r" + CTRL_D))
+    assert "Warning: bob's card says their messages travel through the ResilientDB gateway at" \
+           " http://192.0.2.7:18000; yours travel through this machine only" in unwrapped(output)
+    assert "To use theirs: reschat ledger http http://192.0.2.7:18000" in unwrapped(output)
+    assert "Added bob." in output  # a warning, not a refusal: they may be about to switch
+
+
+def test_a_card_naming_the_same_kind_of_ledger_gives_no_warning(
+    run: Callable[[str], str], settings: Settings, bob: Person
+) -> None:
+    output = run(login("2\rbob\r" + card_naming(bob, "local") + "\r" + "y\r" + CTRL_D))
+    assert "Added bob." in output
+    assert "Warning" not in output
 
 
 def folded(card: str, width: int = 80) -> list[str]:

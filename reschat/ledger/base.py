@@ -28,6 +28,10 @@ MAX_KEY_BYTES = 1024
 #: Anyone can also write this text as a value: it then reads exactly the same way, which is harmless.
 OVERSIZED_VALUE = "reschat-oversized-value"
 
+#: ResilientDB's contract: a ``get`` right after a ``set`` can return the old value, and a re-read a
+#: second later was right. Code that must not miss a recent write reads again after this long.
+RESILIENTDB_STALE_WINDOW_S = 1.0
+
 _PRINTABLE_ASCII_LINE = re.compile(r"[\x20-\x7e]+")
 
 
@@ -58,6 +62,10 @@ class Ledger(ABC):
 
     #: Human-readable name for messages and ``reschat doctor``.
     name: str = "ledger"
+
+    #: How long after a write a read of the same key may still return the value from before it. Zero
+    #: for a ledger whose reads always see the latest write (SQLite, memory); see RESILIENTDB_STALE_WINDOW_S.
+    stale_read_window_s: float = 0.0
 
     @abstractmethod
     def get(self, key: str) -> str | None:

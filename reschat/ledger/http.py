@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from typing import IO
 
 from reschat.errors import LedgerConfigError, LedgerError, LedgerTimeoutError, LedgerUnavailableError
-from reschat.ledger.base import MAX_KEY_BYTES, MAX_VALUE_BYTES, OVERSIZED_VALUE, Ledger, check_key, check_value
+from reschat.ledger.base import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    OVERSIZED_VALUE,
+    RESILIENTDB_STALE_WINDOW_S,
+    Ledger,
+    check_key,
+    check_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,7 @@ class ResilientDBHttpLedger(Ledger):
     """ResilientDB's KV service through the HTTP gateway's ``/v1/transactions`` API."""
 
     name = "resilientdb-http"
+    stale_read_window_s = RESILIENTDB_STALE_WINDOW_S
 
     def __init__(self, base_url: str, *, timeout_s: float = 10.0) -> None:
         parts = urllib.parse.urlsplit(base_url)

@@ -33,7 +33,15 @@ from reschat.errors import (
     LedgerUnavailableError,
     ValueTooLargeError,
 )
-from reschat.ledger.base import MAX_KEY_BYTES, MAX_VALUE_BYTES, OVERSIZED_VALUE, Ledger, check_key, check_value
+from reschat.ledger.base import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    OVERSIZED_VALUE,
+    RESILIENTDB_STALE_WINDOW_S,
+    Ledger,
+    check_key,
+    check_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +296,7 @@ class ResilientDBLedger(Ledger):
     """ResilientDB's KV service through ``kv_service_tools`` (flag syntax, or the legacy positional one)."""
 
     name = "resilientdb"
+    stale_read_window_s = RESILIENTDB_STALE_WINDOW_S
 
     def __init__(
         self,
