@@ -49,7 +49,7 @@ from reschat.menus import (
     run_pager,
 )
 from reschat.page import SealedPage
-from reschat.render import DEFAULT_WIDTH, display_width, format_message, gutter
+from reschat.render import DEFAULT_WIDTH, DELIVERED_MARK, display_width, format_message, gutter
 from tests.conftest import TEST_SCRYPT_N, FaultyLedger, Person, make_identity, make_person, rsa_key, statics_key
 from tests.standin import StandInCluster
 from tests.standin.http_gateway import GatewayStandIn
@@ -1656,3 +1656,20 @@ def test_what_waits_goes_out_in_the_background_while_a_prompt_with_no_poll_of_it
     term.type("\r")  # an empty nickname adds nobody
     term.finish()
     assert term.error is None and term.status == 0
+
+
+def test_a_message_unconfirmed_for_long_is_not_delivered_yet_in_the_chat_until_it_is(
+    settings: Settings, ledger: MemoryLedger, befriended: Person
+) -> None:
+    faulty = FaultyLedger(ledger)
+    faulty.drop_sets = True
+    hasty = replace(settings, chat=replace(settings.chat, resend_after=0.05))  # "not delivered yet" after 0.3 s
+    term = Terminal(hasty, faulty).start()
+    term.type(login("1\r1\r" + "hello\r"))
+    term.wait_for("me: hello")
+    term.wait_for("not delivered yet: hello")  # the chat's poll says so, once
+    faulty.drop_sets = False
+    term.wait_for(f"{DELIVERED_MARK} delivered: hello")
+    term.type("8\r" + CTRL_D)
+    output = term.finish()
+    assert term.error is None and output.count("not delivered yet: hello") == 1
