@@ -103,11 +103,13 @@ class Sizes:
     new_page_reps: int = 20
     conversation: int = 40  # messages in the chat that is opened (half each way)
     live_messages: int = 15  # messages sent into an open chat whose poll runs, on the stand-in
+    copies_messages: int = 1000  # messages sent one way, for the disk size of the kept page copies
 
 
 QUICK = Sizes(
     floor_reps=5, loop_local=4, loop_standin=2, open_local=2, open_standin=1, lone_standin=1,
     history=(1, 10, 20), history_open_reps=2, new_page_reps=2, conversation=6, live_messages=2,
+    copies_messages=100,
 )
 #: Opening is flat when, from this depth on (window and rotation complete), reads and pages opened
 #: vary by at most FLAT_SLACK across the depths.
@@ -527,6 +529,68 @@ def measure_disk(root: Path, reps: int, size: int = 24_000) -> dict[str, Any]:
     data = os.urandom(size)
     times = [timed(lambda: atomic_write(path, data)) for _ in range(reps)]
     return {"bytes": size, **summary_ms(times)}
+
+
+# --- self-healing: a wiped ledger, and what the kept copies cost on disk ----------------------------
+
+#: Pages per lane in the conversation that is wiped (as tests/test_healing.py does).
+HEAL_PAGES = 3
+#: Rounds (one update by each friend) a heal may take before the benchmark gives up on it.
+HEAL_ROUNDS_LIMIT = 20
+
+
+def copies_bytes(person: Person) -> int:
+    """Size on disk of ``person``'s kept page copies (every file under ``lanes/*.pages/``)."""
+    return sum(path.stat().st_size for path in (person.home / "lanes").glob("*.pages/*") if path.is_file())
+
+
+def measure_healing(root: Path, keys: Sequence[RSA.RsaKey], copies_messages: int) -> dict[str, Any]:
+    """A conversation of HEAL_PAGES full pages per lane, then the whole (memory) ledger emptied: how many
+    usual updates of each friend and how many ledger writes until every value is back as it was; and
+    the disk size of the kept copies per 1,000 ten-character messages, writer and reader."""
+    ledger = MemoryLedger()
+    alice, bob = make_pair(root / "heal", ledger, keys)
+    for i in range(HEAL_PAGES * PAGE_MESSAGES):
+        alice.chat.send_message(f"a{i}", "bob")
+        bob.chat.send_message(f"b{i}", "alice")
+        if i % 7 == 0:
+            alice.chat.get_update("bob")
+            bob.chat.get_update("alice")
+    for _ in range(3):
+        alice.chat.get_update("bob")
+        bob.chat.get_update("alice")
+    before = dict(ledger._data)
+    ledger._data.clear()
+    ledger.operations.clear()
+    rounds = 0
+    while any(ledger._data.get(key) != value for key, value in before.items()) and rounds < HEAL_ROUNDS_LIMIT:
+        rounds += 1
+        alice.chat.get_update("bob")
+        bob.chat.get_update("alice")
+    healed = all(ledger._data.get(key) == value for key, value in before.items())
+    ops = [op for op, _key in ledger.operations]
+
+    # The kept copies: alice writes, bob follows (an update after every page), ten characters a message.
+    writer, reader = make_pair(root / "copies", MemoryLedger(), keys)
+    for i in range(copies_messages):
+        writer.chat.send_message(SHORT_TEXT, "bob")
+        if i % PAGE_MESSAGES == PAGE_MESSAGES - 1:
+            reader.chat.get_update("alice")
+    reader.chat.get_update("alice")
+    per_1000 = 1000 / copies_messages
+    return {
+        "pages_per_lane": HEAL_PAGES,
+        "values_wiped": len(before),
+        "healed": healed,
+        "rounds_of_updates": rounds,
+        "ledger_sets": ops.count("set"),
+        "ledger_gets": ops.count("get"),
+        "copies_messages": copies_messages,
+        "kept_copies_bytes_per_1000_messages": {
+            "writer": round(copies_bytes(writer) * per_1000),
+            "reader": round(copies_bytes(reader) * per_1000),
+        },
+    }
 
 
 # --- a new page: its cost in time and bytes --------------------------------------------------------
@@ -1099,6 +1163,15 @@ def format_table(results: dict[str, Any], targets: list[Target], conversation: i
     lines += ["", f"disk: one crash-safe write of {disk['bytes'] // 1000} KB (what each send does to the key store: "
               f"temporary file, fsync, rename, fsync of the directory) takes {disk['median_ms']:.2f} ms here "
               f"(p95 {disk['p95_ms']:.2f})"]
+    heal = results["healing"]
+    copies = heal["kept_copies_bytes_per_1000_messages"]
+    lines += ["", "| self-healing (memory ledger) | figure |", "|---|---|",
+              f"| a wiped conversation of {heal['pages_per_lane']} pages per lane ({heal['values_wiped']} values): "
+              f"updates of each friend until every value is back | "
+              f"{heal['rounds_of_updates'] if heal['healed'] else 'not healed'} |",
+              f"| ledger writes while healing (reads) | {heal['ledger_sets']} ({heal['ledger_gets']}) |",
+              f"| kept copies per 1,000 ten-character messages, writer / reader | "
+              f"{copies['writer'] / 1e6:.2f} MB / {copies['reader'] / 1e6:.2f} MB |"]
     lines += ["", "| history (pages in the friend's lane) | reader | gets on opening | pages opened | KEM decaps |"
               " writes | open, local median | best | x floor |", "|---|---|---|---|---|---|---|---|---|"]
     for row in results["history"]:
@@ -1155,6 +1228,8 @@ def run(
             results["bytes"] = measure_bytes(workdir, keys)
             results["new_page"] = measure_new_page(keys, sizes.new_page_reps, floor)
             results["disk_write"] = measure_disk(workdir, sizes.new_page_reps)
+        with stage("healing a wiped ledger, disk size of the kept copies (memory ledger)"):
+            results["healing"] = measure_healing(workdir, keys, sizes.copies_messages)
         with stage("latency on the local ledger"):
             local = LocalLedger(workdir / "local" / "ledger.sqlite")
             results["latency"] = {"local": measure_latency(

@@ -41,7 +41,13 @@ def build_ledger(settings: Settings) -> Ledger:
     """The ledger backend the settings name."""
     backend = settings.ledger.backend
     if backend == "local":
-        return LocalLedger(settings.ledger_path)
+        # The default file (and its folder) is made on a first run with no question. A file the user
+        # named, or the default one once this profile has conversations (it was deleted), only on
+        # --create or the menus' question: a lost ledger is said, never silently replaced by an empty one.
+        default = not settings.ledger.path
+        first_run = not any(ProfilePaths(settings.home).lanes.glob("*.state"))
+        create = settings.create_ledger or (default and first_run)
+        return LocalLedger(settings.ledger_path, create=create, make_folders=default)
     if backend == "resilientdb":
         from reschat.ledger.resilientdb import ResilientDBLedger
 

@@ -42,6 +42,7 @@ from reschat.lane import (
     add_record,
     check_lane,
     find_page_secret,
+    gap_problem,
     new_page,
     open_header,
     open_page,
@@ -100,6 +101,11 @@ MAX_REPAIRS_PER_UPDATE = 4
 MAX_WINDOW_PAGES = 1000
 #: Values that failed to open or verify, remembered (by hash) so that they cost nothing again.
 MAX_REFUSED = 256
+#: A message no read has returned after this many times ``resend_after`` is "not delivered yet".
+UNDELIVERED_AFTER_RESENDS = 6
+#: Every this many updates, one kept file chunk of ours is compared with the ledger (a chunk is large:
+#: the check is spread out), besides the chunks not confirmed yet and those found lost once.
+CHUNK_CHECK_EVERY = 4
 
 IntegrityProblem = Problem
 #: The type extension of a group invitation, a ``setting`` record of a pair's lane (see group.py).
@@ -126,7 +132,8 @@ class ChatMessage:
     type_ext: str
     body: bytes  # the decrypted payload (UTF-8 text for "text")
     seq: int
-    #: For our own messages: "delivered" once a ledger read returned them, else "pending".
+    #: For our own messages: "delivered" once a ledger read returned them, else "pending", and
+    #: "undelivered" once still pending after UNDELIVERED_AFTER_RESENDS times ``resend_after``.
     status: str | None = None
     epoch: int = 1
     #: A verified message dated more than ten minutes ahead of our clock.
@@ -180,6 +187,9 @@ class _Session:
     fresh: set[tuple[int, int]] = field(default_factory=set)  # friend pages read during this update
     suspected: set[tuple[str, str, str]] = field(default_factory=set)  # gaps and rollbacks seen once
     repair_suspects: set[tuple[bool, int, int]] = field(default_factory=set)  # pages found lost once
+    chunk_suspects: set[str] = field(default_factory=set)  # our kept file chunks found lost or altered once
+    chunks: dict[str, str | None] = field(default_factory=dict)  # file chunks of ours read in this update
+    updates: int = 0
 
 
 @dataclass
@@ -233,6 +243,9 @@ class ChatService:
         #: Group invitations read in pairwise lanes (friend, message): lines of no pair's chat; the group
         #: engine (group.py) takes them from here.
         self.group_invitations: list[tuple[str, ChatMessage]] = []
+        #: Pages written before this moment were written by an earlier session: one that no read has
+        #: returned is re-sent at this session's first update, without waiting for ``resend_after``.
+        self._session_start = clock()
 
     # -- pairs ---------------------------------------------------------------------------------
 
@@ -333,6 +346,10 @@ class ChatService:
             except LedgerError as exc:
                 log.warning("send deferred: %s", exc)
                 error = exc
+                # Not written at all: the next update that can reach the ledger sends it at once.
+                own.written_at.pop(str(number), None)
+                state.mine = own.to_dict()
+                pair.store.save(state)
         sent = ChatMessage(
             sender=ME, receiver=pair.friend.nickname, time=now, type=msg_type, type_ext=type_ext,
             body=body, seq=record.seq, status="pending", epoch=own.epoch,
@@ -644,7 +661,7 @@ class ChatService:
             want(True, own.epoch + 1, [1])
             if opening:
                 want(True, own.epoch, [own.page - 1, own.page])
-        self._fetch(wanted, session)
+        self._fetch(wanted, session, self._chunk_reads(pair, own, session))
 
         # The friend's lane: a restart first, then the newest page that verifies.
         restarted = self._follow_restarts(pair, state, session, f_epoch, problems, used_keys)
@@ -755,6 +772,8 @@ class ChatService:
         if everything:
             messages += self._read_old_epochs(pair, state, session, False, f_epoch, problems)
             messages += self._read_old_epochs(pair, state, session, True, own.epoch, problems)
+        if (older or everything) and top:
+            self._name_gaps(pair, session, f_epoch, low, top, friend_pages, problems)
         problems = self._second_look(session, problems)
         messages = self._retain(pair, friend_pages, f_epoch, messages, new_messages)
         new_messages = [m for m in new_messages if m in messages]
@@ -943,6 +962,27 @@ class ChatService:
                                     "opened here: their keys were not kept by this profile"))
         return messages
 
+    def _name_gaps(
+        self, pair: _Pair, session: _Session, epoch: int, low: int, top: int,
+        pages: dict[int, OpenPage | None], problems: list[Problem],
+    ) -> None:
+        """Loading older messages: a page of the window the ledger does not have is read once more at
+        once; still missing, it is named now (which page, which message numbers), not after a second
+        update that loading older messages may never get, and never left to look like the lane's start."""
+        view = session.theirs
+        absent = [n for n in range(max(low, 1), top + 1) if pages.get(n) is None and view.pages.get((epoch, n)) is None]
+        if not absent:
+            return
+        self._fetch({self._address(pair, False, epoch, n): (False, epoch, n) for n in absent}, session)
+        named = {p.detail for p in problems if p.kind == "gap" and p.lane == pair.friend.nickname}
+        for number in absent:
+            if view.pages.get((epoch, number)) is not None:
+                continue  # a read that lagged behind: the next update shows the page
+            problem = gap_problem(pair.friend.nickname, pages, number)
+            if problem.detail not in named:
+                problems.append(problem)
+            session.suspected.add((problem.lane, problem.kind, problem.detail))  # seen twice: said now
+
     @staticmethod
     def _second_look(session: _Session, problems: list[Problem]) -> list[Problem]:
         """A missing or older page is said only when a second update still finds it so.
@@ -967,10 +1007,16 @@ class ChatService:
         count = min(self.rotation_pages, len(places))
         return sorted({places[(start + i) % len(places)] for i in range(count)})
 
-    def _fetch(self, wanted: dict[str, tuple[bool, int, int]], session: _Session) -> None:
-        if not wanted:
+    def _fetch(self, wanted: dict[str, tuple[bool, int, int]], session: _Session, chunks: Iterable[str] = ()) -> None:
+        """Read ``wanted`` pages (and ``chunks``, file chunks of ours, into ``session.chunks``) in one round."""
+        chunk_keys = list(chunks)
+        if chunk_keys:
+            session.chunks = {}
+        if not wanted and not chunk_keys:
             return
-        values = self.ledger.get_many(list(wanted))
+        values = self.ledger.get_many([*wanted, *chunk_keys])
+        for key in chunk_keys:
+            session.chunks[key] = values.get(key)
         for key, (mine, epoch, number) in wanted.items():
             view = session.mine if mine else session.theirs
             view.pages[(epoch, number)] = values.get(key)
@@ -1180,6 +1226,61 @@ class ChatService:
             view.pages.pop((epoch, number), None)  # read it again next time, never trust our own write
         return doubtful
 
+    def _chunk_reads(self, pair: _Pair, own: OwnLane, session: _Session) -> list[str]:
+        """Our file chunks this update reads: those not confirmed yet, those found lost once, and
+        every ``CHUNK_CHECK_EVERY`` updates one more of the kept ones, in rotation."""
+        session.chunks = {}
+        session.updates += 1
+        keys = {*own.chunks, *session.chunk_suspects}
+        if (session.updates - 1) % CHUNK_CHECK_EVERY == 0:
+            kept = pair.copies.chunk_keys()
+            if kept:
+                keys.add(kept[(session.updates // CHUNK_CHECK_EVERY) % len(kept)])
+        return sorted(keys)
+
+    def _deliver_chunks(self, pair: _Pair, session: _Session, problems: list[Problem]) -> set[str]:
+        """Confirm our file chunks a read returned, re-send overdue ones, and put back (from the kept
+        copies) kept chunks that two updates in a row found lost or altered. Returns the chunks still
+        not confirmed."""
+        now = self.clock()
+        with pair.store.lock():
+            state = pair.store.load()
+            own = OwnLane.from_dict(state.mine)
+            if not session.chunks:
+                return set(own.chunks)
+            changed = False
+            lost: set[str] = set()
+            for key, remote in session.chunks.items():
+                kept = pair.copies.get_chunk(key)
+                if kept is None or remote == kept:
+                    changed = changed or own.chunks.pop(key, None) is not None  # nothing (more) to send
+                    continue
+                if key not in own.chunks:
+                    lost.add(key)
+                elif self._overdue(own.chunks[key], now):
+                    try:
+                        self.ledger.set(key, kept)
+                        own.chunks[key] = format_timestamp(now)
+                    except LedgerError as exc:
+                        log.warning("re-sending a file chunk failed: %s", exc)
+                    changed = True
+            # As for pages: a chunk is put back only when a second update in a row finds it lost.
+            repairs = sorted(lost & session.chunk_suspects)[:MAX_REPAIRS_PER_UPDATE]
+            session.chunk_suspects = lost
+            if lost:
+                problems.append(Problem(ME, "restoring", f"restoring {len(lost)} file chunk(s) to the ledger"))
+            for key in repairs:
+                kept = pair.copies.get_chunk(key)
+                try:
+                    if kept is not None:
+                        self.ledger.set(key, kept)
+                except LedgerError as exc:
+                    log.warning("restoring a file chunk failed: %s", exc)
+            if changed:
+                state.mine = own.to_dict()
+                pair.store.save(state)
+            return set(own.chunks)
+
     def _read_own(
         self, pair: _Pair, state: ConversationState, own: OwnLane, session: _Session, older: bool,
         everything: bool, problems: list[Problem],
@@ -1214,6 +1315,8 @@ class ChatService:
         missing = [n for n in range(view.low, own.page + 1) if str(n) not in own.pages]
         self._refetch_window(pair, session, True, own.epoch, min(missing, default=1), max(missing, default=0))
         confirmed = self._confirm(pair, own, session)
+        chunks_pending = self._deliver_chunks(pair, session, problems)
+        now = self.clock()
         messages: list[ChatMessage] = []
         pages_of: dict[int, int] = {}  # our sequence number -> its page
         used: dict[tuple[int, int], int] = {}
@@ -1228,7 +1331,8 @@ class ChatService:
                 continue
             for record in opened.records:
                 pages_of[record.seq] = number
-                status = "delivered" if record.seq <= confirmed else "pending"
+                status = "delivered" if record.seq <= confirmed else \
+                    "undelivered" if self._undelivered(record.timestamp, now) else "pending"
                 messages.append(ChatMessage(
                     sender=ME, receiver=pair.friend.nickname, time=record.timestamp, type=record.type,
                     type_ext=record.type_ext, body=record.body, seq=record.seq, status=status, epoch=own.epoch,
@@ -1238,6 +1342,10 @@ class ChatService:
         if restoring:
             # Being put back on the ledger: not delivered until a read returns them again (no false ✓).
             messages = [replace(m, status="pending") if pages_of.get(m.seq) in restoring else m for m in messages]
+        if chunks_pending:
+            # A file is delivered when its message and every one of its chunks are.
+            messages = [replace(m, status="undelivered" if self._undelivered(m.time, now) else "pending")
+                        if m.status == "delivered" and _chunk_keys(m) & chunks_pending else m for m in messages]
         return messages, view.low > 1
 
     def _confirm(self, pair: _Pair, own: OwnLane, session: _Session) -> int:
@@ -1261,10 +1369,9 @@ class ChatService:
             seen.update(matching)
             if remote_value == local_value:
                 exact.add(str(page_number))
-            elif len(matching) != len(local.records) or str(page_number) in own.unseen:
-                written = own.written_at.get(str(page_number))
-                if written is None or now - parse_timestamp(written) >= self.resend_after:
-                    overdue.append(str(page_number))
+            elif (len(matching) != len(local.records) or str(page_number) in own.unseen) \
+                    and self._overdue(own.written_at.get(str(page_number)), now):
+                overdue.append(str(page_number))
         newly = own.confirmed
         while newly + 1 in seen:
             newly += 1
@@ -1293,6 +1400,19 @@ class ChatService:
             pair.store.save(state)
             own.confirmed = fresh.confirmed
             return fresh.confirmed
+
+    def _overdue(self, written: str | None, now: datetime) -> bool:
+        """True when something we wrote at ``written`` (None or "": never) and no read returned yet is
+        to be written again: never written, written by an earlier session, or ``resend_after`` ago."""
+        if not written:
+            return True
+        when = parse_timestamp(written)
+        return when < self._session_start or now - when >= self.resend_after
+
+    def _undelivered(self, sent: datetime, now: datetime) -> bool:
+        """A message sent at ``sent`` and still not returned by a read is "not delivered yet"."""
+        limit = self.resend_after * UNDELIVERED_AFTER_RESENDS
+        return bool(limit) and now - sent >= limit
 
     def _remember(
         self, pair: _Pair, pages: dict[int, OpenPage | None], result: object, epoch: int, top: int,
@@ -1421,14 +1541,68 @@ class ChatService:
             counts[friend.nickname] = self.friends.get_friend(friend.nickname).unread
         return counts
 
+    # -- delivery across friends -----------------------------------------------------------------
+
+    def pending_counts(self) -> dict[str, int]:
+        """Per friend, our messages that no ledger read has returned yet (from the outbox: no read)."""
+        counts: dict[str, int] = {}
+        for friend in self.friends.all_friends():
+            try:
+                own = self.own_lane(friend.nickname)
+            except (KeyFormatError, ProfileError) as exc:
+                log.warning("cannot look at the outbox of %s: %s", friend.nickname, exc)
+                continue
+            if own.unconfirmed_messages():
+                counts[friend.nickname] = own.unconfirmed_messages()
+        return counts
+
+    def deliver_pending(self, *, besides: str | None = None) -> dict[str, int]:
+        """Send what waits in the outbox of every friend (but ``besides``, just updated by the caller),
+        whether or not their chat is open: one update of each conversation whose outbox holds
+        unconfirmed pages or file chunks (a page written by an earlier session and not returned by a
+        read is re-sent at once). Returns what is still unconfirmed, per friend."""
+        for friend in self.friends.all_friends():
+            if friend.nickname == besides:
+                continue
+            try:
+                own = self.own_lane(friend.nickname)
+                if own.unconfirmed() or own.chunks:
+                    self.get_update(friend.nickname)
+            except (KeyFormatError, ProfileError) as exc:  # a ledger that fails is the caller's to report
+                log.warning("cannot deliver to %s yet: %s", friend.nickname, exc)
+        return self.pending_counts()
+
     # -- files (the format is described in files.py) ------------------------------------------------
 
     def send_file(self, nickname: str, path: Path) -> SendResult:
         """Send the file at ``path`` (at most 5 MiB) to ``nickname``: encrypted chunks, then a signed manifest."""
         self.friends.get_friend(nickname)  # an unknown friend fails before anything is written
         prepared = files.prepare_file(path, self.randfunc)
-        files.store_chunks(self.ledger, prepared.chunks)
-        return self.send_message(prepared.manifest, nickname, msg_type=files.FILE_TYPE, type_ext=prepared.type_ext)
+        pair = self._pair(nickname)
+        # The chunks go through the outbox as pages do: kept (sealed) before they are written, re-sent
+        # until a read returns them, and put back from the kept copy if the ledger loses them later.
+        for key, value in prepared.chunks:
+            pair.copies.put_chunk(key, value)
+        self._mark_chunks(pair, {key: "" for key, _value in prepared.chunks})
+        error: LedgerError | None = None
+        try:
+            files.store_chunks(self.ledger, prepared.chunks)
+        except LedgerError as exc:
+            log.warning("file chunks deferred: %s", exc)
+            error = exc
+        else:
+            written = format_timestamp(self.clock())
+            self._mark_chunks(pair, {key: written for key, _value in prepared.chunks})
+        result = self.send_message(prepared.manifest, nickname, msg_type=files.FILE_TYPE, type_ext=prepared.type_ext)
+        return SendResult(message=result.message, error=result.error or error)
+
+    def _mark_chunks(self, pair: _Pair, written: dict[str, str]) -> None:
+        with pair.store.lock():
+            state = pair.store.load()
+            own = OwnLane.from_dict(state.mine)
+            own.chunks.update(written)
+            state.mine = own.to_dict()
+            pair.store.save(state)
 
     def save_file(self, message: ChatMessage, downloads_dir: Path) -> Path:
         """Verify the file of a ``file`` message and save it as a new file in ``downloads_dir``."""
@@ -1493,6 +1667,16 @@ def _advance(secrets: dict[str, str], pid: str, count: int) -> None:
     keys = PageKeys.from_text(stored)
     if count > keys.start:
         secrets[pid] = keys.advanced(count).to_text()
+
+
+def _chunk_keys(message: ChatMessage) -> set[str]:
+    """The ledger keys of the chunks of a ``file`` message (none for any other message)."""
+    if message.type != files.FILE_TYPE:
+        return set()
+    try:
+        return set(files.describe(message).chunk_keys)
+    except PageFormatError:
+        return set()
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

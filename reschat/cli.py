@@ -17,13 +17,14 @@ import shutil
 import sys
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from reschat import __version__, crypto, files, groupcli, retention, safety
 from reschat.app import ProfilePaths, open_chat, open_friend_store
-from reschat.chat import ChatMessage, IntegrityProblem, peek_unread_counts
+from reschat.chat import ChatMessage, ChatService, IntegrityProblem, peek_unread_counts
 from reschat.config import (
     Settings,
     card_location,
@@ -82,6 +83,8 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         help="settings file (TOML); default: $RESCHAT_CONFIG or config.toml in the profile")
     parser.add_argument("--ledger", metavar="PATH", default=default,
                         help="use the embedded ledger in this SQLite file (shared by everyone who names it)")
+    parser.add_argument("--create", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="make the local ledger file if it does not exist (its folder must exist)")
     parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
                         help="show tracebacks and log details")
 
@@ -216,6 +219,8 @@ def main(argv: list[str] | None = None, *, environ: MutableMapping[str, str] | N
     debug: bool = args.debug
     try:
         settings = load_settings(home=args.home, config=args.config, ledger=args.ledger, environ=env)
+        if args.create:
+            settings = replace(settings, create_ledger=True)
         _setup_logging(settings.home, debug)
         log.info("reschat %s: %s", __version__, getattr(args.func, "__name__", "?"))
         status: int = args.func(args, settings, env)
@@ -308,6 +313,15 @@ def _unlock(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]
     return crypto.load_identity(settings.home, _password(args, env), location=card_location(settings))
 
 
+def _deliver_the_rest(chat: ChatService, nickname: str) -> None:
+    """After login, what waits in any other friend's outbox goes out too, as the menus do in the
+    background (an update of each conversation that holds unconfirmed messages; nothing for the rest)."""
+    try:
+        chat.deliver_pending(besides=nickname)
+    except ReschatError as exc:
+        log.warning("what waits for other friends goes out next time: %s", exc)
+
+
 def _iso_utc(moment: datetime | None) -> str | None:
     return None if moment is None else str(moment.astimezone(timezone.utc).isoformat())
 
@@ -329,6 +343,8 @@ def message_json(message: ChatMessage) -> dict[str, Any]:
         "seq": message.seq,
         "epoch": message.epoch,
         "status": message.status,
+        # Still not returned by a ledger read after six times chat.resend_after (status "undelivered").
+        "not_delivered_yet": message.status == "undelivered",
         # The engine returns only verified messages; problems carry "verified": false.
         "verified": True,
         "clock_ahead": message.clock_ahead,
@@ -560,10 +576,13 @@ def cmd_send(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
         path = Path(args.file).expanduser()
         if not path.exists():  # before the password prompt too; send_file checks the rest
             raise MessageError(f"no such file: {path}")
-        result = open_chat(settings, _unlock(args, settings, env)).send_file(args.nick, path)
+        chat = open_chat(settings, _unlock(args, settings, env))
+        result = chat.send_file(args.nick, path)
     else:
         text: str = _read_stdin().rstrip("\r\n") if args.text == "-" else args.text
-        result = open_chat(settings, _unlock(args, settings, env)).send_message(text, args.nick)
+        chat = open_chat(settings, _unlock(args, settings, env))
+        result = chat.send_message(text, args.nick)
+    _deliver_the_rest(chat, args.nick)
     if result.error is not None:
         raise ReschatError(
             f"the message is saved but not yet on the ledger ({result.error}); "
@@ -582,6 +601,7 @@ def cmd_read(args: argparse.Namespace, settings: Settings, env: Mapping[str, str
     chat = open_chat(settings, _unlock(args, settings, env))
     view = chat.load_all(args.nick) if args.all else chat.get_update(args.nick)
     chat.mark_read(args.nick)
+    _deliver_the_rest(chat, args.nick)
     if args.json:
         items = [(m.time, 0, message_json(m)) for m in view.messages]
         items += [(p.time, 1, problem_json(p)) for p in view.problems if p.time is not None]
@@ -674,7 +694,7 @@ def cmd_ledger(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
         changes = http_ledger(args.url)
     else:
         changes = tool_ledger(args.tool, args.client_config, legacy=args.legacy)
-    chosen = preview_config(settings, changes)
+    chosen = replace(preview_config(settings, changes), create_ledger=settings.create_ledger)  # --create counts
     if not args.no_check:
         report = run_doctor(chosen, check_profile=False)
         if not report.ok:

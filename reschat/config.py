@@ -68,6 +68,8 @@ class Settings:
     config_file: Path | None = None
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
+    #: --create: make the local ledger file when it does not exist (never its folder).
+    create_ledger: bool = False
 
     @property
     def ledger_path(self) -> Path:

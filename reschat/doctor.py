@@ -31,6 +31,7 @@ from reschat.config import Settings
 from reschat.errors import (
     LedgerConfigError,
     LedgerError,
+    LedgerMissingError,
     LedgerTimeoutError,
     LedgerUnavailableError,
     ReschatError,
@@ -166,7 +167,11 @@ class _Doctor:
         except ReschatError as exc:
             detail = str(exc)
             if self.report.backend == "local":
-                detail += ": set ledger.path (or --ledger) to a file in a directory you can write"
+                advice = _sqlite_advice(str(exc), self.settings.ledger_path)
+                if advice:
+                    detail = f"{advice} ({exc})"
+                elif not isinstance(exc, LedgerMissingError):  # that one says what to do
+                    detail += ": set ledger.path (or --ledger) to a file in a directory you can write"
             raise self.fail(name, detail, time.monotonic() - started) from None
         if self.report.backend == "local":
             self.add("ledger file", True, f"{self.settings.ledger_path} opens for writing", time.monotonic() - started)
@@ -202,7 +207,8 @@ class _Doctor:
                     f"the gateway runs but cannot reach the cluster: start ResilientDB's KV service behind it ({exc})"
                 )
             return f"start the ResilientDB HTTP gateway or fix its URL ('reschat ledger http URL') ({exc})"
-        return str(exc)
+        advice = _sqlite_advice(str(exc), self.settings.ledger_path) if backend == "local" else ""
+        return f"{advice} ({exc})" if advice else str(exc)
 
     def round_trip(self, ledger: Ledger) -> None:
         key = probe_key(self.randfunc)
@@ -278,6 +284,23 @@ class _Doctor:
                      "them: ask for a new card ('reschat whoami' prints it)")
             return
         self.add("profile", True, detail)
+
+
+def _sqlite_advice(message: str, path: Path) -> str:
+    """What to do about the two SQLite failures a local ledger meets in practice, or ""."""
+    if "file is not a database" in message:
+        return (
+            f"{path} is not an SQLite database (another program's file, or damaged): move it away (keep it if"
+            " it may matter), then run 'reschat --create' to make a new ledger there; your conversations are"
+            " put back from the copies your profiles keep"
+        )
+    if "disk I/O error" in message:
+        return (
+            f"SQLite could not read or write {path} (disk I/O error): check that the disk is not full or"
+            f" failing, that {path.name} and its -wal and -shm files are yours and writable, and that the"
+            " folder is not on a network share; then run 'reschat doctor' again"
+        )
+    return ""
 
 
 def _has_statics(statics: str) -> bool:

@@ -63,6 +63,10 @@ class LedgerUnavailableError(LedgerError):
     """The ledger could not be reached (tool missing, cannot connect, transport failure)."""
 
 
+class LedgerMissingError(LedgerUnavailableError):
+    """The local ledger file is not there (never made, deleted or replaced): made only when asked."""
+
+
 class LedgerTimeoutError(LedgerError):
     """The ledger did not answer in time; the request was abandoned."""
 

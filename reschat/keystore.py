@@ -190,6 +190,25 @@ class PageCopies:
     def drop(self, lane: str, epoch: int, number: int) -> None:
         self._path(lane, epoch, number).unlink(missing_ok=True)
 
+    # File chunks we sent: kept by their ledger key (``reschat2-<hex>``, safe as a file name).
+
+    def put_chunk(self, key: str, value: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_sealed(self.directory / f"c-{key}", self.store_key, value)
+
+    def get_chunk(self, key: str) -> str | None:
+        try:
+            value = read_sealed(self.directory / f"c-{key}", self.store_key)
+        except ProfileError:
+            return None
+        return value if isinstance(value, str) else None
+
+    def chunk_keys(self) -> list[str]:
+        try:
+            return sorted(p.name[2:] for p in self.directory.iterdir() if p.name.startswith("c-"))
+        except FileNotFoundError:
+            return []
+
 
 __all__ = [
     "ConversationState",

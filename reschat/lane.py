@@ -313,9 +313,7 @@ def check_lane(
         wanted = range(min(present), max(present[-1], complete_to) + 1)
         missing = [n for n in wanted if pages.get(n) is None and n in pages]
         for number in missing:
-            problems.append(Problem(
-                owner, "gap", f"page {number} is missing or unreadable: its messages are not shown",
-            ))
+            problems.append(gap_problem(owner, pages, number))
     rewritten = [(r, d) for r, d in records if r.seq in checkpoint.kept and checkpoint.kept[r.seq] != d]
     for record, _digest in rewritten:
         problems.append(Problem(owner, "rewritten", f"message #{record.seq} differs from the one read before; "
@@ -331,6 +329,26 @@ def check_lane(
     return LaneResult(records=shown, problems=problems, newest=newest)
 
 
+def gap_problem(owner: str, pages: Mapping[int, OpenPage | None], number: int) -> Problem:
+    """Page ``number`` of a lane is missing: which messages, as far as the pages around it tell."""
+    return Problem(owner, "gap", f"page {number} is missing or unreadable: its messages{_span(pages, number)} "
+                   "are not shown")
+
+
+def _span(pages: Mapping[int, OpenPage | None], number: int) -> str:
+    """The message numbers a missing page held, as far as its neighbours tell: " (#21-#40)"."""
+    before, after = pages.get(number - 1), pages.get(number + 1)
+    first = 1 if number == 1 else before.last_seq + 1 if before is not None else None
+    last = after.header.first_seq - 1 if after is not None else None
+    if first is not None and last is not None:
+        return f" (#{first}-#{last})" if last > first else f" (#{first})" if last == first else ""
+    if first is not None:
+        return f" (from #{first})"
+    if last is not None:
+        return f" (up to #{last})"
+    return ""
+
+
 __all__ = [
     "GENESIS_HASH",
     "Checkpoint",
@@ -341,6 +359,7 @@ __all__ = [
     "add_record",
     "check_lane",
     "find_page_secret",
+    "gap_problem",
     "new_page",
     "open_header",
     "open_page",

@@ -27,7 +27,7 @@ import time
 import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
@@ -59,6 +59,7 @@ from reschat.conversations import open_conversations
 from reschat.doctor import format_report, run_doctor
 from reschat.errors import (
     DuplicateFriendError,
+    LedgerMissingError,
     ReschatError,
     UnknownFriendError,
     WeakPasswordError,
@@ -66,11 +67,12 @@ from reschat.errors import (
 )
 from reschat.files import FILE_TYPE, message_label
 from reschat.friends import Friend, validate_nickname
-from reschat.ledger import Ledger
+from reschat.ledger import Ledger, LocalLedger
 from reschat.passwords import check_new_password
 from reschat.render import (
     DEFAULT_WIDTH,
     DELIVERED_MARK,
+    PENDING_MARK,
     format_conversation,
     format_message,
     local_time,
@@ -364,6 +366,9 @@ class _Screen:
     #: (sender, epoch, seq) of each message shown: a restarted lane numbers its messages from 1 again.
     shown: set[tuple[str, int, int]] = field(default_factory=set)
     delivered: set[tuple[int, int]] = field(default_factory=set)
+    undelivered: set[tuple[int, int]] = field(default_factory=set)  # own messages said "not delivered yet"
+    #: Pages reported missing (lane, detail): why loading older messages may find nothing more.
+    gaps: set[tuple[str, str]] = field(default_factory=set)
     problems: set[tuple[str, str, str]] = field(default_factory=set)
     has_older: bool = False
     last_error: str | None = None
@@ -591,6 +596,8 @@ class Menus:
         self._chat_lock = threading.RLock()
         self._chat: ChatService | None = None
         self.identity: crypto.Identity | None = None
+        #: The local ledger file went missing, as a background thread found: the menu thread asks what to do.
+        self._lost: LedgerMissingError | None = None
 
     # -- output ------------------------------------------------------------------------------------
 
@@ -641,7 +648,11 @@ class Menus:
 
         def count() -> dict[str, int]:
             with self._chat_lock:
-                return self.chat.unread_counts()
+                try:
+                    return self.chat.unread_counts()
+                except LedgerMissingError as exc:
+                    self._lost = exc
+                    raise
 
         return _UnreadWatch(count, self.settings.chat.poll_interval, on_rise=self.bell, counted=counted)
 
@@ -666,13 +677,98 @@ class Menus:
         """Start-up, then the main menu until Quit or Ctrl-D; returns the exit status."""
         try:
             self.identity = self.start()
-            self._chat = open_conversations(self.settings, self.identity, ledger=self.ledger)
+            self._chat = self._open_chat(self.identity)
             self.say("", *self.locations())
-            self.main_menu()
+            with self._delivery():
+                self.main_menu()
         except QuitRequested:
             pass
+        if self._chat is not None:
+            self.say(*self.pending_note())
         self.say("Bye.")
         return 0
+
+    def _open_chat(self, identity: crypto.Identity) -> ChatService:
+        """The chat service; a local ledger file that is not there is made only when the user says so."""
+        try:
+            return open_conversations(self.settings, identity, ledger=self.ledger)
+        except LedgerMissingError as exc:
+            self.error(exc)
+            if "folder" in str(exc) or not self.confirm(
+                f"Make a new, empty ledger file {neutralize(str(self.settings.ledger_path))}? [y/n]: "
+            ):
+                raise
+            self.settings = replace(self.settings, create_ledger=True)
+            return open_conversations(self.settings, identity, ledger=self.ledger)
+
+    def _problem(self, exc: ReschatError) -> None:
+        """An error in the menu thread: one line, and for a lost local ledger file, the question."""
+        if isinstance(exc, LedgerMissingError):
+            self._offer_ledger(exc)
+        else:
+            self.error(exc)
+
+    def _check_ledger(self) -> None:
+        """Ask about a lost local ledger file a background thread found, once."""
+        lost, self._lost = self._lost, None
+        if lost is not None:
+            self._offer_ledger(lost, said=True)
+
+    def _offer_ledger(self, exc: LedgerMissingError, *, said: bool = False) -> None:
+        """The local ledger file was deleted or replaced under this session: use it again (a new,
+        empty file, or the one there now) only when the user says so; updates then put back what this
+        profile keeps."""
+        self._lost = None
+        ledger = self.chat.ledger
+        if not said:
+            self.error(exc)
+        if not isinstance(ledger, LocalLedger):
+            return
+        path = neutralize(str(ledger.path))
+        if not self.confirm(f"Use the ledger file {path} again (a new, empty one if it is gone) and put your"
+                            " conversations back into it? [y/n]: "):
+            self.say("Nothing changed: no message is read or written until you say so (or restart with --create).")
+            return
+        try:
+            with self._chat_lock:
+                ledger.reopen()
+        except ReschatError as failed:
+            self.error(failed)
+            return
+        self.say(f"Using {path}: your conversations are put back from this profile as they update"
+                 " (your friends' profiles put back theirs).")
+
+    @contextlib.contextmanager
+    def _delivery(self) -> Iterator[None]:
+        """For the whole session after login: what waits in any friend's outbox goes out in the
+        background, at once and then every ``chat.resend_after`` seconds, whichever chat is open."""
+        waits = iter([0.0])
+
+        def gap() -> float:
+            return next(waits, self.settings.chat.resend_after)
+
+        def deliver() -> None:
+            try:
+                with self._chat_lock:
+                    self.chat.deliver_pending()
+            except LedgerMissingError as exc:
+                self._lost = exc
+            except Exception:  # a background thread must never end in a traceback; the menus report failures
+                log.warning("background delivery failed", exc_info=True)
+
+        with Poller(gap, deliver):
+            yield
+
+    def pending_note(self) -> list[str]:
+        """At quit: how many messages no ledger read has confirmed yet, and that they go out later."""
+        with self._chat_lock:
+            counts = self.chat.pending_counts()
+        total = sum(counts.values())
+        if not total:
+            return []
+        each = ", ".join(f"{count} to {neutralize(nick, max_chars=32)}" for nick, count in sorted(counts.items()))
+        plural = "message is" if total == 1 else "messages are"
+        return [f"{total} {plural} not confirmed by the ledger yet ({each}): they go out at the next start."]
 
     def start(self) -> crypto.Identity:
         """Register when the profile has no identity, else log in; then show the fingerprint."""
@@ -720,6 +816,7 @@ class Menus:
 
     def main_menu(self) -> None:
         while True:
+            self._check_ledger()
             with self._unread_watch() as watch:
                 number = self._choose("Main menu", MAIN_MENU, toolbar=watch.toolbar)
             if number is None or number == 4:
@@ -736,7 +833,7 @@ class Menus:
             except KeyboardInterrupt:
                 self.say("(back to the main menu)")
             except ReschatError as exc:
-                self.error(exc)
+                self._problem(exc)
 
     def show_card(self) -> None:
         assert self.identity is not None
@@ -994,6 +1091,9 @@ class Menus:
             try:
                 with self._chat_lock:
                     counted = self.chat.unread_counts()
+            except LedgerMissingError as exc:
+                self._offer_ledger(exc)
+                continue
             except ReschatError as exc:
                 self.error(f"cannot count unread messages: {exc}")
                 counted = None
@@ -1037,7 +1137,7 @@ class Menus:
             except KeyboardInterrupt:
                 pass
             except ReschatError as exc:
-                self.error(exc)
+                self._problem(exc)
 
     # -- third menu ------------------------------------------------------------------------------------
 
@@ -1068,6 +1168,7 @@ class Menus:
         }
         with self._above_prompt(), Poller(lambda: self._poll_gap(screen), lambda: self._poll(screen)) as poller:
             while True:
+                self._check_ledger()
                 draft, screen.draft = screen.draft, ""
                 try:
                     line = ask_chat_line(CHAT_PROMPT, default=draft, placeholder=CHAT_PLACEHOLDER, clear_first=True)
@@ -1093,7 +1194,7 @@ class Menus:
                 except KeyboardInterrupt:
                     self.say("(cancelled)")
                 except ReschatError as exc:
-                    self.error(exc)
+                    self._problem(exc)
                 poller.nudge()  # a send makes the chat active: poll at the active pace from now
                 self.show(CHAT_HINT)
 
@@ -1272,11 +1373,19 @@ class Menus:
     def _older(self, screen: _Screen) -> None:
         with self._chat_lock:
             if not screen.has_older:
-                self.say("No older messages.")
+                self.show(self._nothing_older(screen))
                 return
             view = self.chat.load_older(screen.nickname)
             if not self._show_new(view, screen, header="--- older messages ---", initial=True):
-                self.say("No older messages.")
+                self.show(self._nothing_older(screen))
+
+    @staticmethod
+    def _nothing_older(screen: _Screen) -> str:
+        """Why loading older messages showed nothing: the lane's start, or pages the ledger lost."""
+        if not screen.gaps:
+            return "No older messages."
+        named = "; ".join(f"{_lane_name(lane)}: {detail}" for lane, detail in sorted(screen.gaps))
+        return f"Nothing older can be shown: missing from the ledger, and no copy here to restore them: {named}"
 
     def _poll(self, screen: _Screen) -> None:
         """One background update: print what is new (and, every few ticks, news from other friends);
@@ -1290,6 +1399,8 @@ class Menus:
                     self._notice_others(self.chat.unread_counts(), screen)
         except Exception as exc:  # a background thread must never end in a traceback on the screen
             log.warning("background update failed", exc_info=True)
+            if isinstance(exc, LedgerMissingError):
+                self._lost = exc  # the menu thread asks at the next line typed
             text = str(exc) if isinstance(exc, ReschatError) else f"unexpected {type(exc).__name__}"
             if text != screen.last_error:
                 screen.last_error = text
@@ -1328,7 +1439,14 @@ class Menus:
             if m.outgoing and m.status == "delivered" and (m.epoch, m.seq) not in screen.delivered
             and _message_id(m) in screen.shown
         ]
+        overdue = [
+            m for m in view.messages
+            if m.outgoing and m.status == "undelivered" and (m.epoch, m.seq) not in screen.undelivered
+            and _message_id(m) in screen.shown
+        ]
         lines = format_conversation(fresh, problems, width=self._columns(), more=CHAT_MORE)
+        for message in overdue:
+            lines.append(f"{PENDING_MARK} not delivered yet: {message_summary(message)} (it is sent again until it is)")
         for message in delivered:
             lines.append(f"{DELIVERED_MARK} delivered: {message_summary(message)}")
         if header and lines:
@@ -1338,6 +1456,8 @@ class Menus:
         screen.shown.update(_message_id(m) for m in fresh)
         screen.problems.update((p.lane, p.kind, p.detail) for p in problems)
         screen.delivered.update((m.epoch, m.seq) for m in view.messages if m.outgoing and m.status == "delivered")
+        screen.undelivered.update((m.epoch, m.seq) for m in view.messages if m.outgoing and m.status == "undelivered")
+        screen.gaps.update((p.lane, neutralize(p.detail)) for p in view.problems if p.kind == "gap")
         if fresh and not initial:
             screen.last_activity = self._monotonic()
             if any(not m.outgoing for m in fresh):
@@ -1350,6 +1470,10 @@ class Menus:
 def _message_id(message: ChatMessage) -> tuple[str, int, int]:
     """What tells one message of a conversation from every other: its lane, epoch and number."""
     return message.sender, message.epoch, message.seq
+
+
+def _lane_name(lane: str) -> str:
+    return "your lane" if lane == ME else f"{neutralize(lane, max_chars=32)}'s lane"
 
 
 def _who(message: ChatMessage) -> str:

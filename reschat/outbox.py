@@ -38,6 +38,9 @@ class OwnLane:
     unseen: list[str] = field(default_factory=list)
     #: Disappearing messages: "epoch:page" -> the sending time (microseconds) of each of its records.
     record_times: dict[str, list[int]] = field(default_factory=dict)
+    #: File chunks no ledger read has returned yet: ledger key -> when last written ("": not written
+    #: yet). Their values are in the kept copies (``keystore.PageCopies``); a lane restart keeps them.
+    chunks: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Any) -> OwnLane:
@@ -56,6 +59,10 @@ class OwnLane:
         return sorted(
             int(n) for n in self.pages if self.last_seq.get(n, 0) > self.confirmed or n in self.unseen
         )
+
+    def unconfirmed_messages(self) -> int:
+        """How many of our messages no ledger read has returned yet."""
+        return max(self.seq - self.confirmed, 0) if self.epoch else 0
 
     def prune(self) -> None:
         """Keep the current page and pages not yet confirmed by a ledger read."""

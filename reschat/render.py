@@ -46,6 +46,8 @@ SETTING_TYPE = "setting"
 #: Shown after the sender of a verified message dated more than ten minutes ahead of our clock: its
 #: writer's clock is wrong (or lies), so it sorts after messages written later.
 CLOCK_AHEAD_NOTE = " (dated ahead of your clock)"
+#: After an own message's sender while no ledger read has returned it for long (``chat.resend_after`` x 6).
+UNDELIVERED_NOTE = " (not delivered yet)"
 
 # Categories shown as escapes: controls (C0, C1, DEL), format characters (bidi overrides and
 # isolates, zero-width characters, soft hyphen, BOM...), line/paragraph separators and surrogates.
@@ -250,9 +252,10 @@ def format_message(
     """One message as terminal rows: local time, a status mark, the sender and the text.
 
     Every message the engine returns is verified (it hides what is not). Own messages carry ``…``
-    while pending and ``✓`` once delivered, and their text is never cut; a message dated well ahead of
-    our clock says so. Others' text has long runs of blanks collapsed and, unless ``full``, is cut after
-    ``MAX_LINE_CHARS`` per line and ``MAX_MESSAGE_LINES`` lines with a marker ending in ``more``.
+    while pending (and "not delivered yet" when that lasts) and ``✓`` once delivered, and their text
+    is never cut; a message dated well ahead of our clock says so. Others' text has long runs of
+    blanks collapsed and, unless ``full``, is cut after ``MAX_LINE_CHARS`` per line and
+    ``MAX_MESSAGE_LINES`` lines with a marker ending in ``more``.
     Rows fit ``width`` (see ``wrap_rows``): continuation rows, of long lines as of further lines,
     start with the gutter, so that no text can pose as another message. A ``setting`` message (the
     disappearing-messages timer) is one plain line that says who set what (see ``format_setting``).
@@ -261,7 +264,7 @@ def format_message(
         return wrap_line(format_setting(message, tz), width)
     if message.outgoing:
         mark = DELIVERED_MARK if message.status == "delivered" else PENDING_MARK
-        sender = ME
+        sender = ME + (UNDELIVERED_NOTE if message.status == "undelivered" else "")
         lines = _own_lines(_body_text(message))
     else:
         mark = " "

@@ -28,6 +28,7 @@ import pytest
 from reschat import crypto
 from reschat.app import open_chat
 from reschat.config import load_settings
+from reschat.ledger import LocalLedger
 from tests.conftest import TEST_SCRYPT_N
 from tests.standin import StandInCluster
 from tests.standin.http_gateway import GatewayStandIn
@@ -160,6 +161,7 @@ def test_kv_service_tools_streaming_1_gb_at_every_stored_key(world: Path) -> Non
 
 def test_sqlite_with_200_mb_at_every_stored_key(world: Path) -> None:
     ledger = world / "ledger.sqlite"
+    LocalLedger(ledger).close()
     converse(world, {"ledger": str(ledger)})
     with closing(sqlite3.connect(ledger)) as db, db:
         keys = [str(row[0]) for row in db.execute("SELECT key FROM kv ORDER BY key")]

@@ -23,7 +23,7 @@ from reschat.app import open_chat, open_friend_store
 from reschat.cli import main
 from reschat.config import load_settings
 from reschat.ledger import LocalLedger
-from tests.conftest import make_identity, make_person, rsa_key, statics_key
+from tests.conftest import FaultyLedger, make_identity, make_person, rsa_key, statics_key
 from tests.standin import StandInCluster
 from tests.standin.http_gateway import GatewayStandIn
 
@@ -87,7 +87,7 @@ def as_user(world: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
     def go(name: str, *args: str, stdin: str | None = None, password: bool = True) -> subprocess.CompletedProcess[str]:
         env = clean_env(RESCHAT_PASSWORD=PASSWORDS[name]) if password else clean_env()
-        return reschat("--home", str(world / name), "--ledger", str(world / "ledger.sqlite"), *args,
+        return reschat("--home", str(world / name), "--ledger", str(world / "ledger.sqlite"), "--create", *args,
                        stdin=stdin, env=env)
 
     return go
@@ -428,6 +428,7 @@ def test_send_and_read_json_shape(as_user: Run, world: Path) -> None:
 
 def test_read_is_inert_and_all_reads_everything(as_user: Run, world: Path) -> None:
     befriend(as_user, world)
+    LocalLedger(world / "ledger.sqlite").close()
     settings = load_settings(home=str(world / "alice"), ledger=str(world / "ledger.sqlite"), environ={})
     chat = open_chat(settings, crypto.load_identity(world / "alice", PASSWORDS["alice"]))
     for i in range(45):
@@ -567,7 +568,7 @@ def test_send_needs_exactly_one_of_text_or_file(as_user: Run, world: Path) -> No
 
 def test_save_errors_are_one_line_and_save_nothing(as_user: Run, world: Path) -> None:
     befriend(as_user, world)
-    one_line_error(as_user("bob", "save", "alice"), "no file in the conversation with alice")
+    one_line_error(as_user("bob", "save", "alice"), "no file in the conversation with alice")  # made the ledger
     settings = load_settings(home=str(world / "alice"), ledger=str(world / "ledger.sqlite"), environ={})
     chat = open_chat(settings, crypto.load_identity(world / "alice", PASSWORDS["alice"]))
     (world / "secret.txt").write_bytes(b"the plans")
@@ -591,7 +592,7 @@ def test_save_errors_are_one_line_and_save_nothing(as_user: Run, world: Path) ->
 
 
 def test_doctor_on_a_healthy_local_ledger(world: Path) -> None:
-    result = reschat("--home", str(world / "alice"), "--ledger", str(world / "ledger.sqlite"), "doctor")
+    result = reschat("--home", str(world / "alice"), "--ledger", str(world / "ledger.sqlite"), "--create", "doctor")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "ResChat doctor: ledger backend local"
@@ -738,7 +739,13 @@ def test_switching_to_kv_service_tools_and_back_to_this_machine(on_profile: Run,
     assert load_settings(home=str(world / "alice"), environ={}).ledger.resilientdb.client_config == str(cluster.config)
 
     own_file = world / "elsewhere" / "chat.sqlite"
-    back = on_profile("alice", "ledger", "local", str(own_file))
+    refused = on_profile("alice", "ledger", "local", str(own_file), "--create")
+    assert refused.returncode == 1 and "ResChat makes no folder for a ledger file you named" in refused.stderr
+    (world / "elsewhere").mkdir()
+    refused = on_profile("alice", "ledger", "local", str(own_file))
+    assert refused.returncode == 1 and "does not exist: to make a new, empty one there, add --create" in refused.stderr
+    assert not own_file.exists()
+    back = on_profile("alice", "ledger", "local", str(own_file), "--create")
     assert back.returncode == 0, back.stderr
     assert back.stdout.splitlines()[0] == f"Ledger: this machine only, the file {own_file}"
     assert load_settings(home=str(world / "alice"), environ={}).ledger_path == own_file
@@ -755,3 +762,45 @@ def test_ledger_shows_the_default_and_what_overrides_it(world: Path, as_user: Ru
         f"Ledger: this machine only, the file {world / 'ledger.sqlite'}",
         "Set by: --ledger or RESCHAT_LEDGER (they win over the config file)",
     ]
+
+
+# --- a ledger file that is not there (issue 12) -------------------------------------------------------
+
+
+def test_a_ledger_file_that_does_not_exist_is_refused_until_create_and_no_folder_is_made(
+    as_user: Run, world: Path
+) -> None:
+    befriend(as_user, world)
+    env = clean_env(RESCHAT_PASSWORD=PASSWORDS["alice"])
+    missing = world / "elsewhere.sqlite"
+    refused = reschat("--home", str(world / "alice"), "--ledger", str(missing), "send", "bob", "hi", env=env)
+    one_line_error(refused, f"the local ledger {missing} does not exist: to make a new, empty one there, add --create")
+    assert not missing.exists()
+    nowhere = world / "no" / "such" / "folder.sqlite"
+    alice = str(world / "alice")
+    refused = reschat("--home", alice, "--ledger", str(nowhere), "--create", "send", "bob", "hi", env=env)
+    one_line_error(refused, f"the folder {nowhere.parent} does not exist: ResChat makes no folder")
+    assert not (world / "no").exists()
+    made = reschat("--home", str(world / "alice"), "--ledger", str(missing), "--create", "send", "bob", "hi", env=env)
+    assert made.returncode == 0, made.stderr
+    assert missing.is_file() and LocalLedger(missing).get(
+        open_chat(load_settings(home=str(world / "alice"), ledger=str(missing), environ={}),
+                  crypto.load_identity(world / "alice", PASSWORDS["alice"])).lane_address("bob", mine=True, number=1)
+    ) is not None
+
+
+def test_a_command_delivers_what_waits_for_another_friend_too(as_user: Run, world: Path) -> None:
+    befriend(as_user, world)
+    path = world / "ledger.sqlite"
+    carol = make_person("carol", 2, world / "carol", LocalLedger(path))
+    carol.friends.add_friend("alice", crypto.parse_contact(card_of(world, "alice")))
+    assert as_user("alice", "add", "carol", carol.card, password=False).returncode == 0
+    lossy = FaultyLedger(LocalLedger(path))
+    lossy.drop_sets = True  # the write of alice's message to carol is lost on the way
+    settings = load_settings(home=str(world / "alice"), ledger=str(path), environ={})
+    alice = open_chat(settings, crypto.load_identity(world / "alice", PASSWORDS["alice"]), ledger=lossy)
+    assert alice.send_message("hi carol", "carol").error is None
+    assert [m.text for m in carol.chat.get_update("alice").messages] == []
+    # The next command alice runs is about bob; what waits for carol goes out too.
+    assert as_user("alice", "read", "bob").returncode == 0
+    assert [m.text for m in carol.chat.get_update("alice").messages] == ["hi carol"]

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from reschat.chat import ChatMessage, ConversationView
-from reschat.errors import LedgerConfigError, LedgerTimeoutError, LedgerUnavailableError
+from reschat import files
+from reschat.chat import CHUNK_CHECK_EVERY, ChatMessage, ConversationView
+from reschat.errors import IntegrityError, LedgerConfigError, LedgerTimeoutError, LedgerUnavailableError
 from reschat.ledger import ResilientDBLedger
 from reschat.page import PAGE_CAPACITY
 from tests.conftest import (
@@ -356,3 +357,126 @@ def test_a_lost_write_of_a_full_page_is_not_confirmed_by_the_next_page(rig: Ledg
     assert texts == [f"m{i}" for i in range(PAGE_CAPACITY)] + ["next page"]
     delivered = [(text, "delivered") for text in texts]
     assert mine_once(alice, "bob", delivered) == delivered
+
+
+# --- delivery you can trust (issue 12): every friend's outbox, long waits, file chunks ---------------
+
+
+def test_quit_and_restart_with_unsent_messages_for_two_friends_delivers_both_without_opening_either_chat(
+    rig: LedgerRig, tmp_path: Path
+) -> None:
+    alice, bob = setup(rig, tmp_path)
+    carol = make_person("carol", 2, tmp_path / "carol", rig.ledger)
+    befriend(alice, carol)
+    first_message(alice)
+    assert alice.chat.send_message("before", "carol").error is None
+    assert mine_once(alice, "carol", [("before", "delivered")]) == [("before", "delivered")]
+    rig.behave(down=True)
+    assert alice.chat.send_message("to bob, unsent", "bob").error is not None  # never reached the ledger
+    rig.behave(down=False, drop_sets=True)
+    assert alice.chat.send_message("to carol, lost", "carol").error is None  # written, but the write was lost
+    rig.behave(drop_sets=False)
+    home = alice.home
+    del alice  # quit
+
+    # A new session that re-sends only after an hour: what waits goes out at once all the same.
+    again = make_person("alice", 0, home, rig.ledger, resend_after=timedelta(hours=1))
+    assert again.chat.pending_counts() == {"bob": 1, "carol": 1}
+    again.chat.deliver_pending()  # what the menus and the commands do after login, in the background
+    for friend, text in (("bob", "to bob, unsent"), ("carol", "to carol, lost")):
+        person = bob if friend == "bob" else carol
+        view = update_until(person, "alice", lambda v, t=text: t in texts_of(v) and not v.problems)
+        assert texts_of(view) == ["before", text] and view.problems == []
+    assert settle(again.chat.deliver_pending, lambda counts: counts == {}) == {}
+
+
+def test_a_write_that_failed_goes_out_at_the_next_update_without_waiting_for_resend_after(
+    rig: LedgerRig, tmp_path: Path
+) -> None:
+    alice, bob = setup(rig, tmp_path, resend_after=timedelta(hours=1))
+    first_message(alice)
+    rig.behave(down=True)
+    assert alice.chat.send_message("while down", "bob").error is not None
+    rig.behave(down=False)
+    alice.chat.get_update("bob")  # the same session: nothing was written, so nothing to wait for
+    assert [m.text for m in received(bob, "alice", 2)] == ["before", "while down"]
+
+
+def test_a_message_unconfirmed_for_six_resend_intervals_is_not_delivered_yet_until_it_is(
+    rig: LedgerRig, tmp_path: Path
+) -> None:
+    clock = ManualClock()
+    alice, _bob = setup(rig, tmp_path, clock=clock, resend_after=RESEND_AFTER)
+    first_message(alice)
+    rig.behave(drop_sets=True)
+    alice.chat.send_message("lost again and again", "bob")
+    clock.advance(6 * RESEND_AFTER.total_seconds() - 1)
+    assert mine(alice, "bob")[-1] == ("lost again and again", "pending")
+    clock.advance(1.5)  # (it was sent a microsecond after "before")
+    for _ in range(2):  # lasting: every update says so, not once
+        assert mine(alice, "bob")[-1] == ("lost again and again", "undelivered")
+    rig.behave(drop_sets=False)
+    clock.advance(RESEND_AFTER.total_seconds())
+    expected = [("before", "delivered"), ("lost again and again", "delivered")]
+    assert mine_once(alice, "bob", expected) == expected
+
+
+def chunk_keys_of(person: Person, friend: str) -> list[str]:
+    [message] = [m for m in person.chat.get_update(friend).messages if m.type == files.FILE_TYPE]
+    return files.describe(message).chunk_keys
+
+
+def saved_file(person: Person, friend: str, downloads: Path) -> bytes:
+    """The friend's file, once every chunk reads back whole (stale reads settle)."""
+
+    def attempt() -> bytes | None:
+        messages = [m for m in person.chat.get_update(friend).messages if m.type == files.FILE_TYPE]
+        if not messages:
+            return None
+        try:
+            return person.chat.save_file(messages[-1], downloads).read_bytes()
+        except IntegrityError:
+            return None
+
+    data = settle(attempt, lambda found: found is not None)
+    assert data is not None
+    return data
+
+
+def test_a_dropped_file_chunk_is_re_sent(rig: LedgerRig, tmp_path: Path) -> None:
+    clock = ManualClock()
+    alice, bob = setup(rig, tmp_path, clock=clock, resend_after=RESEND_AFTER)
+    first_message(alice)
+    content = bytes(range(256)) * 1000  # three chunks
+    (tmp_path / "data.bin").write_bytes(content)
+    assert alice.chat.send_file("bob", tmp_path / "data.bin").error is None
+    keys = sorted(alice.chat.own_lane("bob").chunks)  # in the outbox until a read returns them
+    assert len(keys) == 3
+    rig.erase(keys[1])  # the write of one chunk was lost (before this update could read it back)
+    statuses = settle(lambda: [status for _text, status in mine(alice, "bob")], lambda s: s[-1] == "pending")
+    assert statuses == ["delivered", "pending"]  # the file message: no ✓ while a chunk is missing
+    assert rig.stored(keys[1]) is None  # not overdue yet
+    clock.advance(RESEND_AFTER.total_seconds())
+    alice.chat.get_update("bob")  # re-sends the chunk from the outbox
+    assert rig.stored(keys[1]) is not None
+    assert saved_file(bob, "alice", tmp_path / "downloads") == content
+    statuses = settle(lambda: [status for _text, status in mine(alice, "bob")], lambda s: s[-1] == "delivered")
+    assert statuses == ["delivered", "delivered"]
+    assert alice.chat.own_lane("bob").chunks == {}
+    assert set(chunk_keys_of(alice, "bob")) == set(keys)
+
+
+def test_a_file_chunk_overwritten_with_garbage_is_repaired_from_the_kept_copy(rig: LedgerRig, tmp_path: Path) -> None:
+    alice, bob = setup(rig, tmp_path)
+    first_message(alice)
+    content = b"a file worth keeping\n" * 100
+    (tmp_path / "note.txt").write_bytes(content)
+    alice.chat.send_file("bob", tmp_path / "note.txt")
+    [key] = chunk_keys_of(alice, "bob")
+    settle(lambda: alice.chat.get_update("bob"), lambda _v: alice.chat.own_lane("bob").chunks == {})
+    assert alice.chat.own_lane("bob").chunks == {}  # confirmed by a read
+    genuine = rig.stored(key)
+    rig.plant(key, "reschat2:AAAA")
+    settle(lambda: alice.chat.get_update("bob"), lambda _v: rig.stored(key) == genuine, reads=4 * CHUNK_CHECK_EVERY)
+    assert rig.stored(key) == genuine
+    assert saved_file(bob, "alice", tmp_path / "downloads") == content

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ import pytest
 from reschat import crypto
 from reschat.config import HttpSettings, LedgerSettings, ResilientDBSettings, Settings
 from reschat.doctor import DoctorReport, format_report, probe_key, run_doctor
+from reschat.errors import LedgerUnavailableError
 from reschat.friends import FriendStore
+from reschat.ledger import Ledger
 from tests.conftest import rsa_key, statics_key
 from tests.standin import StandInCluster
 from tests.standin.http_gateway import GatewayStandIn
@@ -41,7 +44,8 @@ def http_settings(tmp_path: Path, url: str, timeout: float = 5.0) -> Settings:
 
 
 def local_settings(tmp_path: Path, path: Path) -> Settings:
-    return Settings(home=tmp_path / "home", ledger=LedgerSettings(backend="local", path=str(path)))
+    """A ledger file named in the settings, made if missing (as --create asks)."""
+    return Settings(home=tmp_path / "home", ledger=LedgerSettings(backend="local", path=str(path)), create_ledger=True)
 
 
 def check(report: DoctorReport, name: str) -> tuple[bool, str]:
@@ -227,7 +231,7 @@ def test_reads_that_fail_after_a_write(tmp_path: Path) -> None:
 
 
 def test_local_ledger_healthy(tmp_path: Path) -> None:
-    path = tmp_path / "data" / "ledger.sqlite"
+    path = tmp_path / "ledger.sqlite"
     report = run_doctor(local_settings(tmp_path, path), randfunc=fixed_random)
     assert report.ok, format_report(report)
     assert names(report) == ["ledger file", "write", "read back", "profile"]
@@ -346,3 +350,46 @@ def test_checking_only_the_ledger_leaves_the_profile_out(tmp_path: Path, gateway
     report = run_doctor(http_settings(tmp_path, gateway.url), randfunc=fixed_random, check_profile=False)
     assert report.ok, format_report(report)
     assert names(report) == ["gateway answers", "write", "read back"]
+
+
+# --- the local ledger's own failures (issue 12) -------------------------------------------------------
+
+
+def test_a_named_ledger_file_that_does_not_exist_is_refused_with_the_step_that_makes_it(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    settings = replace(local_settings(tmp_path, path), create_ledger=False)
+    report = run_doctor(settings)
+    assert failed(report) == ["ledger file"]
+    assert "does not exist: to make a new, empty one there, add --create" in check(report, "ledger file")[1]
+    assert not path.exists()
+
+
+def test_a_ledger_file_that_is_not_a_database_gets_specific_advice(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    path.write_text("these are someone's notes, not a database\n" * 200)
+    report = run_doctor(local_settings(tmp_path, path))
+    assert failed(report) == ["ledger file"]
+    detail = check(report, "ledger file")[1]
+    assert f"{path} is not an SQLite database" in detail and "move it away" in detail and "--create" in detail
+    assert "file is not a database" in detail  # SQLite's own words too
+    assert path.read_text().startswith("these are someone's notes")  # never overwritten
+
+
+class FailingDisk(Ledger):
+    """The local ledger as a failing disk makes it fail: SQLite's "disk I/O error" on every call."""
+
+    name = "local"
+
+    def get(self, key: str) -> str | None:
+        raise LedgerUnavailableError("cannot read the local ledger ledger.sqlite: disk I/O error")
+
+    def set(self, key: str, value: str) -> None:
+        raise LedgerUnavailableError("cannot write the local ledger ledger.sqlite: disk I/O error")
+
+
+def test_a_disk_io_error_gets_specific_advice(tmp_path: Path) -> None:
+    report = run_doctor(local_settings(tmp_path, tmp_path / "ledger.sqlite"), ledger=FailingDisk())
+    assert failed(report)[0] == "write"
+    detail = check(report, "write")[1]
+    assert "(disk I/O error): check that the disk is not full or failing" in detail
+    assert "-wal and -shm files are yours and writable" in detail

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from reschat.errors import LedgerMissingError
+from reschat.ledger import LocalLedger
 from reschat.page import PAGE_CAPACITY
-from tests.conftest import LedgerRig, Person, befriend, make_person, settle, texts_of
+from tests.conftest import LedgerRig, Person, befriend, make_person, needs_backend, settle, texts_of
 
 PAGES = 3
 
@@ -106,3 +108,72 @@ def test_a_confirmed_page_overwritten_with_garbage_is_repaired(pair: tuple[Perso
     sent = [f"m{i}" for i in range(PAGE_CAPACITY + 2)]
     # The repair was written a moment ago: a read within the ledger's stale window may not show it yet.
     assert texts_of(settle(lambda: bob.chat.load_all("alice"), lambda v: texts_of(v) == sent)) == sent
+
+
+def test_older_pages_lost_for_good_are_named_never_taken_for_the_start(
+    pair: tuple[Person, Person], rig: LedgerRig, tmp_path: Path
+) -> None:
+    alice, bob = pair
+    for i in range(2 * PAGE_CAPACITY + 10):
+        bob.chat.send_message(f"m{i}", "alice")
+    view = settle(lambda: alice.chat.get_update("bob"), lambda v: len(v.messages) == PAGE_CAPACITY + 10)
+    assert view.messages[0].text == f"m{PAGE_CAPACITY}" and view.has_older
+    # The ledger loses bob's page 1, which alice never read (no copy of hers), and bob is not running.
+    rig.erase(alice.chat.lane_address("bob", mine=False, number=1))
+    named = "page 1 is missing or unreadable: its messages (#1-#20) are not shown"
+    older = alice.chat.load_older("bob")
+    assert [(p.kind, p.detail) for p in older.problems] == [("gap", named)]
+    assert not older.has_older and len(older.messages) == PAGE_CAPACITY + 10
+    # The whole conversation, in a new session (as 'reschat read --all' runs it), says so at once too.
+    again = make_person("alice", 0, alice.home, rig.ledger)
+    everything = again.chat.load_all("bob")
+    assert ("gap", named) in [(p.kind, p.detail) for p in everything.problems]
+    assert [m.text for m in everything.messages] == [f"m{i}" for i in range(PAGE_CAPACITY, 2 * PAGE_CAPACITY + 10)]
+
+
+@needs_backend("local")
+def test_a_local_ledger_file_deleted_under_a_running_session_is_reported_and_heals_once_the_user_says_so(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = LocalLedger(path)
+    alice = make_person("alice", 0, tmp_path / "alice", ledger)
+    bob = make_person("bob", 1, tmp_path / "bob", ledger)
+    befriend(alice, bob)
+    sent = converse(alice, bob)
+    expected = sorted(text for _who, text in sent)
+    path.unlink()  # SQLite itself would go on writing into the deleted file, into nothing
+    for person, friend in ((alice, "bob"), (bob, "alice")):
+        with pytest.raises(LedgerMissingError, match="was deleted while ResChat was running"):
+            person.chat.get_update(friend)
+    assert alice.chat.send_message("while it is gone", "bob").error is not None  # kept, not lost
+    assert not path.exists()  # nothing makes it again unasked
+    ledger.reopen()  # the user said so (the menus' question, or --create at the next start)
+    assert heal([(alice, "bob"), (bob, "alice")], sorted([*expected, "while it is gone"])) <= 8
+
+
+@needs_backend("local")
+def test_a_local_ledger_file_replaced_under_a_running_session_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = LocalLedger(path)
+    alice = make_person("alice", 0, tmp_path / "alice", ledger)
+    bob = make_person("bob", 1, tmp_path / "bob", ledger)
+    befriend(alice, bob)
+    alice.chat.send_message("hello", "bob")
+    LocalLedger(tmp_path / "other.sqlite").close()
+    (tmp_path / "other.sqlite").replace(path)
+    with pytest.raises(LedgerMissingError, match="was replaced by another file"):
+        bob.chat.get_update("alice")
+    ledger.reopen()  # the file there now is used, never emptied
+    assert heal([(alice, "bob"), (bob, "alice")], ["hello"]) <= 8
+
+
+def test_a_local_ledger_file_that_does_not_exist_is_made_only_when_asked(tmp_path: Path) -> None:
+    with pytest.raises(LedgerMissingError, match="does not exist: to make a new, empty one there, add --create"):
+        LocalLedger(tmp_path / "ledger.sqlite", create=False)
+    assert not (tmp_path / "ledger.sqlite").exists()
+    with pytest.raises(LedgerMissingError, match="makes no folder for a ledger file you named"):
+        LocalLedger(tmp_path / "new" / "ledger.sqlite", make_folders=False)
+    assert not (tmp_path / "new").exists()
+    LocalLedger(tmp_path / "ledger.sqlite", make_folders=False).close()
+    assert (tmp_path / "ledger.sqlite").is_file()

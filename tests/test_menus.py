@@ -30,10 +30,10 @@ from prompt_toolkit.output import DummyOutput, Output
 
 from reschat import crypto, files, menus, safety, schedule
 from reschat.app import ProfilePaths, open_friend_store
-from reschat.chat import MAX_TEXT_BYTES
+from reschat.chat import MAX_TEXT_BYTES, ChatService
 from reschat.config import Settings, load_settings
 from reschat.errors import UnknownFriendError, WrongPasswordError
-from reschat.ledger import Ledger, MemoryLedger, ResilientDBHttpLedger
+from reschat.ledger import Ledger, LocalLedger, MemoryLedger, ResilientDBHttpLedger
 from reschat.menus import (
     ACTIVE_WINDOW_S,
     CHAT_HINT,
@@ -49,8 +49,8 @@ from reschat.menus import (
     run_pager,
 )
 from reschat.page import SealedPage
-from reschat.render import DEFAULT_WIDTH, display_width, format_message, gutter
-from tests.conftest import TEST_SCRYPT_N, Person, make_identity, make_person, rsa_key, statics_key
+from reschat.render import DEFAULT_WIDTH, DELIVERED_MARK, display_width, format_message, gutter
+from tests.conftest import TEST_SCRYPT_N, FaultyLedger, Person, make_identity, make_person, rsa_key, statics_key
 from tests.standin import StandInCluster
 from tests.standin.http_gateway import GatewayStandIn
 
@@ -1558,3 +1558,118 @@ def test_the_pager_is_fed_through_a_pipe(tmp_path: Path) -> None:
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True
+
+
+# --- delivery you can trust (issue 12) --------------------------------------------------------------------
+
+
+def test_quit_and_restart_with_unsent_messages_for_two_friends_delivers_both_without_opening_either_chat(
+    settings: Settings, ledger: MemoryLedger, befriended: Person, carol: Person
+) -> None:
+    faulty = FaultyLedger(ledger)
+    faulty.drop_sets = True  # every write is lost: nothing alice sends is confirmed
+    first = Terminal(settings, faulty).start()
+    first.type(login("1\r1\r" + "hi bob\r" + "8\r" + "2\r" + "hi carol\r" + "8\r"))
+    first.wait_for("me: hi carol")
+    first.type(CTRL_D)
+    output = first.finish()
+    assert "2 messages are not confirmed by the ledger yet (1 to bob, 1 to carol): they go out at the next start." \
+        in output
+    assert texts(befriended) == [] and [m.text for m in carol.chat.get_update("alice").messages] == []
+
+    # The next start, on a ledger that works, re-sending only after an hour: alice logs in and opens no chat.
+    patient = replace(settings, chat=replace(settings.chat, resend_after=3600.0))
+    again = Terminal(patient, ledger).start()
+    again.type(login())
+    again.wait_for("Main menu")
+    again.wait_until(lambda: texts(befriended) == ["hi bob"], "bob receives 'hi bob'")
+    again.wait_until(lambda: [m.text for m in carol.chat.get_update("alice").messages] == ["hi carol"],
+                     "carol receives 'hi carol'")
+    again.wait_until(lambda: not again.menus.chat.pending_counts(), "both confirmed by a read")
+    again.type(CTRL_D)
+    output = again.finish()
+    assert "not confirmed" not in output and "Chat with" not in output
+
+
+def test_loading_older_messages_names_pages_the_ledger_lost_and_never_says_there_are_none(
+    run: Callable[[str], str], ledger: MemoryLedger, befriended: Person
+) -> None:
+    for i in range(50):
+        befriended.chat.send_message(f"m{i}", "alice")
+    del ledger._data[befriended.chat.lane_address("alice", mine=True, number=1)]  # lost, and bob is away
+    output = unwrapped(run(login("1\r1\r" + "3\r" + "3\r" + CTRL_D)))
+    named = "page 1 is missing or unreadable: its messages (#1-#20) are not shown"
+    assert named in output.split("--- older messages ---", 1)[1]
+    nothing = "Nothing older can be shown: missing from the ledger, and no copy here to restore them"
+    assert f"{nothing}: bob's lane: {named}" in output
+    assert "No older messages" not in output and "bob: m19" not in output and "bob: m20" in output
+
+
+def test_a_local_ledger_file_deleted_while_chatting_is_reported_at_once_and_made_again_when_confirmed(
+    tmp_path: Path, settings: Settings, alice_identity: crypto.Identity
+) -> None:
+    path = tmp_path / "ledger.sqlite"
+    bob = make_person("bob", 1, tmp_path / "bob", LocalLedger(path))
+    bob.friends.add_friend("alice", crypto.parse_contact(alice_identity.card))
+    open_friend_store(settings).add_friend("bob", crypto.parse_contact(bob.card), "bob")
+    bob.chat.send_message("hello alice", "alice")
+    local = replace(settings, ledger=replace(settings.ledger, backend="local", path=str(path)))
+    term = Terminal(local, None).start()
+    term.type(login("1\r1\r" + "hi bob\r"))
+    term.wait_for("me: hi bob")
+    alice_page = bob.chat.lane_address("alice", mine=False, number=1)
+    term.wait_until(lambda: LocalLedger(path).get(alice_page) is not None, "alice's page on the ledger")
+    path.unlink()
+    term.wait_for("was deleted")  # said by the chat's poll at once, nothing typed
+    assert not path.exists()
+    term.type("\r" + "y\r")  # Enter, and the question: use the file again? (prompts go to the terminal)
+    term.wait_for("Using ")
+    # alice's updates put back her page (and bob's, which hers follows not: his newest is his own).
+    term.wait_until(lambda: path.exists() and LocalLedger(path).get(alice_page) is not None, "alice's page back")
+    term.type("8\r" + CTRL_D)
+    term.finish()
+    assert term.error is None and term.status == 0
+
+
+def test_what_waits_goes_out_in_the_background_while_a_prompt_with_no_poll_of_its_own_waits(
+    settings: Settings, ledger: MemoryLedger, befriended: Person
+) -> None:
+    faulty = FaultyLedger(ledger)
+    faulty.drop_sets = True
+
+    def session(menus: Menus) -> int:
+        """Log in, then wait at the nickname prompt of 'Add a friend' (no unread count, no chat poll)."""
+        menus.identity = menus.start()
+        menus._chat = menus._open_chat(menus.identity)
+        with menus._delivery():
+            menus.add_friend()
+        return 0
+
+    identity = crypto.load_identity(settings.home, PASSWORD, scrypt_n=TEST_SCRYPT_N)
+    first = ChatService(identity, open_friend_store(settings), faulty, ProfilePaths(settings.home).lanes)
+    assert first.send_message("sent before a quit", "bob").error is None  # and lost on the way
+    faulty.drop_sets = False
+    patient = replace(settings, chat=replace(settings.chat, resend_after=3600.0))
+    term = Terminal(patient, ledger, body=session).start()
+    term.type(login())
+    term.wait_until(lambda: texts(befriended) == ["sent before a quit"], "bob receives it")
+    term.type("\r")  # an empty nickname adds nobody
+    term.finish()
+    assert term.error is None and term.status == 0
+
+
+def test_a_message_unconfirmed_for_long_is_not_delivered_yet_in_the_chat_until_it_is(
+    settings: Settings, ledger: MemoryLedger, befriended: Person
+) -> None:
+    faulty = FaultyLedger(ledger)
+    faulty.drop_sets = True
+    hasty = replace(settings, chat=replace(settings.chat, resend_after=0.05))  # "not delivered yet" after 0.3 s
+    term = Terminal(hasty, faulty).start()
+    term.type(login("1\r1\r" + "hello\r"))
+    term.wait_for("me: hello")
+    term.wait_for("not delivered yet: hello")  # the chat's poll says so, once
+    faulty.drop_sets = False
+    term.wait_for(f"{DELIVERED_MARK} delivered: hello")
+    term.type("8\r" + CTRL_D)
+    output = term.finish()
+    assert term.error is None and output.count("not delivered yet: hello") == 1

@@ -78,7 +78,7 @@ def test_unlocking_an_existing_identity_accepts_its_weak_password(tmp_path: Path
     home = tmp_path / "old"
     crypto.create_keys("dave", "pw", home, scrypt_n=TEST_SCRYPT_N)
     friend = make_identity("erin", 1).card
-    common = ["--home", str(home), "--ledger", str(tmp_path / "ledger.sqlite")]
+    common = ["--home", str(home), "--ledger", str(tmp_path / "ledger.sqlite"), "--create"]
     assert main(["add", "erin", friend, *common], environ={}) == 0
     assert main(["read", "erin", "--json", *common], environ={"RESCHAT_PASSWORD": "pw"}) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "[]"

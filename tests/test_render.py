@@ -270,3 +270,16 @@ def test_a_setting_never_shows_its_body_and_a_hostile_name_stays_inert() -> None
     # Narrow terminals wrap it behind the gutter like any other line.
     rows = format_message(setting(3600), UTC, width=30)
     assert len(rows) > 1 and all(row.startswith(gutter(30)) for row in rows[1:])
+
+
+def test_a_message_not_delivered_for_long_says_so_in_the_chat_and_in_json() -> None:
+    from reschat.cli import message_json
+
+    sent = ChatMessage(sender="me", receiver="bob", time=datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc),
+                       type="text", type_ext="", body=b"are you there?", seq=3, status="undelivered")
+    [row] = format_message(sent, timezone.utc)
+    assert row.endswith("me (not delivered yet): are you there?") and "✓" not in row
+    assert "not delivered yet" not in format_message(replace(sent, status="pending"), timezone.utc)[0]
+    shown = message_json(sent)
+    assert (shown["status"], shown["not_delivered_yet"]) == ("undelivered", True)
+    assert message_json(replace(sent, status="delivered"))["not_delivered_yet"] is False
