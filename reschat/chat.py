@@ -99,6 +99,8 @@ MAX_REPAIRS_PER_UPDATE = 4
 MAX_WINDOW_PAGES = 1000
 #: Values that failed to open or verify, remembered (by hash) so that they cost nothing again.
 MAX_REFUSED = 256
+#: Parsed pages kept in memory (``ChatService._sealed``): a few updates' worth.
+_PARSED_KEPT = 64
 
 IntegrityProblem = Problem
 
@@ -225,6 +227,7 @@ class ChatService:
         self._lane_checked: set[bytes] = set()  # conversations whose own lane this session checked
         self._notes: list[Problem] = []
         self._refusals: dict[str, str] = {}  # value hash -> problem kind, refused in this update
+        self._parsed: dict[str, SealedPage] = {}  # ledger value -> the page it parses to (see _sealed)
 
     # -- pairs ---------------------------------------------------------------------------------
 
@@ -265,6 +268,17 @@ class ChatService:
 
     def _sign(self, data: bytes) -> bytes:
         return crypto.sign(self.identity.private_key, data, self.randfunc)
+
+    def _sealed(self, value: str) -> SealedPage:
+        """``SealedPage.from_string(value)``, parsed once per value: one update looks at the same page
+        in several places (its writer tag, its length, opening it). Callers only read what it returns."""
+        parsed = self._parsed.get(value)
+        if parsed is None:
+            parsed = SealedPage.from_string(value)  # PageFormatError is not kept: junk is parsed again
+            if len(self._parsed) >= _PARSED_KEPT:
+                self._parsed.clear()
+            self._parsed[value] = parsed
+        return parsed
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -358,7 +372,7 @@ class ChatService:
         if value is None:
             return False
         try:
-            sealed = SealedPage.from_string(value)
+            sealed = self._sealed(value)
         except PageFormatError:
             return False
         return hmac.compare_digest(sealed.tag, writer_tag(self._tag_key, pair.conversation, epoch, number, sealed))
@@ -381,7 +395,7 @@ class ChatService:
         if not own.page or local is None or not self._is_mine(pair, *current, remote):
             return False
         assert remote is not None
-        theirs, ours = SealedPage.from_string(remote).records, SealedPage.from_string(local).records
+        theirs, ours = self._sealed(remote).records, self._sealed(local).records
         return len(theirs) > len(ours) or theirs != ours[: len(theirs)]
 
     def _check_own_lane(self, pair: _Pair, own: OwnLane) -> None:
@@ -521,7 +535,7 @@ class ChatService:
             return refused
         result: OpenPage | Problem
         try:
-            sealed = SealedPage.from_string(value)
+            sealed = self._sealed(value)
             pid = page_id(epoch, number)
             stored = (OwnLane.from_dict(state.mine).secrets if mine else state.theirs.secrets).get(pid)
             secret: bytes | PageKeys
@@ -548,7 +562,7 @@ class ChatService:
             result = open_page(
                 value, sealed, secret, conversation=pair.conversation, writer=writer,
                 writer_key=self.identity.public_key if mine else pair.key, epoch=epoch, number=number,
-                verified=self._verified,
+                verified=self._verified, kept=_kept_digests(state, mine, epoch),
             )
             used_keys[(epoch, number)] = key_index
         except _Budget:
@@ -576,9 +590,10 @@ class ChatService:
         pair = self._pair(nickname)
         friend = pair.friend
         session = self._sessions.setdefault(pair.conversation, _Session())
-        if _timer(pair.store.load()):
-            self._expire(pair)
         state = pair.store.load()
+        if _timer(state):
+            self._expire(pair)
+            state = pair.store.load()
         own = OwnLane.from_dict(state.mine)
         theirs_view = session.theirs
         opening = theirs_view.low == 0
@@ -991,7 +1006,7 @@ class ChatService:
         if value is None:
             return False
         try:
-            return len(SealedPage.from_string(value).slots) == 1
+            return len(self._sealed(value).slots) == 1
         except PageFormatError:
             return False
 
@@ -1209,13 +1224,13 @@ class ChatService:
         now = self.clock()
         for page_number in own.unconfirmed():
             local_value = own.pages[str(page_number)]
-            local = SealedPage.from_string(local_value)
+            local = self._sealed(local_value)
             first = own.last_seq[str(page_number)] - len(local.records) + 1
             remote_value = session.mine.pages.get((own.epoch, page_number))
             remote: list[bytes] = []
             if remote_value is not None:
                 try:
-                    remote = SealedPage.from_string(remote_value).records
+                    remote = self._sealed(remote_value).records
                 except PageFormatError:
                     remote = []
             matching = [first + i for i, rec in enumerate(local.records) if i < len(remote) and remote[i] == rec]
@@ -1415,6 +1430,35 @@ _EXPIRED = "expired"
 def _timer(state: ConversationState) -> int:
     value = state.settings.get("disappear", 0)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _kept_digests(state: ConversationState, mine: bool, epoch: int) -> Callable[[int], bytes | None]:
+    """The digests this profile kept of a lane's records, by sequence number (``lane.open_page``).
+
+    The friend's lane: every record verified and kept by an earlier update (``FriendLane.digests``,
+    written only from verified pages). Our own lane: our newest record, which this profile signed.
+    Both come from the sealed key store, which nobody without the store key can alter.
+    """
+    if mine:
+        own = state.mine
+        head, newest = own.get("head"), own.get("seq")
+        if own.get("epoch") != epoch or not isinstance(head, str) or not isinstance(newest, int):
+            return lambda _seq: None
+
+        def own_digest(seq: int) -> bytes | None:
+            return bytes.fromhex(head) if seq == newest else None
+
+        return own_digest
+    digests = state.theirs.digests
+
+    def kept(seq: int) -> bytes | None:
+        text = digests.get(f"{epoch}:{seq}")
+        try:
+            return bytes.fromhex(text) if text else None
+        except ValueError:
+            return None
+
+    return kept
 
 
 def _parses(value: str | None) -> bool:

@@ -215,10 +215,17 @@ def open_page(
     epoch: int,
     number: int,
     verified: set[bytes],
+    kept: Callable[[int], bytes | None] | None = None,
 ) -> OpenPage:
     """Open and check one page; PageFormatError names what is wrong (its detail says why).
 
     ``verified`` holds digests whose signature was already checked: a page read again costs no RSA.
+    ``kept`` gives, for a sequence number, the digest of the record this reader verified and kept at
+    that place in an earlier session (its sealed key store), or None. A page whose newest record has
+    exactly that digest needs no RSA verification either: a digest is SHA-256 over everything the
+    signature covers (label, the page header's digest, the record's index and its whole content), and
+    it was kept only after that signature verified, so equal digests mean the same signed bytes,
+    already checked. Any other record, or one whose digest differs, is verified as usual.
     """
     keys = as_keys(page_secret)
     try:
@@ -232,19 +239,20 @@ def open_page(
     if (header.epoch, header.number) != (epoch, number):
         raise PageFormatError(f"it was signed as page {header.number} of epoch {header.epoch}")
     page = OpenPage(value=value, header=header, keys=keys, skipped=min(keys.start, len(sealed.records)))
+    header_digest = header.digest  # a hash over the whole header: computed once, not once per record
     chain = keys.chain
     previous: bytes | None = header.link if keys.start == 0 else None
     for index, sealed_record in enumerate(sealed.records):
         if index < keys.start:
             continue  # its key was deleted: the record stays sealed forever
         try:
-            record = open_record(sealed_record, schedule.message_key(chain), header.digest, index)
+            record = open_record(sealed_record, schedule.message_key(chain), header_digest, index)
         except ValueError as exc:
             raise PageFormatError(f"record {index + 1} does not open") from exc
         chain = schedule.next_chain_key(chain)
         if record.seq != header.first_seq + index or (previous is not None and record.prev != previous):
             raise PageFormatError(f"record {index + 1} does not follow the one before it")
-        previous = record.digest(header.digest, index)
+        previous = record.digest(header_digest, index)
         page.records.append(record)
         page.digests.append(previous)
     # One signature per page: the newest record's covers the header and, through the chain, every
@@ -252,10 +260,12 @@ def open_page(
     if page.records:
         last = page.records[-1]
         checked = page.digests[-1]
-        signed = last.signed_bytes(header.digest, len(page.records) - 1)
+        if kept is not None and kept(last.seq) == checked:
+            verified.add(checked)  # verified in an earlier session (see above): the same signed bytes
+        signed = last.signed_bytes(header_digest, len(page.records) - 1)
         signature = last.signature
     else:
-        checked, signed, signature = header.digest, header.signed_bytes(), header.signature
+        checked, signed, signature = header_digest, header.signed_bytes(), header.signature
     if checked not in verified:
         if not crypto.verify(writer_key, signed, signature):
             raise PageFormatError("its signature does not verify")
