@@ -19,6 +19,7 @@ few older pages in rotation (to notice a rewrite) and our own unconfirmed pages.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -184,13 +185,18 @@ class _Pair:
     """One friend, with what the protocol derives from the two cards."""
 
     friend: Friend
-    key: RSA.RsaKey
     fingerprint: bytes
     statics: kem.ReceivePublic
     address_key: bytes
     conversation: bytes
     store: ConversationStore
     copies: PageCopies
+
+    @functools.cached_property
+    def key(self) -> RSA.RsaKey:
+        """The friend's RSA key, parsed at its first use: an update that checks no new signature
+        needs none. (A friend with another RSA key has another fingerprint, so another _Pair.)"""
+        return self.friend.key
 
 
 class ChatService:
@@ -242,7 +248,7 @@ class ChatService:
         fingerprint = bytes.fromhex(friend.fingerprint)
         address_key, conversation = schedule.pair_keys(shared, self.my_fingerprint, fingerprint)
         pair = _Pair(
-            friend=friend, key=friend.key, fingerprint=fingerprint, statics=statics, address_key=address_key,
+            friend=friend, fingerprint=fingerprint, statics=statics, address_key=address_key,
             conversation=conversation,
             store=ConversationStore(self.state_dir, conversation, self.identity.store_key),
             copies=PageCopies(self.state_dir, conversation, self.identity.store_key),
@@ -561,7 +567,7 @@ class ChatService:
                 secret, key_index = found
             result = open_page(
                 value, sealed, secret, conversation=pair.conversation, writer=writer,
-                writer_key=self.identity.public_key if mine else pair.key, epoch=epoch, number=number,
+                writer_key=self.identity.public_key if mine else lambda: pair.key, epoch=epoch, number=number,
                 verified=self._verified, kept=_kept_digests(state, mine, epoch),
             )
             used_keys[(epoch, number)] = key_index

@@ -211,7 +211,7 @@ def open_page(
     *,
     conversation: bytes,
     writer: bytes,
-    writer_key: RSA.RsaKey,
+    writer_key: RSA.RsaKey | Callable[[], RSA.RsaKey],
     epoch: int,
     number: int,
     verified: set[bytes],
@@ -219,6 +219,7 @@ def open_page(
 ) -> OpenPage:
     """Open and check one page; PageFormatError names what is wrong (its detail says why).
 
+    ``writer_key`` may be a function that gives the key: it is called only when a signature is checked.
     ``verified`` holds digests whose signature was already checked: a page read again costs no RSA.
     ``kept`` gives, for a sequence number, the digest of the record this reader verified and kept at
     that place in an earlier session (its sealed key store), or None. A page whose newest record has
@@ -267,7 +268,8 @@ def open_page(
     else:
         checked, signed, signature = header_digest, header.signed_bytes(), header.signature
     if checked not in verified:
-        if not crypto.verify(writer_key, signed, signature):
+        key = writer_key if isinstance(writer_key, RSA.RsaKey) else writer_key()
+        if not crypto.verify(key, signed, signature):
             raise PageFormatError("its signature does not verify")
         verified.add(checked)
     return page
