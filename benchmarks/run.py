@@ -800,6 +800,7 @@ def append_filler_pages(person: Person, friend_nickname: str, count: int, record
             seq += records - 1
             value = sealed.to_string()
             chat.ledger.set(chat.lane_address(friend_nickname, mine=True, number=number, epoch=own.epoch), value)
+            chat._write_hint(pair, own.epoch, number)  # as the engine does after starting a page
             own.page, own.seq, own.head = number, seq, head
             own.secrets[page_id(own.epoch, number)] = secret.hex()
             own.pages[str(number)] = value

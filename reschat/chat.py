@@ -23,7 +23,7 @@ import functools
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,6 +35,7 @@ from reschat.errors import KeyFormatError, LedgerError, MessageError, PageFormat
 from reschat.friends import Friend, FriendStore
 from reschat.keystore import ConversationState, ConversationStore, PageCopies, ReceiveKeyEntry
 from reschat.lane import (
+    HINT_EVERY,
     Checkpoint,
     OpenPage,
     PageKeys,
@@ -44,7 +45,9 @@ from reschat.lane import (
     find_page_secret,
     new_page,
     open_header,
+    open_hint,
     open_page,
+    seal_hint,
     writer_tag,
 )
 from reschat.ledger.base import Ledger
@@ -332,6 +335,7 @@ class ChatService:
                 type=msg_type, seq=own.seq + 1, prev=bytes.fromhex(own.head), timestamp=now,
                 causal=(theirs.epoch, theirs.seq), type_ext=type_ext, body=body,
             )
+            page_before = own.page
             number, value = self._append(pair, state, own, record)
             own.last_time = format_timestamp(now)
             state.mine = own.to_dict()
@@ -345,6 +349,9 @@ class ChatService:
             except LedgerError as exc:
                 log.warning("send deferred: %s", exc)
                 error = exc
+            else:
+                if number != page_before:
+                    self._write_hint(pair, own.epoch, number)
         sent = ChatMessage(
             sender=ME, receiver=pair.friend.nickname, time=now, type=msg_type, type_ext=type_ext,
             body=body, seq=record.seq, status="pending", epoch=own.epoch,
@@ -494,6 +501,21 @@ class ChatService:
             self.ledger.set(self._address(pair, True, own.epoch, own.page), own.pages[str(own.page)])
         except LedgerError as exc:
             log.warning("publishing a new receive key deferred: %s", exc)
+        else:
+            self._write_hint(pair, own.epoch, own.page)
+
+    def _write_hint(self, pair: _Pair, epoch: int, number: int) -> None:
+        """After page ``number`` of ours is written: rewrite our page hint when the number is a multiple
+        of HINT_EVERY (one small write every HINT_EVERY pages; a plain send stays one write). Written
+        after the page, so that it never names a page not yet written; a failed write only leaves the
+        hint staler, which costs a reader probes, never a page."""
+        if number % HINT_EVERY:
+            return
+        try:
+            self.ledger.set(schedule.hint_address(pair.address_key, self.my_fingerprint),
+                            seal_hint(pair.address_key, self.my_fingerprint, epoch, number))
+        except LedgerError as exc:
+            log.warning("writing the page hint failed: %s", exc)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -626,8 +648,11 @@ class ChatService:
             want(False, f_epoch, [f_base - 1, f_base, f_base + 1, f_base + 2])
         else:
             want(False, f_epoch, [1, 2, 3])
-        if opening:
+        if opening and f_base:
             want(False, f_epoch, [f_base + step for step in _EXPONENTIAL])
+        # No page number of our own to start from (no checkpoint): the writer's page hint instead of a
+        # gallop from page 1, so that opening a long lane costs the same reads as a short one.
+        hint_key = schedule.hint_address(pair.address_key, pair.fingerprint) if not f_base else None
         want(False, f_epoch + 1, [1])
         if not state.theirs.epoch:
             for epoch in range(2, _MAX_EPOCH_PROBE + 1):
@@ -642,14 +667,19 @@ class ChatService:
             want(True, own.epoch + 1, [1])
             if opening:
                 want(True, own.epoch, [own.page - 1, own.page])
-        self._fetch(wanted, session)
+        hint_value = self._fetch(wanted, session, [hint_key] if hint_key else []).get(hint_key or "")
 
         # The friend's lane: a restart first, then the newest page that verifies.
         restarted = self._follow_restarts(pair, state, session, f_epoch, problems, used_keys)
         if restarted != f_epoch:
             f_base, theirs_view.low = 0, 0
         f_epoch = theirs_view.epoch = restarted
-        top = self._discover_top(pair, state, session, False, f_epoch, f_base, used_keys)
+        steps: Sequence[int] = _EXPONENTIAL
+        if hint_value is not None and not f_base:
+            hinted = self._from_hint(pair, session, f_epoch, hint_value, problems)
+            if hinted:
+                f_base, steps = hinted, range(1, HINT_EVERY + 1)
+        top = self._discover_top(pair, state, session, False, f_epoch, f_base, used_keys, steps)
         theirs_view.top = top
         # A value above the newest verified page (in what this update read) does not verify: it is
         # junk, a copy or a forgery, and is said, never silently ignored.
@@ -954,15 +984,19 @@ class ChatService:
         count = min(self.rotation_pages, len(places))
         return sorted({places[(start + i) % len(places)] for i in range(count)})
 
-    def _fetch(self, wanted: dict[str, tuple[bool, int, int]], session: _Session) -> None:
-        if not wanted:
-            return
-        values = self.ledger.get_many(list(wanted))
+    def _fetch(
+        self, wanted: dict[str, tuple[bool, int, int]], session: _Session, extra: Sequence[str] = ()
+    ) -> dict[str, str | None]:
+        """Read ``wanted`` pages into the session (one round), with ``extra`` keys whose values are returned."""
+        if not wanted and not extra:
+            return {}
+        values = self.ledger.get_many([*wanted, *extra])
         for key, (mine, epoch, number) in wanted.items():
             view = session.mine if mine else session.theirs
             view.pages[(epoch, number)] = values.get(key)
             if not mine:
                 session.fresh.add((epoch, number))
+        return {key: values.get(key) for key in extra}
 
     def _refetch_window(self, pair: _Pair, session: _Session, mine: bool, epoch: int, low: int, top: int) -> None:
         view = session.mine if mine else session.theirs
@@ -1016,11 +1050,39 @@ class ChatService:
         except PageFormatError:
             return False
 
+    def _from_hint(
+        self, pair: _Pair, session: _Session, epoch: int, value: str, problems: list[Problem]
+    ) -> int:
+        """Where a reader with no checkpoint starts its search in the friend's lane, from their page hint
+        (``lane.seal_hint``): page h of ``epoch`` if it is there, else 0 (the search from page 1).
+
+        One round reads page h and the HINT_EVERY pages after it; a fresh hint has the newest page
+        among them. Nothing is believed from the hint alone: junk there is reported, and a hint naming
+        a page that is not there (a lost write, a stale read) or another epoch is only not used.
+        """
+        try:
+            hint_epoch, number = open_hint(pair.address_key, pair.fingerprint, value)
+        except PageFormatError as exc:
+            problems.append(Problem(pair.friend.nickname, "damaged", f"the lane's page hint is not one "
+                                    f"({exc}): its newest page was searched for from page 1"))
+            return 0
+        if hint_epoch != epoch:
+            return 0
+        self._fetch({
+            self._address(pair, False, epoch, n): (False, epoch, n)
+            for n in range(number, number + HINT_EVERY + 1) if (epoch, n) not in session.fresh
+        }, session)
+        return number if self._exists(session, False, epoch, number) else 0
+
     def _discover_top(
         self, pair: _Pair, state: ConversationState, session: _Session, mine: bool, epoch: int, base: int,
-        used_keys: dict[tuple[int, int], int],
+        used_keys: dict[tuple[int, int], int], steps: Sequence[int] = _EXPONENTIAL,
     ) -> int:
-        """The newest page of a lane's epoch that verifies; the stored hint is only a starting point."""
+        """The newest page of a lane's epoch that verifies; the stored hint is only a starting point.
+
+        ``steps``: the first round's probes past the start (a page hint's start probes the pages up to
+        the writer's next hint; if all are there, the search goes on as from any other start).
+        """
         view = session.mine if mine else session.theirs
         top = base if base and self._exists(session, mine, epoch, base) else 0
         if not top:
@@ -1040,7 +1102,8 @@ class ChatService:
                     # The next page is absent: the lane has not grown. (Junk there does not stop the
                     # search: a writer must not hide what comes after it.)
                     return top
-                probes = [low + step for step in _EXPONENTIAL]
+                probes = [low + step for step in steps]
+                steps = _EXPONENTIAL
             else:
                 span = high - low
                 probes = sorted({low + max(1, span * i // _SPLIT) for i in range(1, _SPLIT)} - {high})

@@ -11,9 +11,12 @@ kept, and names every problem it finds.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import itertools
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -25,6 +28,9 @@ from reschat import crypto, kem, schedule
 from reschat.errors import PageFormatError
 from reschat.page import (
     GENESIS_HASH,
+    MAX_EPOCH,
+    MAX_SEQ,
+    PREFIX,
     SLOT_BYTES,
     TAG_BYTES,
     Header,
@@ -147,6 +153,47 @@ def writer_tag(tag_key: bytes, conversation: bytes, epoch: int, number: int, sea
     mac.update(conversation + epoch.to_bytes(4, "big") + number.to_bytes(8, "big"))
     mac.update(sealed.slots_digest + hashlib.sha256(sealed.header).digest())
     return mac.digest()[:TAG_BYTES]
+
+
+# --- the page hint ---------------------------------------------------------------------------------
+
+#: A writer rewrites its page hint when it starts a page whose number is a multiple of this.
+HINT_EVERY = 8
+_HINT_AAD = b"reschat2 hint"
+_HINT_FMT = ">IQ"  # epoch, page number
+
+
+def seal_hint(address_key: bytes, writer: bytes, epoch: int, number: int) -> str:
+    """The value of ``writer``'s page hint: "my lane had reached page ``number`` of ``epoch``".
+
+    A reader with no checkpoint has no idea how long the lane is; the hint lets it start the search
+    for the newest page near the top instead of at page 1. It is sealed (AES-256-GCM under a key from
+    the pair's address key and a fresh random salt), so to anyone but the pair it is random bytes, as
+    a page is. It is not signed: nothing is believed because the hint says so. The reader starts from
+    page ``number`` only if that page is there, and then searches upwards as from any other start; a
+    page is still believed only when its own signature (which covers its number and lane) verifies.
+    A stale hint costs the reader more probes, a false one a fall back to the search from page 1.
+    """
+    salt = get_random_bytes(32)
+    plain = struct.pack(_HINT_FMT, epoch, number)
+    sealed = seal(schedule.hint_key(address_key, writer, salt), plain, _HINT_AAD + writer)
+    return PREFIX + base64.b64encode(salt + sealed).decode("ascii")
+
+
+def open_hint(address_key: bytes, writer: bytes, value: str) -> tuple[int, int]:
+    """(epoch, page number) of a page hint; PageFormatError when ``value`` is not one of this pair's."""
+    if not value.startswith(PREFIX) or len(value) > 256:
+        raise PageFormatError("not a page hint")
+    try:
+        raw = base64.b64decode(value[len(PREFIX) :], validate=True)
+        salt, sealed = raw[:32], raw[32:]
+        plain = unseal(schedule.hint_key(address_key, writer, salt), sealed, _HINT_AAD + writer)
+        epoch, number = struct.unpack(_HINT_FMT, plain)
+    except (binascii.Error, ValueError, struct.error) as exc:
+        raise PageFormatError("the page hint does not open") from exc
+    if not 1 <= epoch < MAX_EPOCH or not 1 <= number < MAX_SEQ:
+        raise PageFormatError("the page hint names no possible page")
+    return epoch, number
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -345,6 +392,7 @@ def check_lane(
 
 __all__ = [
     "GENESIS_HASH",
+    "HINT_EVERY",
     "Checkpoint",
     "LaneResult",
     "OpenPage",
@@ -355,6 +403,8 @@ __all__ = [
     "find_page_secret",
     "new_page",
     "open_header",
+    "open_hint",
     "open_page",
+    "seal_hint",
     "writer_tag",
 ]

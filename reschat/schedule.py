@@ -8,8 +8,9 @@ ledger keys belong to the pair, or predict the next one. Every key the pair writ
 
     reschat2-<48 hex digits of HMAC-SHA256(address key, what it is)[:24]>
 
-for a page: ``"page" | writer fingerprint | epoch | page number``; for a file chunk, the address key
-is derived from the file's own random key instead. All keys have one length and one alphabet.
+for a page: ``"page" | writer fingerprint | epoch | page number``; for a writer's page hint
+(``lane.seal_hint``): ``"hint" | writer fingerprint``; for a file chunk, the address key is derived
+from the file's own random key instead. All keys have one length and one alphabet.
 
 Keys of a page
 --------------
@@ -68,6 +69,16 @@ def pair_keys(shared: bytes, fingerprint_a: bytes, fingerprint_b: bytes) -> tupl
 def page_address(address_key: bytes, writer: bytes, epoch: int, number: int) -> str:
     """The ledger key of page ``number`` of ``epoch`` of ``writer``'s lane."""
     return _address(address_key, "page", writer, epoch, number)
+
+
+def hint_address(address_key: bytes, writer: bytes) -> str:
+    """The ledger key of ``writer``'s page hint in the pair (see ``lane.seal_hint``)."""
+    return _address(address_key, "hint", writer)
+
+
+def hint_key(address_key: bytes, writer: bytes, salt: bytes) -> bytes:
+    """The key one page hint is sealed under: fresh for every hint written (its random ``salt``)."""
+    return _hkdf(address_key, "reschat2 hint", salt + writer)
 
 
 def chunk_address(file_key: bytes, index: int) -> str:
