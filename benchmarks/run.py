@@ -100,6 +100,7 @@ class Sizes:
     history: tuple[int, ...] = (1, 10, 100, 1000)
     history_full_pages: int = 100  # pages of the history that hold 20 messages (the deeper ones hold 1)
     history_open_reps: int = 5
+    key_store_pages: tuple[int, ...] = (1, 10, 100)  # the key store with and without disappearing messages
     new_page_reps: int = 20
     conversation: int = 40  # messages in the chat that is opened (half each way)
     live_messages: int = 15  # messages sent into an open chat whose poll runs, on the stand-in
@@ -108,6 +109,7 @@ class Sizes:
 QUICK = Sizes(
     floor_reps=5, loop_local=4, loop_standin=2, open_local=2, open_standin=1, lone_standin=1,
     history=(1, 10, 20), history_open_reps=2, new_page_reps=2, conversation=6, live_messages=2,
+    key_store_pages=(1, 3),
 )
 #: Opening is flat when, from this depth on (window and rotation complete), reads and pages opened
 #: vary by at most FLAT_SLACK across the depths.
@@ -287,6 +289,11 @@ def current_page_full(person: Person, nickname: str) -> bool:
 def store_bytes(person: Person) -> int:
     """Size on disk of ``person``'s local key store (every ``lanes/*.state`` file)."""
     return sum(path.stat().st_size for path in (person.home / "lanes").glob("*.state"))
+
+
+def copies_bytes(person: Person) -> int:
+    """Size on disk of ``person``'s kept page copies for self-healing (``lanes/*.pages/``)."""
+    return sum(path.stat().st_size for path in (person.home / "lanes").glob("*.pages/*") if path.is_file())
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -915,6 +922,59 @@ def measure_history(
     return rows
 
 
+# --- the key store with and without disappearing messages ---------------------------------------------
+
+#: The disappearing conversation's timer, and the simulated time between two of alice's messages: a
+#: page of 20 is 10 minutes of conversation, so about six pages are younger than the timer at any time.
+DISAPPEAR_S = 3600
+MESSAGE_GAP = timedelta(seconds=30)
+
+
+class SimulatedClock:
+    """A clock that moves only when told, shared by both sides of a conversation."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def measure_key_store(root: Path, keys: Sequence[RSA.RsaKey], depths: Sequence[int]) -> list[dict[str, Any]]:
+    """The local key store (``lanes/*.state``) and the kept page copies (``lanes/*.pages/``) of both sides
+    after N pages, in one conversation without a timer and in one with disappearing messages (1 hour).
+
+    The same conversation both times, through the engine's own ``send_message`` and ``get_update`` on a
+    simulated clock: alice sends 20 messages a page, 30 s apart; after each page both sides update (bob
+    reads the page, alice sees it delivered), as two open chats would. With the timer, what has expired
+    is deleted at each update: pages older than an hour keep no key and no copy.
+    """
+    rows: dict[int, dict[str, Any]] = {depth: {"pages": depth} for depth in depths}
+    for mode, timer in (("off", 0), ("disappearing", DISAPPEAR_S)):
+        clock = SimulatedClock()
+        ledger = MemoryLedger()
+        alice, bob = make_pair(root / f"key-store-{mode}", ledger, keys)
+        alice = replace(alice, chat=ChatService(alice.identity, alice.friends, ledger, alice.home / "lanes",
+                                                clock=clock))
+        bob = replace(bob, chat=ChatService(bob.identity, bob.friends, ledger, bob.home / "lanes", clock=clock))
+        if timer:
+            alice.chat.set_disappearing("bob", timer)
+            bob.chat.get_update("alice")  # bob sees the setting and adopts it
+        for depth in sorted(depths):
+            while not (own_page(alice, "bob") >= depth and current_page_full(alice, "bob")):
+                clock.now += MESSAGE_GAP
+                alice.chat.send_message(SHORT_TEXT, "bob")
+                if current_page_full(alice, "bob"):
+                    bob.chat.get_update("alice")
+                    alice.chat.get_update("bob")
+            rows[depth][mode] = {
+                "writer_key_store_bytes": store_bytes(alice), "reader_key_store_bytes": store_bytes(bob),
+                "writer_copies_bytes": copies_bytes(alice), "reader_copies_bytes": copies_bytes(bob),
+                "writer_pages": own_page(alice, "bob"),
+            }
+    return [rows[depth] for depth in sorted(depths)]
+
+
 def copy_ledger(source: MemoryLedger, target: Ledger, copied: dict[str, str]) -> None:
     """Copy what changed in ``source`` since the last copy into ``target``."""
     for key in source.keys():  # noqa: SIM118 - a ledger, not a dict
@@ -1114,6 +1174,20 @@ def format_table(results: dict[str, Any], targets: list[Target], conversation: i
         lines.append(
             f"| {row['pages']} | {row['writer_key_store_bytes']} bytes | {row['reader_key_store_bytes']} bytes |"
         )
+    store = results.get("key_store")
+    if store:
+        lines += ["", f"| one conversation, after N pages of alice's (20 messages each, 30 s apart; both update "
+                  f"after each page) | key store, writer | key store, reader | with disappearing messages "
+                  f"({DISAPPEAR_S // 60} min): writer | reader | page copies, no timer (writer + reader) "
+                  f"| page copies, disappearing |", "|---|---|---|---|---|---|---|"]
+        for row in store:
+            off, gone = row["off"], row["disappearing"]
+            lines.append(
+                f"| {row['pages']} | {off['writer_key_store_bytes']} bytes | {off['reader_key_store_bytes']} bytes "
+                f"| {gone['writer_key_store_bytes']} bytes | {gone['reader_key_store_bytes']} bytes "
+                f"| {off['writer_copies_bytes'] + off['reader_copies_bytes']} bytes "
+                f"| {gone['writer_copies_bytes'] + gone['reader_copies_bytes']} bytes |"
+            )
     lines += ["", "targets:"]
     for target in targets:
         lines.append(f"  {'PASS' if target.passed else 'FAIL'}  {target.name}: {target.measured}")
@@ -1166,6 +1240,8 @@ def run(
             results["history"] = measure_history(
                 workdir, keys, sizes.history, sizes.history_open_reps, floor, sizes.history_full_pages
             )
+        with stage("the key store with and without disappearing messages"):
+            results["key_store"] = measure_key_store(workdir, keys, sizes.key_store_pages)
         if standin:
             with stage("latency on the ResilientDB stand-in (get 190 ms, set 12 ms)"):
                 use_this_interpreter_for_the_standin()

@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,13 @@ class ConversationState:
     key_counter: int = 0  # the index of the newest receive key ever made (indices are never reused)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The state as JSON data, for sealing at once. The same as ``dataclasses.asdict`` gives, without
+        its deep copy of every digest and key (which grows with the history): the result shares this
+        state's dicts and lists, so it is for serializing, not for keeping."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields["theirs"] = {name: getattr(self.theirs, name) for name in self.theirs.__dataclass_fields__}
+        fields["receive_keys"] = [{"index": entry.index, "key": entry.key} for entry in self.receive_keys]
+        return fields
 
     @classmethod
     def from_json(cls, data: Any) -> ConversationState:

@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 
 from reschat import crypto
-from reschat.errors import ProfileError
-from reschat.keystore import ConversationStore
 from reschat.lane import PageKeys, add_record, open_header
 from reschat.ledger import MemoryLedger
 from reschat.page import Record, SealedPage, open_record
@@ -125,27 +123,3 @@ def test_the_same_record_with_another_signature_is_still_the_verified_record(tmp
     view = new_session(bob, ledger).chat.get_update("alice")
     assert texts(view) == ["one"] and not view.problems
 
-
-def test_the_key_store_reads_its_file_every_time_and_decrypts_only_new_bytes(tmp_path: Path) -> None:
-    """ConversationStore skips the decryption of bytes it has opened or written itself; a change made
-    by another process (another store object on the same file) is always seen, and bytes altered on
-    disk never open (the AEAD), even right after a load of the genuine ones."""
-    key = b"k" * 32
-    mine = ConversationStore(tmp_path, b"c" * 16, key)
-    other = ConversationStore(tmp_path, b"c" * 16, key)
-    state = mine.load()
-    state.settings = {"disappear": 300}
-    mine.save(state)
-    assert other.load().settings == {"disappear": 300}
-    changed = other.load()
-    changed.settings = {"disappear": 600}
-    other.save(changed)
-    assert mine.load().settings == {"disappear": 600}
-    first = mine.load()
-    first.settings["disappear"] = 1  # a caller's change never leaks into the next load
-    assert mine.load().settings == {"disappear": 600}
-    data = bytearray(mine.path.read_bytes())
-    data[-1] ^= 1
-    mine.path.write_bytes(bytes(data))
-    with pytest.raises(ProfileError):
-        mine.load()
