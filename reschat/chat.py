@@ -785,7 +785,8 @@ class ChatService:
             messages += self._read_old_epochs(pair, state, session, True, own.epoch, problems)
         problems = self._second_look(session, problems)
         messages = self._retain(pair, friend_pages, f_epoch, messages, new_messages)
-        new_messages = [m for m in new_messages if m in messages]
+        shown = {id(m) for m in messages}  # _retain keeps the same objects: no field-by-field compare
+        new_messages = [m for m in new_messages if id(m) in shown]
         messages.sort(key=lambda m: (m.time, m.outgoing, m.seq))
         self._count_unread(friend, result, f_epoch)
         return ConversationView(
