@@ -1097,7 +1097,10 @@ class ChatService:
         # it. One round probes top + 1, 2, 4 ... 2**20; each further round splits the range that is left
         # into 64: a lane of a million pages is found in four rounds, a thousand in three.
         low, high = top, 0  # low verifies (or is 0); high, once known, does not
-        for _round in range(MAX_PROBE_ROUNDS):
+        # A page hint's steps were read in the hint's own round (chat._from_hint): that iteration makes no
+        # read, so the rounds of reads stay MAX_PROBE_ROUNDS past the first.
+        rounds = MAX_PROBE_ROUNDS + (0 if steps is _EXPONENTIAL else 1)
+        for _round in range(rounds):
             if high == 0:
                 if (epoch, top + 1) in session.fresh and view.pages.get((epoch, top + 1)) is None:
                     # The next page is absent: the lane has not grown. (Junk there does not stop the

@@ -8,10 +8,12 @@ the search for the newest page there, only if the page it names is there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from reschat import kem, schedule
+from reschat.chat import MAX_PROBE_ROUNDS
 from reschat.lane import HINT_EVERY, add_record, new_page, open_hint, seal_hint
 from reschat.ledger import MemoryLedger
 from reschat.page import PAGE_CAPACITY, PREFIX, Record, to_micros
@@ -124,8 +126,18 @@ def test_a_stale_hint_hides_no_newer_page(tmp_path: Path) -> None:
     assert old is not None
     ledger.set(hint_of(alice, bob), old)
     grow(alice, bob, 6 * HINT_EVERY + 5, hints=False)  # pages 1-53: the hint still names page 8
+    rounds = [0]
+    get_many = ledger.get_many
+
+    def counting(keys: Sequence[str]) -> dict[str, str | None]:
+        rounds[0] += 1
+        return get_many(keys)
+
+    ledger.get_many = counting  # type: ignore[method-assign]
     shown, problems, _keys = open_counting(bob, ledger)
     assert shown[-1] == f"page {6 * HINT_EVERY + 5}" and not problems
+    # The first round, the hint's, then at most MAX_PROBE_ROUNDS of the search (and the window's).
+    assert rounds[0] <= 3 + MAX_PROBE_ROUNDS, rounds
 
 
 def test_a_hint_naming_a_page_that_is_not_there_hides_nothing(tmp_path: Path) -> None:
