@@ -715,8 +715,7 @@ class ChatService:
                 opened = self._page_or_problem(pair, state, session, False, f_epoch, number, problems, used_keys)
                 if opened is not None:
                     friend_pages[number] = opened
-        kept = {int(k.split(":")[1]): bytes.fromhex(v) for k, v in state.theirs.digests.items()
-                if k.startswith(f"{f_epoch}:")}
+        kept = _kept_for(state, f_epoch, friend_pages.values())
         checkpoint = Checkpoint(
             seq=state.theirs.seq if state.theirs.epoch == f_epoch else 0,
             digest=bytes.fromhex(state.theirs.digest) if state.theirs.digest else b"", kept=kept,
@@ -737,8 +736,7 @@ class ChatService:
                 if e == epoch:
                     old_pages[number] = self._page_or_problem(pair, state, session, False, e, number, problems,
                                                               used_keys)
-            kept_old = {int(k.split(":")[1]): bytes.fromhex(v) for k, v in state.theirs.digests.items()
-                        if k.startswith(f"{epoch}:")}
+            kept_old = _kept_for(state, epoch, old_pages.values())
             present_old = {n: p for n, p in old_pages.items() if p is not None}
             problems += [p for p in check_lane(friend.nickname, present_old, Checkpoint(kept=kept_old)).problems
                          if p.kind == "rewritten"]
@@ -943,8 +941,7 @@ class ChatService:
             self._refetch_window(pair, session, mine, epoch, 1, top)
             pages = {n: self._page_or_problem(pair, state, session, mine, epoch, n, [], used)
                      for n in range(1, top + 1)}
-            kept = {} if mine else {int(k.split(":")[1]): bytes.fromhex(v) for k, v in state.theirs.digests.items()
-                                    if k.startswith(f"{epoch}:")}
+            kept = {} if mine else _kept_for(state, epoch, pages.values())
             result = check_lane(owner, pages, Checkpoint(kept=kept), complete_to=top)
             problems += result.problems
             for record, _digest in result.records:
@@ -1503,6 +1500,19 @@ _EXPIRED = "expired"
 def _timer(state: ConversationState) -> int:
     value = state.settings.get("disappear", 0)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _kept_for(state: ConversationState, epoch: int, pages: Iterable[OpenPage | None]) -> dict[int, bytes]:
+    """The kept digests of the friend's records in ``pages`` (sequence number -> digest): all that
+    ``check_lane`` compares. Looked up one by one, not by decoding every digest ever kept, which grows
+    with the history and would make every update, an idle one too, cost more as the lane grows."""
+    kept: dict[int, bytes] = {}
+    for page in pages:
+        for record in page.records if page is not None else ():
+            text = state.theirs.digests.get(f"{epoch}:{record.seq}")
+            if text is not None:
+                kept[record.seq] = bytes.fromhex(text)
+    return kept
 
 
 def _kept_digests(state: ConversationState, mine: bool, epoch: int) -> Callable[[int], bytes | None]:
