@@ -19,11 +19,12 @@ few older pages in rotation (to notice a rewrite) and our own unconfirmed pages.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,6 +36,7 @@ from reschat.errors import KeyFormatError, LedgerError, MessageError, PageFormat
 from reschat.friends import Friend, FriendStore
 from reschat.keystore import ConversationState, ConversationStore, PageCopies, ReceiveKeyEntry
 from reschat.lane import (
+    HINT_EVERY,
     Checkpoint,
     OpenPage,
     PageKeys,
@@ -45,7 +47,9 @@ from reschat.lane import (
     gap_problem,
     new_page,
     open_header,
+    open_hint,
     open_page,
+    seal_hint,
     writer_tag,
 )
 from reschat.ledger.base import Ledger
@@ -106,6 +110,8 @@ UNDELIVERED_AFTER_RESENDS = 6
 #: Every this many updates, one kept file chunk of ours is compared with the ledger (a chunk is large:
 #: the check is spread out), besides the chunks not confirmed yet and those found lost once.
 CHUNK_CHECK_EVERY = 4
+#: Parsed pages kept in memory (``ChatService._sealed``): a few updates' worth.
+_PARSED_KEPT = 64
 
 IntegrityProblem = Problem
 #: The type extension of a group invitation, a ``setting`` record of a pair's lane (see group.py).
@@ -197,13 +203,18 @@ class _Pair:
     """One friend, with what the protocol derives from the two cards."""
 
     friend: Friend
-    key: RSA.RsaKey
     fingerprint: bytes
     statics: kem.ReceivePublic
     address_key: bytes
     conversation: bytes
     store: ConversationStore
     copies: PageCopies
+
+    @functools.cached_property
+    def key(self) -> RSA.RsaKey:
+        """The friend's RSA key, parsed at its first use: an update that checks no new signature
+        needs none. (A friend with another RSA key has another fingerprint, so another _Pair.)"""
+        return self.friend.key
 
 
 class ChatService:
@@ -246,6 +257,7 @@ class ChatService:
         #: Pages written before this moment were written by an earlier session: one that no read has
         #: returned is re-sent at this session's first update, without waiting for ``resend_after``.
         self._session_start = clock()
+        self._parsed: dict[str, SealedPage] = {}  # ledger value -> the page it parses to (see _sealed)
 
     # -- pairs ---------------------------------------------------------------------------------
 
@@ -260,7 +272,7 @@ class ChatService:
         fingerprint = bytes.fromhex(friend.fingerprint)
         address_key, conversation = schedule.pair_keys(shared, self.my_fingerprint, fingerprint)
         pair = _Pair(
-            friend=friend, key=friend.key, fingerprint=fingerprint, statics=statics, address_key=address_key,
+            friend=friend, fingerprint=fingerprint, statics=statics, address_key=address_key,
             conversation=conversation,
             store=ConversationStore(self.state_dir, conversation, self.identity.store_key),
             copies=PageCopies(self.state_dir, conversation, self.identity.store_key),
@@ -286,6 +298,17 @@ class ChatService:
 
     def _sign(self, data: bytes) -> bytes:
         return crypto.sign(self.identity.private_key, data, self.randfunc)
+
+    def _sealed(self, value: str) -> SealedPage:
+        """``SealedPage.from_string(value)``, parsed once per value: one update looks at the same page
+        in several places (its writer tag, its length, opening it). Callers only read what it returns."""
+        parsed = self._parsed.get(value)
+        if parsed is None:
+            parsed = SealedPage.from_string(value)  # PageFormatError is not kept: junk is parsed again
+            if len(self._parsed) >= _PARSED_KEPT:
+                self._parsed.clear()
+            self._parsed[value] = parsed
+        return parsed
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -333,6 +356,7 @@ class ChatService:
                 type=msg_type, seq=own.seq + 1, prev=bytes.fromhex(own.head), timestamp=now,
                 causal=(theirs.epoch, theirs.seq), type_ext=type_ext, body=body,
             )
+            page_before = own.page
             number, value = self._append(pair, state, own, record)
             own.last_time = format_timestamp(now)
             state.mine = own.to_dict()
@@ -350,6 +374,9 @@ class ChatService:
                 own.written_at.pop(str(number), None)
                 state.mine = own.to_dict()
                 pair.store.save(state)
+            else:
+                if number != page_before:
+                    self._write_hint(pair, own.epoch, number)
         sent = ChatMessage(
             sender=ME, receiver=pair.friend.nickname, time=now, type=msg_type, type_ext=type_ext,
             body=body, seq=record.seq, status="pending", epoch=own.epoch,
@@ -398,7 +425,7 @@ class ChatService:
         if value is None:
             return False
         try:
-            sealed = SealedPage.from_string(value)
+            sealed = self._sealed(value)
         except PageFormatError:
             return False
         return hmac.compare_digest(sealed.tag, writer_tag(self._tag_key, pair.conversation, epoch, number, sealed))
@@ -421,7 +448,7 @@ class ChatService:
         if not own.page or local is None or not self._is_mine(pair, *current, remote):
             return False
         assert remote is not None
-        theirs, ours = SealedPage.from_string(remote).records, SealedPage.from_string(local).records
+        theirs, ours = self._sealed(remote).records, self._sealed(local).records
         return len(theirs) > len(ours) or theirs != ours[: len(theirs)]
 
     def _check_own_lane(self, pair: _Pair, own: OwnLane) -> None:
@@ -514,6 +541,21 @@ class ChatService:
             self.ledger.set(self._address(pair, True, own.epoch, own.page), own.pages[str(own.page)])
         except LedgerError as exc:
             log.warning("publishing a new receive key deferred: %s", exc)
+        else:
+            self._write_hint(pair, own.epoch, own.page)
+
+    def _write_hint(self, pair: _Pair, epoch: int, number: int) -> None:
+        """After page ``number`` of ours is written: rewrite our page hint when the number is a multiple
+        of HINT_EVERY (one small write every HINT_EVERY pages; a plain send stays one write). Written
+        after the page, so that it never names a page not yet written; a failed write only leaves the
+        hint staler, which costs a reader probes, never a page."""
+        if number % HINT_EVERY:
+            return
+        try:
+            self.ledger.set(schedule.hint_address(pair.address_key, self.my_fingerprint),
+                            seal_hint(pair.address_key, self.my_fingerprint, epoch, number))
+        except LedgerError as exc:
+            log.warning("writing the page hint failed: %s", exc)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -561,7 +603,7 @@ class ChatService:
             return refused
         result: OpenPage | Problem
         try:
-            sealed = SealedPage.from_string(value)
+            sealed = self._sealed(value)
             pid = page_id(epoch, number)
             stored = (OwnLane.from_dict(state.mine).secrets if mine else state.theirs.secrets).get(pid)
             secret: bytes | PageKeys
@@ -587,8 +629,8 @@ class ChatService:
                 secret, key_index = found
             result = open_page(
                 value, sealed, secret, conversation=pair.conversation, writer=writer,
-                writer_key=self.identity.public_key if mine else pair.key, epoch=epoch, number=number,
-                verified=self._verified,
+                writer_key=self.identity.public_key if mine else lambda: pair.key, epoch=epoch, number=number,
+                verified=self._verified, kept=_kept_digests(state, mine, epoch),
             )
             used_keys[(epoch, number)] = key_index
         except _Budget:
@@ -616,9 +658,10 @@ class ChatService:
         pair = self._pair(nickname)
         friend = pair.friend
         session = self._sessions.setdefault(pair.conversation, _Session())
-        if _timer(pair.store.load()):
-            self._expire(pair)
         state = pair.store.load()
+        if _timer(state):
+            self._expire(pair)
+            state = pair.store.load()
         own = OwnLane.from_dict(state.mine)
         theirs_view = session.theirs
         opening = theirs_view.low == 0
@@ -645,8 +688,11 @@ class ChatService:
             want(False, f_epoch, [f_base - 1, f_base, f_base + 1, f_base + 2])
         else:
             want(False, f_epoch, [1, 2, 3])
-        if opening:
+        if opening and f_base:
             want(False, f_epoch, [f_base + step for step in _EXPONENTIAL])
+        # No page number of our own to start from (no checkpoint): the writer's page hint instead of a
+        # gallop from page 1, so that opening a long lane costs the same reads as a short one.
+        hint_key = schedule.hint_address(pair.address_key, pair.fingerprint) if not f_base else None
         want(False, f_epoch + 1, [1])
         if not state.theirs.epoch:
             for epoch in range(2, _MAX_EPOCH_PROBE + 1):
@@ -661,14 +707,21 @@ class ChatService:
             want(True, own.epoch + 1, [1])
             if opening:
                 want(True, own.epoch, [own.page - 1, own.page])
-        self._fetch(wanted, session, self._chunk_reads(pair, own, session))
+        hint_value = self._fetch(
+            wanted, session, self._chunk_reads(pair, own, session), [hint_key] if hint_key else []
+        ).get(hint_key or "")
 
         # The friend's lane: a restart first, then the newest page that verifies.
         restarted = self._follow_restarts(pair, state, session, f_epoch, problems, used_keys)
         if restarted != f_epoch:
             f_base, theirs_view.low = 0, 0
         f_epoch = theirs_view.epoch = restarted
-        top = self._discover_top(pair, state, session, False, f_epoch, f_base, used_keys)
+        steps: Sequence[int] = _EXPONENTIAL
+        if hint_value is not None and not f_base:
+            hinted = self._from_hint(pair, session, f_epoch, hint_value, problems)
+            if hinted:
+                f_base, steps = hinted, range(1, HINT_EVERY + 1)
+        top = self._discover_top(pair, state, session, False, f_epoch, f_base, used_keys, steps)
         theirs_view.top = top
         # A value above the newest verified page (in what this update read) does not verify: it is
         # junk, a copy or a forgery, and is said, never silently ignored.
@@ -704,8 +757,7 @@ class ChatService:
                 opened = self._page_or_problem(pair, state, session, False, f_epoch, number, problems, used_keys)
                 if opened is not None:
                     friend_pages[number] = opened
-        kept = {int(k.split(":")[1]): bytes.fromhex(v) for k, v in state.theirs.digests.items()
-                if k.startswith(f"{f_epoch}:")}
+        kept = _kept_for(state, f_epoch, friend_pages.values())
         checkpoint = Checkpoint(
             seq=state.theirs.seq if state.theirs.epoch == f_epoch else 0,
             digest=bytes.fromhex(state.theirs.digest) if state.theirs.digest else b"", kept=kept,
@@ -726,8 +778,7 @@ class ChatService:
                 if e == epoch:
                     old_pages[number] = self._page_or_problem(pair, state, session, False, e, number, problems,
                                                               used_keys)
-            kept_old = {int(k.split(":")[1]): bytes.fromhex(v) for k, v in state.theirs.digests.items()
-                        if k.startswith(f"{epoch}:")}
+            kept_old = _kept_for(state, epoch, old_pages.values())
             present_old = {n: p for n, p in old_pages.items() if p is not None}
             problems += [p for p in check_lane(friend.nickname, present_old, Checkpoint(kept=kept_old)).problems
                          if p.kind == "rewritten"]
@@ -776,7 +827,8 @@ class ChatService:
             self._name_gaps(pair, session, f_epoch, low, top, friend_pages, problems)
         problems = self._second_look(session, problems)
         messages = self._retain(pair, friend_pages, f_epoch, messages, new_messages)
-        new_messages = [m for m in new_messages if m in messages]
+        shown = {id(m) for m in messages}  # _retain keeps the same objects: no field-by-field compare
+        new_messages = [m for m in new_messages if id(m) in shown]
         messages, new_messages = self._take_group_records(friend.nickname, messages, new_messages)
         messages.sort(key=lambda m: (m.time, m.outgoing, m.seq))
         self._count_unread(friend, result, f_epoch)
@@ -944,8 +996,7 @@ class ChatService:
             self._refetch_window(pair, session, mine, epoch, 1, top)
             pages = {n: self._page_or_problem(pair, state, session, mine, epoch, n, [], used)
                      for n in range(1, top + 1)}
-            kept = {} if mine else {int(k.split(":")[1]): bytes.fromhex(v) for k, v in state.theirs.digests.items()
-                                    if k.startswith(f"{epoch}:")}
+            kept = {} if mine else _kept_for(state, epoch, pages.values())
             result = check_lane(owner, pages, Checkpoint(kept=kept), complete_to=top)
             problems += result.problems
             for record, _digest in result.records:
@@ -1007,14 +1058,18 @@ class ChatService:
         count = min(self.rotation_pages, len(places))
         return sorted({places[(start + i) % len(places)] for i in range(count)})
 
-    def _fetch(self, wanted: dict[str, tuple[bool, int, int]], session: _Session, chunks: Iterable[str] = ()) -> None:
-        """Read ``wanted`` pages (and ``chunks``, file chunks of ours, into ``session.chunks``) in one round."""
+    def _fetch(
+        self, wanted: dict[str, tuple[bool, int, int]], session: _Session, chunks: Iterable[str] = (),
+        extra: Sequence[str] = (),
+    ) -> dict[str, str | None]:
+        """Read, in one round, ``wanted`` pages into the session, ``chunks`` (file chunks of ours) into
+        ``session.chunks``, and ``extra`` keys, whose values are returned."""
         chunk_keys = list(chunks)
         if chunk_keys:
             session.chunks = {}
-        if not wanted and not chunk_keys:
-            return
-        values = self.ledger.get_many([*wanted, *chunk_keys])
+        if not wanted and not chunk_keys and not extra:
+            return {}
+        values = self.ledger.get_many([*wanted, *chunk_keys, *extra])
         for key in chunk_keys:
             session.chunks[key] = values.get(key)
         for key, (mine, epoch, number) in wanted.items():
@@ -1022,6 +1077,7 @@ class ChatService:
             view.pages[(epoch, number)] = values.get(key)
             if not mine:
                 session.fresh.add((epoch, number))
+        return {key: values.get(key) for key in extra}
 
     def _refetch_window(self, pair: _Pair, session: _Session, mine: bool, epoch: int, low: int, top: int) -> None:
         view = session.mine if mine else session.theirs
@@ -1071,15 +1127,43 @@ class ChatService:
         if value is None:
             return False
         try:
-            return len(SealedPage.from_string(value).slots) == 1
+            return len(self._sealed(value).slots) == 1
         except PageFormatError:
             return False
 
+    def _from_hint(
+        self, pair: _Pair, session: _Session, epoch: int, value: str, problems: list[Problem]
+    ) -> int:
+        """Where a reader with no checkpoint starts its search in the friend's lane, from their page hint
+        (``lane.seal_hint``): page h of ``epoch`` if it is there, else 0 (the search from page 1).
+
+        One round reads page h and the HINT_EVERY pages after it; a fresh hint has the newest page
+        among them. Nothing is believed from the hint alone: junk there is reported, and a hint naming
+        a page that is not there (a lost write, a stale read) or another epoch is only not used.
+        """
+        try:
+            hint_epoch, number = open_hint(pair.address_key, pair.fingerprint, value)
+        except PageFormatError as exc:
+            problems.append(Problem(pair.friend.nickname, "damaged", f"the lane's page hint is not one "
+                                    f"({exc}): its newest page was searched for from page 1"))
+            return 0
+        if hint_epoch != epoch:
+            return 0
+        self._fetch({
+            self._address(pair, False, epoch, n): (False, epoch, n)
+            for n in range(number, number + HINT_EVERY + 1) if (epoch, n) not in session.fresh
+        }, session)
+        return number if self._exists(session, False, epoch, number) else 0
+
     def _discover_top(
         self, pair: _Pair, state: ConversationState, session: _Session, mine: bool, epoch: int, base: int,
-        used_keys: dict[tuple[int, int], int],
+        used_keys: dict[tuple[int, int], int], steps: Sequence[int] = _EXPONENTIAL,
     ) -> int:
-        """The newest page of a lane's epoch that verifies; the stored hint is only a starting point."""
+        """The newest page of a lane's epoch that verifies; the stored hint is only a starting point.
+
+        ``steps``: the first round's probes past the start (a page hint's start probes the pages up to
+        the writer's next hint; if all are there, the search goes on as from any other start).
+        """
         view = session.mine if mine else session.theirs
         top = base if base and self._exists(session, mine, epoch, base) else 0
         if not top:
@@ -1093,13 +1177,17 @@ class ChatService:
         # it. One round probes top + 1, 2, 4 ... 2**20; each further round splits the range that is left
         # into 64: a lane of a million pages is found in four rounds, a thousand in three.
         low, high = top, 0  # low verifies (or is 0); high, once known, does not
-        for _round in range(MAX_PROBE_ROUNDS):
+        # A page hint's steps were read in the hint's own round (chat._from_hint): that iteration makes no
+        # read, so the rounds of reads stay MAX_PROBE_ROUNDS past the first.
+        rounds = MAX_PROBE_ROUNDS + (0 if steps is _EXPONENTIAL else 1)
+        for _round in range(rounds):
             if high == 0:
                 if (epoch, top + 1) in session.fresh and view.pages.get((epoch, top + 1)) is None:
                     # The next page is absent: the lane has not grown. (Junk there does not stop the
                     # search: a writer must not hide what comes after it.)
                     return top
-                probes = [low + step for step in _EXPONENTIAL]
+                probes = [low + step for step in steps]
+                steps = _EXPONENTIAL
             else:
                 span = high - low
                 probes = sorted({low + max(1, span * i // _SPLIT) for i in range(1, _SPLIT)} - {high})
@@ -1356,13 +1444,13 @@ class ChatService:
         now = self.clock()
         for page_number in own.unconfirmed():
             local_value = own.pages[str(page_number)]
-            local = SealedPage.from_string(local_value)
+            local = self._sealed(local_value)
             first = own.last_seq[str(page_number)] - len(local.records) + 1
             remote_value = session.mine.pages.get((own.epoch, page_number))
             remote: list[bytes] = []
             if remote_value is not None:
                 try:
-                    remote = SealedPage.from_string(remote_value).records
+                    remote = self._sealed(remote_value).records
                 except PageFormatError:
                     remote = []
             matching = [first + i for i, rec in enumerate(local.records) if i < len(remote) and remote[i] == rec]
@@ -1628,6 +1716,48 @@ _EXPIRED = "expired"
 def _timer(state: ConversationState) -> int:
     value = state.settings.get("disappear", 0)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _kept_for(state: ConversationState, epoch: int, pages: Iterable[OpenPage | None]) -> dict[int, bytes]:
+    """The kept digests of the friend's records in ``pages`` (sequence number -> digest): all that
+    ``check_lane`` compares. Looked up one by one, not by decoding every digest ever kept, which grows
+    with the history and would make every update, an idle one too, cost more as the lane grows."""
+    kept: dict[int, bytes] = {}
+    for page in pages:
+        for record in page.records if page is not None else ():
+            text = state.theirs.digests.get(f"{epoch}:{record.seq}")
+            if text is not None:
+                kept[record.seq] = bytes.fromhex(text)
+    return kept
+
+
+def _kept_digests(state: ConversationState, mine: bool, epoch: int) -> Callable[[int], bytes | None]:
+    """The digests this profile kept of a lane's records, by sequence number (``lane.open_page``).
+
+    The friend's lane: every record verified and kept by an earlier update (``FriendLane.digests``,
+    written only from verified pages). Our own lane: our newest record, which this profile signed.
+    Both come from the sealed key store, which nobody without the store key can alter.
+    """
+    if mine:
+        own = state.mine
+        head, newest = own.get("head"), own.get("seq")
+        if own.get("epoch") != epoch or not isinstance(head, str) or not isinstance(newest, int):
+            return lambda _seq: None
+
+        def own_digest(seq: int) -> bytes | None:
+            return bytes.fromhex(head) if seq == newest else None
+
+        return own_digest
+    digests = state.theirs.digests
+
+    def kept(seq: int) -> bytes | None:
+        text = digests.get(f"{epoch}:{seq}")
+        try:
+            return bytes.fromhex(text) if text else None
+        except ValueError:
+            return None
+
+    return kept
 
 
 def _parses(value: str | None) -> bool:

@@ -153,8 +153,13 @@ def x25519_shared(own: ReceiveKey, other: ReceivePublic, label: bytes) -> bytes:
     """Static-static X25519 (for the pair's private addresses only), through HKDF with ``label``."""
     from Crypto.Protocol.DH import key_agreement
 
-    x_own, _k = own.keys()
-    x_other, _k2 = other.keys()
+    # Only the X25519 halves: importing the ML-KEM private key expands it from its seed, which is most
+    # of the cost of a whole ``keys()`` and is not needed here.
+    try:
+        x_own = import_x25519_private_key(own.x25519_seed)
+        x_other = import_x25519_public_key(other.x25519)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise KemError("an X25519 key cannot be imported") from exc
 
     def kdf(shared: bytes) -> bytes:
         derived = HKDF(shared, 32, salt=b"reschat2 pair", hashmod=SHA256, context=label)

@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,31 +38,50 @@ def _subkey(store_key: bytes, path_name: str) -> bytes:
     return hashlib.sha256(b"reschat-store-file|" + store_key + path_name.encode("utf-8")).digest()
 
 
-def write_sealed(path: Path, store_key: bytes, value: Any) -> None:
+def _seal_value(path: Path, store_key: bytes, value: Any) -> tuple[bytes, bytes]:
+    """(the file's bytes, the plaintext they seal) for ``value`` stored at ``path``."""
     # seal() uses a fixed nonce, which is safe only for a key used once: each write draws a random
     # 32-byte salt, stored in front, and seals under a key derived from it.
-
     plain = json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
     nonce_key = get_random_bytes(32)
     key = hashlib.sha256(_subkey(store_key, path.name) + nonce_key).digest()
-    atomic_write(path, nonce_key + seal(key, plain, _AAD + path.name.encode("utf-8")))
+    return nonce_key + seal(key, plain, _AAD + path.name.encode("utf-8")), plain
 
 
-def read_sealed(path: Path, store_key: bytes) -> Any:
-    """The JSON value sealed in ``path``, or None when the file does not exist."""
+def write_sealed(path: Path, store_key: bytes, value: Any) -> None:
+    atomic_write(path, _seal_value(path, store_key, value)[0])
+
+
+def _read_raw(path: Path) -> bytes | None:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ProfileError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _unseal_file(path: Path, store_key: bytes, data: bytes) -> bytes:
     if len(data) < 32:
         raise ProfileError(f"{path} is damaged")
     key = hashlib.sha256(_subkey(store_key, path.name) + data[:32]).digest()
     try:
-        return json.loads(unseal(key, data[32:], _AAD + path.name.encode("utf-8")))
+        return unseal(key, data[32:], _AAD + path.name.encode("utf-8"))
     except ValueError as exc:
         raise ProfileError(f"{path} is damaged or belongs to another identity") from exc
+
+
+def _parse(path: Path, plain: bytes) -> Any:
+    try:
+        return json.loads(plain)
+    except ValueError as exc:
+        raise ProfileError(f"{path} is damaged or belongs to another identity") from exc
+
+
+def read_sealed(path: Path, store_key: bytes) -> Any:
+    """The JSON value sealed in ``path``, or None when the file does not exist."""
+    data = _read_raw(path)
+    return None if data is None else _parse(path, _unseal_file(path, store_key, data))
 
 
 @dataclass
@@ -102,7 +121,13 @@ class ConversationState:
     key_counter: int = 0  # the index of the newest receive key ever made (indices are never reused)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The state as JSON data, for sealing at once. The same as ``dataclasses.asdict`` gives, without
+        its deep copy of every digest and key (which grows with the history): the result shares this
+        state's dicts and lists, so it is for serializing, not for keeping."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields["theirs"] = {name: getattr(self.theirs, name) for name in self.theirs.__dataclass_fields__}
+        fields["receive_keys"] = [{"index": entry.index, "key": entry.key} for entry in self.receive_keys]
+        return fields
 
     @classmethod
     def from_json(cls, data: Any) -> ConversationState:
@@ -127,6 +152,11 @@ class ConversationStore:
         self.directory = Path(directory)
         self.name = conversation.hex()[:32]
         self.store_key = store_key
+        #: The file's bytes as last read or written here, and the plaintext they seal. An update loads
+        #: the store several times (under the lock before each change); the file is read every time,
+        #: and only when its bytes are exactly those is the decryption skipped: the same ciphertext
+        #: under the same key is the same plaintext, authenticated when it was first opened.
+        self._last: tuple[bytes, bytes] | None = None
 
     @property
     def path(self) -> Path:
@@ -139,11 +169,23 @@ class ConversationStore:
         return self.path.exists()
 
     def load(self) -> ConversationState:
-        return ConversationState.from_json(read_sealed(self.path, self.store_key))
+        path = self.path
+        data = _read_raw(path)
+        if data is None:
+            return ConversationState.from_json(None)
+        if self._last is not None and self._last[0] == data:
+            plain = self._last[1]
+        else:
+            plain = _unseal_file(path, self.store_key, data)
+            self._last = (data, plain)
+        # Parsed anew each time: every caller gets its own objects to change.
+        return ConversationState.from_json(_parse(path, plain))
 
     def save(self, state: ConversationState) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_sealed(self.path, self.store_key, state.to_json())
+        data, plain = _seal_value(self.path, self.store_key, state.to_json())
+        atomic_write(self.path, data)
+        self._last = (data, plain)
 
     @contextlib.contextmanager
     def update(self) -> Iterator[ConversationState]:

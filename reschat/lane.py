@@ -11,9 +11,12 @@ kept, and names every problem it finds.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import itertools
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -25,6 +28,9 @@ from reschat import crypto, kem, schedule
 from reschat.errors import PageFormatError
 from reschat.page import (
     GENESIS_HASH,
+    MAX_EPOCH,
+    MAX_SEQ,
+    PREFIX,
     SLOT_BYTES,
     TAG_BYTES,
     Header,
@@ -149,6 +155,47 @@ def writer_tag(tag_key: bytes, conversation: bytes, epoch: int, number: int, sea
     return mac.digest()[:TAG_BYTES]
 
 
+# --- the page hint ---------------------------------------------------------------------------------
+
+#: A writer rewrites its page hint when it starts a page whose number is a multiple of this.
+HINT_EVERY = 8
+_HINT_AAD = b"reschat2 hint"
+_HINT_FMT = ">IQ"  # epoch, page number
+
+
+def seal_hint(address_key: bytes, writer: bytes, epoch: int, number: int) -> str:
+    """The value of ``writer``'s page hint: "my lane had reached page ``number`` of ``epoch``".
+
+    A reader with no checkpoint has no idea how long the lane is; the hint lets it start the search
+    for the newest page near the top instead of at page 1. It is sealed (AES-256-GCM under a key from
+    the pair's address key and a fresh random salt), so to anyone but the pair it is random bytes, as
+    a page is. It is not signed: nothing is believed because the hint says so. The reader starts from
+    page ``number`` only if that page is there, and then searches upwards as from any other start; a
+    page is still believed only when its own signature (which covers its number and lane) verifies.
+    A stale hint costs the reader more probes, a false one a fall back to the search from page 1.
+    """
+    salt = get_random_bytes(32)
+    plain = struct.pack(_HINT_FMT, epoch, number)
+    sealed = seal(schedule.hint_key(address_key, writer, salt), plain, _HINT_AAD + writer)
+    return PREFIX + base64.b64encode(salt + sealed).decode("ascii")
+
+
+def open_hint(address_key: bytes, writer: bytes, value: str) -> tuple[int, int]:
+    """(epoch, page number) of a page hint; PageFormatError when ``value`` is not one of this pair's."""
+    if not value.startswith(PREFIX) or len(value) > 256:
+        raise PageFormatError("not a page hint")
+    try:
+        raw = base64.b64decode(value[len(PREFIX) :], validate=True)
+        salt, sealed = raw[:32], raw[32:]
+        plain = unseal(schedule.hint_key(address_key, writer, salt), sealed, _HINT_AAD + writer)
+        epoch, number = struct.unpack(_HINT_FMT, plain)
+    except (binascii.Error, ValueError, struct.error) as exc:
+        raise PageFormatError("the page hint does not open") from exc
+    if not 1 <= epoch < MAX_EPOCH or not 1 <= number < MAX_SEQ:
+        raise PageFormatError("the page hint names no possible page")
+    return epoch, number
+
+
 # --- reading -------------------------------------------------------------------------------------
 
 
@@ -211,14 +258,22 @@ def open_page(
     *,
     conversation: bytes,
     writer: bytes,
-    writer_key: RSA.RsaKey,
+    writer_key: RSA.RsaKey | Callable[[], RSA.RsaKey],
     epoch: int,
     number: int,
     verified: set[bytes],
+    kept: Callable[[int], bytes | None] | None = None,
 ) -> OpenPage:
     """Open and check one page; PageFormatError names what is wrong (its detail says why).
 
+    ``writer_key`` may be a function that gives the key: it is called only when a signature is checked.
     ``verified`` holds digests whose signature was already checked: a page read again costs no RSA.
+    ``kept`` gives, for a sequence number, the digest of the record this reader verified and kept at
+    that place in an earlier session (its sealed key store), or None. A page whose newest record has
+    exactly that digest needs no RSA verification either: a digest is SHA-256 over everything the
+    signature covers (label, the page header's digest, the record's index and its whole content), and
+    it was kept only after that signature verified, so equal digests mean the same signed bytes,
+    already checked. Any other record, or one whose digest differs, is verified as usual.
     """
     keys = as_keys(page_secret)
     try:
@@ -232,19 +287,20 @@ def open_page(
     if (header.epoch, header.number) != (epoch, number):
         raise PageFormatError(f"it was signed as page {header.number} of epoch {header.epoch}")
     page = OpenPage(value=value, header=header, keys=keys, skipped=min(keys.start, len(sealed.records)))
+    header_digest = header.digest  # a hash over the whole header: computed once, not once per record
     chain = keys.chain
     previous: bytes | None = header.link if keys.start == 0 else None
     for index, sealed_record in enumerate(sealed.records):
         if index < keys.start:
             continue  # its key was deleted: the record stays sealed forever
         try:
-            record = open_record(sealed_record, schedule.message_key(chain), header.digest, index)
+            record = open_record(sealed_record, schedule.message_key(chain), header_digest, index)
         except ValueError as exc:
             raise PageFormatError(f"record {index + 1} does not open") from exc
         chain = schedule.next_chain_key(chain)
         if record.seq != header.first_seq + index or (previous is not None and record.prev != previous):
             raise PageFormatError(f"record {index + 1} does not follow the one before it")
-        previous = record.digest(header.digest, index)
+        previous = record.digest(header_digest, index)
         page.records.append(record)
         page.digests.append(previous)
     # One signature per page: the newest record's covers the header and, through the chain, every
@@ -252,12 +308,15 @@ def open_page(
     if page.records:
         last = page.records[-1]
         checked = page.digests[-1]
-        signed = last.signed_bytes(header.digest, len(page.records) - 1)
+        if kept is not None and kept(last.seq) == checked:
+            verified.add(checked)  # verified in an earlier session (see above): the same signed bytes
+        signed = last.signed_bytes(header_digest, len(page.records) - 1)
         signature = last.signature
     else:
-        checked, signed, signature = header.digest, header.signed_bytes(), header.signature
+        checked, signed, signature = header_digest, header.signed_bytes(), header.signature
     if checked not in verified:
-        if not crypto.verify(writer_key, signed, signature):
+        key = writer_key if isinstance(writer_key, RSA.RsaKey) else writer_key()
+        if not crypto.verify(key, signed, signature):
             raise PageFormatError("its signature does not verify")
         verified.add(checked)
     return page
@@ -351,6 +410,7 @@ def _span(pages: Mapping[int, OpenPage | None], number: int) -> str:
 
 __all__ = [
     "GENESIS_HASH",
+    "HINT_EVERY",
     "Checkpoint",
     "LaneResult",
     "OpenPage",
@@ -362,6 +422,8 @@ __all__ = [
     "gap_problem",
     "new_page",
     "open_header",
+    "open_hint",
     "open_page",
+    "seal_hint",
     "writer_tag",
 ]

@@ -69,7 +69,9 @@ def test_quick_run_writes_the_figures(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     bench.main(["--quick", "--no-standin", "--json", str(out)], keys=[rsa_key(0), rsa_key(1)])
     results = json.loads(out.read_text(encoding="utf-8"))
-    assert {"crypto_floor", "operations", "bytes", "new_page", "latency", "history", "targets"} <= set(results)
+    assert {"crypto_floor", "operations", "bytes", "new_page", "latency", "history", "key_store", "targets"} <= set(
+        results
+    )
     # The floor of issue 10: sign, verify, seal, open, and 1/20 of the three KEM operations.
     assert results["crypto_floor"]["op_counts"] == {
         "rsa_pss_sign": 1.0, "rsa_pss_verify": 1.0, "aes_gcm_seal": 1.0, "aes_gcm_open": 1.0,
@@ -108,3 +110,15 @@ def test_an_open_chat_sees_every_message_and_an_idle_one_reads_at_the_configured
     assert idle["poll_gap_quiet_s"] == 2.0 and idle["rounds_per_minute"] == 30.0  # an instant round: 60 s / 2 s
     assert idle["reads_per_minute"] == 30 * idle["gets_per_round"]
     assert idle["reads_per_minute_while_active"] == 300 * idle["gets_per_round"]  # rounds 0.2 s apart
+
+
+def test_the_key_store_with_disappearing_messages_drops_what_expired(tmp_path: Path) -> None:
+    """After 8 pages of 10 minutes each, the pages older than the 1-hour timer have expired: their kept
+    copies are gone (the copies without a timer stay), and both runs reached the same pages."""
+    rows = bench.measure_key_store(tmp_path, [rsa_key(0), rsa_key(1)], (1, 8))
+    assert [row["pages"] for row in rows] == [1, 8]
+    last = rows[-1]
+    assert last["off"]["writer_pages"] == last["disappearing"]["writer_pages"] == 8
+    assert last["disappearing"]["reader_copies_bytes"] < last["off"]["reader_copies_bytes"]
+    assert last["disappearing"]["writer_copies_bytes"] < last["off"]["writer_copies_bytes"]
+    assert all(row[mode]["reader_key_store_bytes"] > 0 for row in rows for mode in ("off", "disappearing"))
