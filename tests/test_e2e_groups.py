@@ -27,7 +27,8 @@ def spawn(home: Path, ledger: Path, config: Path) -> pexpect.spawn:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESCHAT_")}
     env.update(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm", PYTHONPATH=str(ROOT))
     child = pexpect.spawn(
-        sys.executable, ["-m", "reschat", "--home", str(home), "--ledger", str(ledger), "--config", str(config)],
+        sys.executable,
+        ["-m", "reschat", "--home", str(home), "--ledger", str(ledger), "--config", str(config), "--create"],
         env=env, encoding="utf-8", timeout=TIMEOUT, dimensions=(40, 200),
     )
     child.expect("Password")

@@ -22,7 +22,7 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(root: Path, who: str, *args: str) -> int:
-    return main(["--home", str(root / who), "--ledger", str(root / "ledger.sqlite"), *args],
+    return main(["--home", str(root / who), "--ledger", str(root / "ledger.sqlite"), "--create", *args],
                 environ={"RESCHAT_PASSWORD": PASSWORD})
 
 
