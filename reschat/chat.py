@@ -953,6 +953,11 @@ class ChatService:
                 expiries = [retention.received_expiry(e[0], e[1], timer) if e[0] else None for e in entries]
                 count = retention.expired_prefix(expiries, now)
                 _advance(theirs.secrets, pid, count)
+                # An expired message's digest would let whoever opens the store confirm a guess at
+                # its text; nothing needs it once its key is gone (its record can no longer be opened).
+                for entry in entries[:count]:
+                    if len(entry) > 2 and entry[2]:
+                        theirs.digests.pop(f"{pid.split(':')[0]}:{entry[2]}", None)
                 if entries and count == len(entries):
                     gone.add(pid)
                     pair.copies.drop("t", *_parse_pid(pid))
