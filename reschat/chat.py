@@ -953,6 +953,11 @@ class ChatService:
                 expiries = [retention.received_expiry(e[0], e[1], timer) if e[0] else None for e in entries]
                 count = retention.expired_prefix(expiries, now)
                 _advance(theirs.secrets, pid, count)
+                # An expired message's digest would let whoever opens the store confirm a guess at
+                # its text; nothing needs it once its key is gone (its record can no longer be opened).
+                for times in entries[:count]:  # [sent, shown, seq]
+                    if len(times) > 2 and times[2]:
+                        theirs.digests.pop(f"{pid.split(':')[0]}:{times[2]}", None)
                 if entries and count == len(entries):
                     gone.add(pid)
                     pair.copies.drop("t", *_parse_pid(pid))

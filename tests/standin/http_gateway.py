@@ -46,6 +46,9 @@ class GatewayStandIn(ThreadingHTTPServer):
         self.commits: list[str] = []
         #: Seconds to sit on every request before answering (released early by ``close``).
         self.delay_s = 0.0
+        #: Seconds for a commit (POST) instead, when set: on the real cluster a read goes through
+        #: consensus (about 190 ms) and a write is answered once sent (about 12 ms).
+        self.commit_delay_s: float | None = None
         #: When set, every request gets this (status, body) instead: a gateway that misbehaves.
         self.forced_answer: tuple[int, bytes] | None = None
         #: Every request as (method, raw path), in arrival order.
@@ -110,7 +113,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Log the request and wait out the delay; False when it is already answered or abandoned."""
         with self.server.lock:
             self.server.requests.append((method, self.path))
-        if self.server.delay_s and self.server.closing.wait(self.server.delay_s):
+        delay = self.server.delay_s
+        if method == "POST" and self.server.commit_delay_s is not None:
+            delay = self.server.commit_delay_s
+        if delay and self.server.closing.wait(delay):
             return False
         if self.server.forced_answer is not None:
             self._answer(*self.server.forced_answer)
