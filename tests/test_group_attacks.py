@@ -146,31 +146,70 @@ def test_writer_rolls_back_the_admins_page_to_drop_a_change_and_the_group_still_
     assert membership_of(bob, "team", 2) == membership_of(alice, "team", 2)
 
 
-def test_writer_planting_junk_where_it_saw_pages_makes_no_update_exceed_the_decapsulation_budget(
-        tmp_path: Path) -> None:
-    """Every group value the writer has seen replaced by a page-sized value with many slots, none ours: one
-    update spends at most the stated budget of decapsulations and stays quick."""
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS (no key needed): the writer sees the burst of values a removal writes and, once the admin "
+    "has read them back, overwrites each with junk. The admin's kept copies put back the change page, but the "
+    "key page (the last of the admin's old lane, never 'final') and the new lane's current page have no kept "
+    "copy and are not resent once confirmed. The other member learns of the removal but never of the new "
+    "secret: it stays in the old epoch and keeps keying its pages to the removed member."))
+def test_writer_junking_a_removals_writes_does_not_keep_the_removed_member_reading(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    before = stored(ledger)
+    alice.groups.remove("team", "carol")
+    alice.groups.get_update("team")  # the admin reads its pages back: confirmed, no longer resent
+    burst = [k for k, v in stored(ledger).items() if before.get(k) != v]
+    assert burst
+    for key in burst:  # a value written in the burst: the writer needs no key to overwrite it
+        ledger.set(key, JUNK)
+    for _ in range(4):
+        alice.groups.get_update("team")
+        bob.groups.get_update("team")
+    bob.groups.send_message("bob, after four updates", "team")
+    assert "bob, after four updates" not in texts(carol.groups.get_update("team"))
+    assert bob.state("team").epoch == 2
+
+
+def test_a_ledger_writer_replacing_every_seen_page_costs_the_reader_no_decapsulation(tmp_path: Path) -> None:
+    """Every group value the writer has seen, its slots replaced by random bytes: the reader opens pages it
+    has read with the keys it kept, so the writer cannot make it spend a single decapsulation."""
+    ledger = MemoryLedger()
+    people = team(tmp_path, ledger, count=3)
+    for who in people:
+        who.groups.send_message(f"{who.name} once", "team")
+    reader = people[0]
+    settle(lambda: reader.groups.get_update("team"), lambda v: len(texts(v)) >= 3)
+    for address, value in list(stored(ledger).items()):
+        sealed = SealedPage.from_string(value)
+        sealed.slots = [get_random_bytes(len(slot)) for slot in sealed.slots]
+        ledger.set(address, sealed.to_string())
+    view = reader.groups.get_update("team")
+    assert reader.groups._decaps == 0
+    assert {p.kind for p in view.problems} <= {"forged", "damaged", "rewritten", "rollback", "restoring"}
+
+
+def test_a_member_planting_pages_in_every_lane_cannot_exceed_the_decapsulation_budget(tmp_path: Path) -> None:
+    """A member knows every lane's future addresses. bob plants, ahead of every other member's lane, 20
+    page-shaped values with one slot fewer than the epoch has readers (so no slot is where the membership
+    puts ours), all random: one update of a reader spends at most the stated budget and stays quick."""
     ledger = MemoryLedger()
     people = team(tmp_path, ledger, count=5)
     for who in people:
-        for i in range(3):
-            who.groups.send_message(f"{who.name} {i}", "team")
-    reader = people[0]
-    settle(lambda: reader.groups.get_update("team"), lambda v: len(texts(v)) >= 12)
-    # Each value keeps its shape but loses one slot, the others random bytes: no slot is where the
-    # membership puts ours, so the reader tries every slot with every key it has (before any signature).
-    for address, value in list(stored(ledger).items()):
-        if not value.startswith("reschat2:"):
-            continue
-        sealed = SealedPage.from_string(value)
-        if len(sealed.slots) == 4:
-            sealed.slots = [get_random_bytes(len(s)) for s in sealed.slots[:-1]]
-            ledger.set(address, sealed.to_string())
+        who.groups.send_message(f"{who.name} once", "team")
+    reader, bob = people[0], people[1]
+    settle(lambda: reader.groups.get_update("team"), lambda v: len(texts(v)) >= 5)
+    template = SealedPage.from_string(stored(ledger)[bob.groups.lane_address("team", "me", 1, 1)])
+    for victim in people[1:]:
+        top = victim.state("team").own(1).page
+        for number in range(top + 1, top + 21):
+            template.slots = [get_random_bytes(len(slot)) for slot in template.slots[:3]]
+            ledger.set(bob.groups.lane_address("team", victim.fingerprint if victim is not bob else "me", 1, number),
+                       template.to_string())
     started = time.monotonic()
     reader.groups.get_update("team")
     elapsed = time.monotonic() - started
-    assert reader.groups._decaps <= MAX_DECAPSULATIONS
-    assert elapsed < 30
+    assert 0 < reader.groups._decaps <= MAX_DECAPSULATIONS
+    assert elapsed < 20
 
 
 # --- 2. the malicious member ---------------------------------------------------------------------------
@@ -370,6 +409,46 @@ def test_a_removed_member_cannot_keep_the_removal_window_open_by_junking_the_key
     view = carol.groups.get_update("team")
     assert "after two updates" not in texts(view)
     assert not opens_any(lane_values(ledger, bob, "team", 1)[-1:], keys_of(carol, "team"))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: a removed member's lane of the epoch before its removal is still read by every member "
+    "(_readable_epochs keeps epoch - 1, and _read_epochs reads every writer of that epoch), and what it writes "
+    "there after the removal is shown as a new message of the group, with no report. The removed member keeps "
+    "writing to the group until the next change of membership."))
+def test_a_removed_member_cannot_keep_writing_to_the_group(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.remove("team", "carol")
+    until(carol, "team", lambda v: carol.state("team").status == "removed")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    edit(carol, "team", lambda s: setattr(s, "status", ""))  # carol's client ignores the removal
+    carol.groups.send_message("carol, removed, still posting", "team")
+    view = settle(lambda: bob.groups.get_update("team"), lambda v: "carol, removed, still posting" in texts(v),
+                  reads=4)
+    assert "carol, removed, still posting" not in texts(view)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: check_change accepts a 'leave' change without any leave record from the members it takes "
+    "out: it only checks that the writer is an admin or, when no admin remains, the longest-standing member. "
+    "The longest-standing non-admin writes a 'leave' change that takes out the sole admin (who never left), "
+    "becomes admin, and every member adopts it."))
+def test_a_member_who_is_not_an_admin_cannot_remove_the_admin_with_a_made_up_departure(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    successor, other = sorted((bob, carol), key=lambda m: m.fingerprint)  # the longest-standing non-admin
+    found = successor.state("team")
+    with successor.groups.store.lock(found.id):  # the engine's own rekeying code, as _after_update calls it
+        state = successor.groups.store.load(found.id)
+        remaining = [Member(m.fingerprint, m.since, m.fingerprint == successor.fingerprint)
+                     for m in state.current().members if m.fingerprint != alice.fingerprint]
+        successor.groups._start_epoch(state, "leave", remaining, alice.fingerprint, state.name, [])
+    for _ in range(3):
+        for who in (other, alice):
+            who.groups.get_update("team")
+    assert alice.fingerprint in other.state("team").current().fingerprints()
+    assert alice.state("team").status == ""
 
 
 def test_a_member_who_is_not_an_admin_cannot_start_an_epoch_through_the_lanes(tmp_path: Path) -> None:
