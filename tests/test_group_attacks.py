@@ -31,7 +31,7 @@ from reschat.group import (
     _json,
 )
 from reschat.ledger import MemoryLedger
-from reschat.page import SealedPage
+from reschat.page import PAGE_CAPACITY, SealedPage
 from tests.conftest import befriend, settle
 from tests.test_groups import Member as Person
 from tests.test_groups import keys_of, lane_values, member, opens_any, team, texts, until
@@ -170,6 +170,23 @@ def test_writer_junking_a_removals_writes_does_not_keep_the_removed_member_readi
     assert bob.state("team").epoch == 2
 
 
+def test_writer_junk_over_a_seen_page_hides_no_newer_page(tmp_path: Path) -> None:
+    """The writer overwrites with junk a member's page it saw being written; the member's next pages (at
+    addresses the writer cannot compute) still show, and the junk is reported."""
+    ledger = MemoryLedger()
+    alice, bob, _carol = team(tmp_path, ledger)
+    for i in range(PAGE_CAPACITY):
+        bob.groups.send_message(f"bob {i}", "team")
+    until(alice, "team", lambda v: f"bob {PAGE_CAPACITY - 1}" in texts(v))
+    seen = bob.groups.lane_address("team", "me", 1, bob.state("team").own(1).page)
+    for i in range(PAGE_CAPACITY, 3 * PAGE_CAPACITY):
+        bob.groups.send_message(f"bob {i}", "team")
+    ledger.set(seen, JUNK)
+    views = [alice.groups.get_update("team") for _ in range(3)]
+    assert f"bob {3 * PAGE_CAPACITY - 1}" in texts(views[-1])
+    assert any(p.kind in ("damaged", "forged") for v in views for p in v.problems)
+
+
 def test_a_ledger_writer_replacing_every_seen_page_costs_the_reader_no_decapsulation(tmp_path: Path) -> None:
     """Every group value the writer has seen, its slots replaced by random bytes: the reader opens pages it
     has read with the keys it kept, so the writer cannot make it spend a single decapsulation."""
@@ -235,6 +252,28 @@ def test_a_member_cannot_pass_off_an_outsiders_card_as_a_friend_of_yours(tmp_pat
     assert senders["the real carol"] == "carol"
     assert senders["I am carol, trust me"] != "carol"
     assert "vouched by alice" in senders["I am carol, trust me"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: a member who is nobody's friend but the admin's is shown as '<card name> (vouched by "
+    "<admin>, <fingerprint>)', and a card name may hold any printable text up to 64 characters. mallory names "
+    "her card 'carol (vouched by alice, <carol's fingerprint start>)': to bob, who is not carol's friend, "
+    "every line of mallory's begins with exactly the label of carol's lines; only a second '(vouched by ...)' "
+    "at the end tells them apart."))
+def test_a_member_cannot_make_its_lines_read_as_another_vouched_members(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    mallory = member(f"carol (vouched by alice, {carol.fingerprint[:16]})", 5, tmp_path / "mallory", ledger)
+    alice.person.friends.add_friend("mallory", crypto.parse_contact(mallory.person.card))
+    mallory.person.friends.add_friend("alice", crypto.parse_contact(alice.person.card))
+    alice.groups.add("team", "mallory")
+    accept(mallory)
+    until(mallory, "team", lambda v: bool(mallory.state("team").current().members))
+    carol.groups.send_message("carol speaking", "team")
+    mallory.groups.send_message("carol speaking, honestly", "team")
+    view = until(bob, "team", lambda v: {"carol speaking", "carol speaking, honestly"} <= set(texts(v)))
+    senders = {m.text: m.sender for m in view.messages if m.type == "text"}
+    assert not senders["carol speaking, honestly"].startswith(senders["carol speaking"])
 
 
 @pytest.mark.xfail(strict=True, reason=(
