@@ -229,6 +229,29 @@ def test_a_member_planting_pages_in_every_lane_cannot_exceed_the_decapsulation_b
     assert elapsed < 20
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS (no key needed): GroupService._opened caches every (writer, epoch, page, VALUE) it opened or "
+    "refused, for the life of the service (the menus keep one), and is only cleared past 1,024 entries. A "
+    "writer who puts fresh 128 KB junk at the addresses it saw before each update makes a long-running client "
+    "retain it: 39 MiB after 160 updates here, up to about 1,024 x 128 KB = 128 MiB, well beyond the README's "
+    "56-58 MB for reading."))
+def test_writer_rewriting_seen_pages_with_large_junk_keeps_a_long_running_clients_memory_bounded(
+        tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    for who in (bob, carol):
+        who.groups.send_message(f"{who.name} once", "team")
+    settle(lambda: alice.groups.get_update("team"), lambda v: len(texts(v)) >= 2)
+    seen = [k for k in stored(ledger) if k not in {alice.groups.lane_address("team", "me", 1, 1)}]
+    retained = 0
+    for round_ in range(160):
+        for key in seen:
+            ledger.set(key, "reschat2:" + base64.b64encode(round_.to_bytes(2, "big") * 48_000).decode())
+        alice.groups.get_update("team")
+        retained = max(retained, sum(len(k[3]) for k in alice.groups._opened))
+    assert retained <= 32 * 2**20, f"{retained / 2**20:.0f} MiB of junk kept between updates"
+
+
 # --- 2. the malicious member ---------------------------------------------------------------------------
 
 
