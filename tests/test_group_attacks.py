@@ -493,24 +493,24 @@ def test_a_removed_member_cannot_keep_writing_to_the_group(tmp_path: Path) -> No
 
 @pytest.mark.xfail(strict=True, reason=(
     "ATTACK WORKS: check_change accepts a 'leave' change without any leave record from the members it takes "
-    "out: it only checks that the writer is an admin or, when no admin remains, the longest-standing member. "
-    "The longest-standing non-admin writes a 'leave' change that takes out the sole admin (who never left), "
-    "becomes admin, and every member adopts it."))
+    "out, and lets its writer choose who 'remains': it only checks that the writer is an admin or the "
+    "longest-standing of the remaining members when none of them is an admin. Any non-admin writes a 'leave' "
+    "change that takes out every admin and every member who joined before it (here: the sole admin, who never "
+    "left, and the other member), becomes admin, and the members still reading adopt it."))
 def test_a_member_who_is_not_an_admin_cannot_remove_the_admin_with_a_made_up_departure(tmp_path: Path) -> None:
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
-    successor, other = sorted((bob, carol), key=lambda m: m.fingerprint)  # the longest-standing non-admin
-    found = successor.state("team")
-    with successor.groups.store.lock(found.id):  # the engine's own rekeying code, as _after_update calls it
-        state = successor.groups.store.load(found.id)
-        remaining = [Member(m.fingerprint, m.since, m.fingerprint == successor.fingerprint)
-                     for m in state.current().members if m.fingerprint != alice.fingerprint]
-        successor.groups._start_epoch(state, "leave", remaining, alice.fingerprint, state.name, [])
+    attacker, other = sorted((bob, carol), key=lambda m: m.fingerprint, reverse=True)  # NOT the successor
+    found = attacker.state("team")
+    with attacker.groups.store.lock(found.id):  # the engine's own rekeying code, as _after_update calls it
+        state = attacker.groups.store.load(found.id)
+        remaining = [Member(attacker.fingerprint, 1, True)]
+        attacker.groups._start_epoch(state, "leave", remaining, alice.fingerprint, state.name, [])
     for _ in range(3):
         for who in (other, alice):
             who.groups.get_update("team")
+    assert alice.state("team").status == "" and other.state("team").status == ""
     assert alice.fingerprint in other.state("team").current().fingerprints()
-    assert alice.state("team").status == ""
 
 
 def test_a_member_who_is_not_an_admin_cannot_start_an_epoch_through_the_lanes(tmp_path: Path) -> None:
