@@ -534,6 +534,25 @@ def test_a_member_who_is_not_an_admin_cannot_start_an_epoch_through_the_lanes(tm
     assert "epoch 1 still" in texts(until(carol, "team", lambda v: "epoch 1 still" in texts(v)))
 
 
+def test_an_admin_cannot_skip_epochs_through_its_lane(tmp_path: Path) -> None:
+    """An admin's genuine, signed change naming epoch 50 after epoch 1 (epoch inflation through the lanes):
+    reported as misplaced and ignored by every member."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    found = alice.state("team")
+    inflated = {"g": found.id, "e": 50, "a": "rename", "t": "", "n": "team", "by": alice.fingerprint,
+                "m": [[m.fingerprint, m.since, int(m.admin)] for m in found.current().members]}
+    with alice.groups.store.lock(found.id):
+        state = alice.groups.store.load(found.id)
+        address, value, _m = alice.groups._write(state, "setting", CHANGE_EXT, _json(inflated))
+        alice.groups.store.save(state)
+    ledger.set(address, value)
+    for who in (bob, carol):
+        view = until(who, "team", lambda v: any(p.kind == "forged" for p in v.problems))
+        assert any(p.kind == "forged" and "epoch 50" in p.detail for p in view.problems)
+        assert who.state("team").epoch == 1
+
+
 def test_a_member_cannot_write_into_another_members_lane(tmp_path: Path) -> None:
     """bob knows carol's addresses (every member does) and writes a page of his, signed by him, at carol's
     next address: it does not open as carol's, and carol's own write puts her page there."""
