@@ -5,6 +5,14 @@ An attacker's "modified client" is the engine's own writing code driven with a s
 free to edit (it is in the attacker's profile). An attack the code resists is a plain test asserting the
 resistance. An attack that works is written as the secure behaviour and marked
 ``xfail(strict=True, reason="ATTACK WORKS: ...")``, so the hole stays recorded until it is closed.
+
+README group claims that no test backed when this file was written: the 32-member limit through
+``create``/``add`` (only ``check_change`` is tested with 33); delivery marks and re-sends of group pages; a
+pair's page (kind 0) refused in a group's lane; "the first remaining admin" starting the epoch without
+leavers (only the no-admin successor is tested); the lost-race limit (messages of the losing epoch read by
+no one); a group rename clashing with a friend's name, on the renamer's or a member's side; "about three
+keys per member" for an idle update; the newest of two members' disappearing settings winning; friends
+added before groups needing their card again.
 """
 
 from __future__ import annotations
@@ -262,8 +270,7 @@ def test_a_member_cannot_pass_off_an_outsiders_card_as_a_friend_of_yours(tmp_pat
     alice, bob, carol = team(tmp_path, ledger)
     befriend(bob.person, carol.person)
     mallory = member("carol", 5, tmp_path / "mallory", ledger)  # her card's name is "carol"
-    befriend(alice.person, mallory.person) if False else alice.person.friends.add_friend(
-        "mallory", crypto.parse_contact(mallory.person.card))
+    alice.person.friends.add_friend("mallory", crypto.parse_contact(mallory.person.card))
     mallory.person.friends.add_friend("alice", crypto.parse_contact(alice.person.card))
     alice.groups.add("team", "mallory")
     settle(lambda: mallory.groups.accept_invitations(), bool)
