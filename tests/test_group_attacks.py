@@ -1,0 +1,628 @@
+"""Groups attacked: the ledger writer with no key, the malicious member (admin or not) and the observer.
+
+One test per attack, written against the real engine (real keys, real pages, a shared memory ledger).
+An attacker's "modified client" is the engine's own writing code driven with a state the attacker is
+free to edit (it is in the attacker's profile). An attack the code resists is a plain test asserting the
+resistance. An attack that works is written as the secure behaviour and marked
+``xfail(strict=True, reason="ATTACK WORKS: ...")``, so the hole stays recorded until it is closed.
+
+README group claims that no test backed when this file was written: the 32-member limit through
+``create``/``add`` (only ``check_change`` is tested with 33); delivery marks and re-sends of group pages; a
+pair's page (kind 0) refused in a group's lane; "the first remaining admin" starting the epoch without
+leavers (only the no-admin successor is tested); the lost-race limit (messages of the losing epoch read by
+no one); a group rename clashing with a friend's name, on the renamer's or a member's side; "about three
+keys per member" for an idle update; the newest of two members' disappearing settings winning; friends
+added before groups needing their card again.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import time
+from pathlib import Path
+
+import pytest
+from Crypto.Random import get_random_bytes
+
+from reschat import crypto
+from reschat.errors import MessageError
+from reschat.group import (
+    CHANGE_EXT,
+    INVITE_EXT,
+    KEY_EXT,
+    MAX_DECAPSULATIONS,
+    ROSTER_EXT,
+    GroupState,
+    Member,
+    Membership,
+    _json,
+)
+from reschat.ledger import MemoryLedger
+from reschat.page import PAGE_CAPACITY, SealedPage
+from tests.conftest import befriend, settle
+from tests.test_groups import Member as Person
+from tests.test_groups import keys_of, lane_values, member, opens_any, team, texts, until
+from tests.test_protocol2 import card_derived, encodings, stored
+
+JUNK = "reschat2:" + base64.b64encode(b"junk" * 60).decode()
+
+
+def edit(who: Person, group: str, change: object) -> None:
+    """The attacker edits its own group state (it lives in its own profile: nothing stops it)."""
+    found = who.state(group)
+    with who.groups.store.lock(found.id):
+        state = who.groups.store.load(found.id)
+        change(state)  # type: ignore[operator]
+        who.groups.store.save(state)
+
+
+def forge_epoch(attacker: Person, group: str, fake: int, members: list[Member], invite: list[str]) -> None:
+    """A member's modified client: it makes itself the sole admin of a made-up epoch ``fake - 1`` and starts
+    epoch ``fake`` from there with the engine's own code, inviting ``invite`` through its pairwise lanes."""
+    found = attacker.state(group)
+    with attacker.groups.store.lock(found.id):
+        state = attacker.groups.store.load(found.id)
+        state.status = ""
+        me = attacker.fingerprint
+        state.epochs[str(fake - 1)] = Membership(fake - 1, get_random_bytes(32).hex(), me, [Member(me, 1, True)],
+                                                 state.name).to_dict()
+        state.epoch = fake - 1
+        attacker.groups._start_epoch(state, "add", [Member(me, 1, True), *members], invite[0], state.name, invite)
+
+
+def accept(who: Person) -> list[str]:
+    return settle(lambda: who.groups.accept_invitations(), bool, reads=6)
+
+
+def membership_of(who: Person, group: str, epoch: int) -> tuple[str, str, list[str]]:
+    found = who.state(group).membership(epoch)
+    assert found is not None
+    return found.by, found.secret, sorted(found.fingerprints())
+
+
+# --- 1. the ledger writer with no key -------------------------------------------------------------------
+
+
+def test_writer_replays_an_old_epochs_page_at_a_new_epochs_address_and_it_is_refused(tmp_path: Path) -> None:
+    """A page of epoch 1 copied over the same writer's page 1 of epoch 2 (both addresses seen on the ledger):
+    the header names epoch 1, so it is reported and nothing of it is shown as new."""
+    ledger = MemoryLedger()
+    alice, bob, _carol = team(tmp_path, ledger)
+    bob.groups.send_message("said in epoch 1", "team")
+    until(alice, "team", lambda v: "said in epoch 1" in texts(v))
+    alice.groups.rename("team", "crew")
+    until(bob, "team", lambda v: v.friend == "crew")
+    old = lane_values(ledger, bob, "crew", 1)
+    bob.groups.send_message("said in epoch 2", "crew")
+    target = bob.groups.lane_address("crew", "me", 2, 1)
+    ledger.set(target, old[0])
+    view = alice.groups.get_update("crew")
+    assert {p.kind for p in view.problems} & {"forged", "damaged"}
+    assert not [m for m in view.new_messages if m.epoch == 2 and m.text == "said in epoch 1"]
+    assert alice.state("crew").epoch == 2
+
+
+def test_writer_moves_a_page_between_two_groups_of_the_same_members_and_it_is_refused(tmp_path: Path) -> None:
+    """bob's page of group 'team' copied over his page of group 'side' (same members, same epoch, same
+    number): another conversation in the signed header."""
+    ledger = MemoryLedger()
+    alice, bob = team(tmp_path, ledger, count=2)
+    alice.groups.create("side", ["bob"])
+    settle(lambda: bob.groups.accept_invitations(), bool)
+    until(bob, "side", lambda v: bool(bob.state("side").current().members))
+    bob.groups.send_message("only for team", "team")
+    bob.groups.send_message("only for side", "side")
+    until(alice, "side", lambda v: "only for side" in texts(v))
+    number = bob.state("side").own(1).page
+    ledger.set(bob.groups.lane_address("side", "me", 1, number), stored(ledger)[bob.groups.lane_address(
+        "team", "me", 1, bob.state("team").own(1).page)])
+    view = alice.groups.load_all("side")
+    assert "only for team" not in texts(view)
+    assert {p.kind for p in view.problems} & {"forged", "damaged"}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS (no key needed): the writer puts back, once, the admin's page as it was before the removal "
+    "was appended. The member reads the key page after it, reports one 'forged' line ('a group key with no "
+    "change before it') and moves its lane position (LaneState.seq) past the missing change. The admin's kept "
+    "copy is put back two updates later, but the change record is now below the member's position: never "
+    "'fresh', never taken. The member stays in the old epoch for good, keying every page to the removed member "
+    "(the removal window never closes), and the gap report is swallowed by the two-updates rule."))
+def test_writer_rolls_back_the_admins_page_to_drop_a_change_and_the_group_still_converges(tmp_path: Path) -> None:
+    """The page that carried a removal is put back to its value before the change was appended. The member
+    must not take a wrong membership, and must move on once the admin's kept copy is put back."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.send_message("before", "team")
+    until(bob, "team", lambda v: "before" in texts(v))
+    page = alice.state("team").own(1).page
+    address = alice.groups.lane_address("team", "me", 1, page)
+    before = stored(ledger)[address]
+    alice.groups.remove("team", "carol")
+    after = stored(ledger)[address]
+    assert after != before  # the change was appended to that page
+    ledger.set(address, before)  # rolled back, once
+    bob.groups.get_update("team")
+    for _ in range(6):
+        alice.groups.get_update("team")  # the admin's kept copy is put back after two updates
+        bob.groups.get_update("team")
+    assert stored(ledger)[address] == after  # self-healing did its part
+    bob.groups.send_message("bob, later", "team")
+    assert "bob, later" not in texts(carol.groups.get_update("team"))
+    assert bob.state("team").epoch == 2 and carol.fingerprint not in bob.state("team").current().fingerprints()
+    assert membership_of(bob, "team", 2) == membership_of(alice, "team", 2)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS (no key needed): the writer sees the burst of values a removal writes and, once the admin "
+    "has read them back, overwrites each with junk. The admin's kept copies put back the change page, but the "
+    "key page (the last of the admin's old lane, never 'final') and the new lane's current page have no kept "
+    "copy and are not resent once confirmed. The other member learns of the removal but never of the new "
+    "secret: it stays in the old epoch and keeps keying its pages to the removed member."))
+def test_writer_junking_a_removals_writes_does_not_keep_the_removed_member_reading(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    before = stored(ledger)
+    alice.groups.remove("team", "carol")
+    alice.groups.get_update("team")  # the admin reads its pages back: confirmed, no longer resent
+    burst = [k for k, v in stored(ledger).items() if before.get(k) != v]
+    assert burst
+    for key in burst:  # a value written in the burst: the writer needs no key to overwrite it
+        ledger.set(key, JUNK)
+    for _ in range(4):
+        alice.groups.get_update("team")
+        bob.groups.get_update("team")
+    bob.groups.send_message("bob, after four updates", "team")
+    assert "bob, after four updates" not in texts(carol.groups.get_update("team"))
+    assert bob.state("team").epoch == 2
+
+
+def test_writer_junk_over_a_seen_page_hides_no_newer_page(tmp_path: Path) -> None:
+    """The writer overwrites with junk a member's page it saw being written; the member's next pages (at
+    addresses the writer cannot compute) still show, and the junk is reported."""
+    ledger = MemoryLedger()
+    alice, bob, _carol = team(tmp_path, ledger)
+    for i in range(PAGE_CAPACITY):
+        bob.groups.send_message(f"bob {i}", "team")
+    until(alice, "team", lambda v: f"bob {PAGE_CAPACITY - 1}" in texts(v))
+    seen = bob.groups.lane_address("team", "me", 1, bob.state("team").own(1).page)
+    for i in range(PAGE_CAPACITY, 3 * PAGE_CAPACITY):
+        bob.groups.send_message(f"bob {i}", "team")
+    ledger.set(seen, JUNK)
+    views = [alice.groups.get_update("team") for _ in range(3)]
+    assert f"bob {3 * PAGE_CAPACITY - 1}" in texts(views[-1])
+    assert any(p.kind in ("damaged", "forged") for v in views for p in v.problems)
+
+
+def test_a_ledger_writer_replacing_every_seen_page_costs_the_reader_no_decapsulation(tmp_path: Path) -> None:
+    """Every group value the writer has seen, its slots replaced by random bytes: the reader opens pages it
+    has read with the keys it kept, so the writer cannot make it spend a single decapsulation."""
+    ledger = MemoryLedger()
+    people = team(tmp_path, ledger, count=3)
+    for who in people:
+        who.groups.send_message(f"{who.name} once", "team")
+    reader = people[0]
+    settle(lambda: reader.groups.get_update("team"), lambda v: len(texts(v)) >= 3)
+    for address, value in list(stored(ledger).items()):
+        sealed = SealedPage.from_string(value)
+        sealed.slots = [get_random_bytes(len(slot)) for slot in sealed.slots]
+        ledger.set(address, sealed.to_string())
+    view = reader.groups.get_update("team")
+    assert reader.groups._decaps == 0
+    assert {p.kind for p in view.problems} <= {"forged", "damaged", "rewritten", "rollback", "restoring"}
+
+
+def test_a_member_planting_pages_in_every_lane_cannot_exceed_the_decapsulation_budget(tmp_path: Path) -> None:
+    """A member knows every lane's future addresses. bob plants, ahead of every other member's lane, 20
+    page-shaped values with one slot fewer than the epoch has readers (so no slot is where the membership
+    puts ours), all random: one update of a reader spends at most the stated budget and stays quick."""
+    ledger = MemoryLedger()
+    people = team(tmp_path, ledger, count=5)
+    for who in people:
+        who.groups.send_message(f"{who.name} once", "team")
+    reader, bob = people[0], people[1]
+    settle(lambda: reader.groups.get_update("team"), lambda v: len(texts(v)) >= 5)
+    template = SealedPage.from_string(stored(ledger)[bob.groups.lane_address("team", "me", 1, 1)])
+    for victim in people[1:]:
+        top = victim.state("team").own(1).page
+        for number in range(top + 1, top + 21):
+            template.slots = [get_random_bytes(len(slot)) for slot in template.slots[:3]]
+            ledger.set(bob.groups.lane_address("team", victim.fingerprint if victim is not bob else "me", 1, number),
+                       template.to_string())
+    started = time.monotonic()
+    reader.groups.get_update("team")
+    elapsed = time.monotonic() - started
+    assert 0 < reader.groups._decaps <= MAX_DECAPSULATIONS
+    assert elapsed < 20
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS (no key needed): GroupService._opened caches every (writer, epoch, page, VALUE) it opened or "
+    "refused, for the life of the service (the menus keep one), and is only cleared past 1,024 entries. A "
+    "writer who puts fresh 128 KB junk at the addresses it saw before each update makes a long-running client "
+    "retain it: 39 MiB after 160 updates here, up to about 1,024 x 128 KB = 128 MiB, well beyond the README's "
+    "56-58 MB for reading."))
+def test_writer_rewriting_seen_pages_with_large_junk_keeps_a_long_running_clients_memory_bounded(
+        tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    for who in (bob, carol):
+        who.groups.send_message(f"{who.name} once", "team")
+    settle(lambda: alice.groups.get_update("team"), lambda v: len(texts(v)) >= 2)
+    seen = [k for k in stored(ledger) if k not in {alice.groups.lane_address("team", "me", 1, 1)}]
+    retained = 0
+    for round_ in range(160):
+        for key in seen:
+            ledger.set(key, "reschat2:" + base64.b64encode(round_.to_bytes(2, "big") * 48_000).decode())
+        alice.groups.get_update("team")
+        retained = max(retained, sum(len(k[3]) for k in alice.groups._opened))
+    assert retained <= 32 * 2**20, f"{retained / 2**20:.0f} MiB of junk kept between updates"
+
+
+# --- 2. the malicious member ---------------------------------------------------------------------------
+
+
+def test_a_member_cannot_pass_off_an_outsiders_card_as_a_friend_of_yours(tmp_path: Path) -> None:
+    """An admin adds mallory, whose card says 'carol'; bob (carol's friend) must not see mallory's lines as
+    carol's."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    befriend(bob.person, carol.person)
+    mallory = member("carol", 5, tmp_path / "mallory", ledger)  # her card's name is "carol"
+    alice.person.friends.add_friend("mallory", crypto.parse_contact(mallory.person.card))
+    mallory.person.friends.add_friend("alice", crypto.parse_contact(alice.person.card))
+    alice.groups.add("team", "mallory")
+    settle(lambda: mallory.groups.accept_invitations(), bool)
+    until(mallory, "team", lambda v: bool(mallory.state("team").current().members))
+    mallory.groups.send_message("I am carol, trust me", "team")
+    carol.groups.send_message("the real carol", "team")
+    view = until(bob, "team", lambda v: {"I am carol, trust me", "the real carol"} <= set(texts(v)))
+    senders = {m.text: m.sender for m in view.messages if m.type == "text"}
+    assert senders["the real carol"] == "carol"
+    assert senders["I am carol, trust me"] != "carol"
+    assert "vouched by alice" in senders["I am carol, trust me"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: a member who is nobody's friend but the admin's is shown as '<card name> (vouched by "
+    "<admin>, <fingerprint>)', and a card name may hold any printable text up to 64 characters. mallory names "
+    "her card 'carol (vouched by alice, <carol's fingerprint start>)': to bob, who is not carol's friend, "
+    "every line of mallory's begins with exactly the label of carol's lines; only a second '(vouched by ...)' "
+    "at the end tells them apart."))
+def test_a_member_cannot_make_its_lines_read_as_another_vouched_members(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    mallory = member(f"carol (vouched by alice, {carol.fingerprint[:16]})", 5, tmp_path / "mallory", ledger)
+    alice.person.friends.add_friend("mallory", crypto.parse_contact(mallory.person.card))
+    mallory.person.friends.add_friend("alice", crypto.parse_contact(alice.person.card))
+    alice.groups.add("team", "mallory")
+    accept(mallory)
+    until(mallory, "team", lambda v: bool(mallory.state("team").current().members))
+    carol.groups.send_message("carol speaking", "team")
+    mallory.groups.send_message("carol speaking, honestly", "team")
+    view = until(bob, "team", lambda v: {"carol speaking", "carol speaking, honestly"} <= set(texts(v)))
+    senders = {m.text: m.sender for m in view.messages if m.type == "text"}
+    assert not senders["carol speaking, honestly"].startswith(senders["carol speaking"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: GroupService._accept takes an invitation to a known group from ANY friend, for any "
+    "higher epoch, without check_change against the membership it knows; the new epoch's membership then "
+    "comes from the inviter's own first record (it only has to name the inviter as admin). A removed member "
+    "who is a friend of a member pulls that member into a made-up epoch and reads everything they send."))
+def test_a_removed_member_cannot_pull_a_friend_back_into_a_group_of_its_own_making(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    befriend(bob.person, carol.person)  # members are often friends of each other
+    alice.groups.remove("team", "carol")
+    until(carol, "team", lambda v: carol.state("team").status == "removed")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    # carol's modified client: epoch 3 of the same group id, carol admin, bob invited through their lane.
+    forge_epoch(carol, "team", 3, [Member(bob.fingerprint, 3, False)], [bob.fingerprint])
+    accept(bob)
+    bob.groups.get_update("team")
+    with contextlib.suppress(MessageError):  # a refused send is the secure outcome
+        bob.groups.send_message("for the group only", "team")
+    assert "for the group only" not in texts(carol.groups.get_update("team"))
+    assert carol.fingerprint not in bob.state("team").current().fingerprints()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: a non-admin member invites a friend in the group to epoch 1000 of the same group id "
+    "(_accept checks only that the invitation comes from a friend and names a higher epoch). The victim "
+    "jumps to epoch 1000, where the attacker is admin, stops reading the real epoch, and its messages go to "
+    "the attacker only; nothing is reported."))
+def test_a_member_who_is_not_an_admin_cannot_inflate_the_epoch_and_take_a_member_away(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    befriend(bob.person, carol.person)
+    forge_epoch(bob, "team", 1000, [Member(carol.fingerprint, 1000, False)], [carol.fingerprint])
+    accept(carol)
+    view = carol.groups.get_update("team")
+    alice.groups.send_message("alice after the attack", "team")
+    view = until(carol, "team", lambda v: "alice after the attack" in texts(v))
+    assert carol.state("team").epoch == 1
+    assert "alice after the attack" in texts(view)
+    assert membership_of(carol, "team", 1) == membership_of(alice, "team", 1)
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
+    "ATTACK WORKS: an invitation naming epoch 2**64 from any friend (a member, or a former member who knows "
+    "the group id) is accepted; the next address computation raises OverflowError (int.to_bytes(8)), which "
+    "no caller catches: accept_invitations, and every later update of that group, crash the client."))
+def test_a_friends_invitation_with_an_absurd_epoch_does_not_crash_the_client(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    befriend(bob.person, carol.person)
+    group_id = bob.state("team").id
+    invitation = _json({"g": group_id, "e": 2**64, "s": get_random_bytes(32).hex(), "n": "team",
+                        "by": bob.fingerprint})
+    bob.person.chat.send_message(invitation, "carol", msg_type="setting", type_ext=INVITE_EXT)
+    carol.groups.accept_invitations()
+    carol.groups.get_update("team")
+    alice.groups.send_message("still here", "team")
+    assert "still here" in texts(until(carol, "team", lambda v: "still here" in texts(v)))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: a removed admin whose fingerprint is lower than the remover's writes, afterwards, a change "
+    "for the same epoch in its lane of the epoch before (which members still read). _resolve treats it as a "
+    "concurrent change, rolls every member back and adopts it: the removed admin is back and removes the "
+    "admin who removed it. 'Concurrent' has no time bound."))
+def test_a_removed_admin_cannot_undo_its_removal_by_a_late_concurrent_change(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.make_admin("team", "bob")
+    for who in (bob, carol):
+        until(who, "team", lambda v, w=who: w.state("team").epoch == 2)
+    low, high = sorted((alice, bob), key=lambda m: m.fingerprint)
+    high.groups.remove("team", low.fingerprint)
+    until(low, "team", lambda v: low.state("team").status == "removed")
+    until(carol, "team", lambda v: carol.state("team").epoch == 3)
+    carol.groups.send_message("in epoch 3", "team")
+    until(high, "team", lambda v: "in epoch 3" in texts(v))
+    # The removed admin's modified client forgets the removal and removes the remover, for epoch 3.
+    edit(low, "team", lambda s: setattr(s, "status", ""))
+    low.groups.remove("team", high.fingerprint)
+    for _ in range(3):
+        for who in (carol, high):
+            who.groups.get_update("team")
+    assert low.fingerprint not in carol.state("team").current().fingerprints()
+    assert carol.state("team").status == "" and high.state("team").status == ""
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: an admin writes two valid changes for the same next epoch, one after the other, each with "
+    "its key page. A member who read the first one has moved and ignores the second (_resolve: same writer); "
+    "a member who reads both takes the second (the proposal is overwritten). The two members end in "
+    "different epochs 2 (membership and secret), and neither is told."))
+def test_an_admin_cannot_show_two_members_two_memberships_of_one_epoch(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.rename("team", "alpha")
+    until(bob, "team", lambda v: bob.state("alpha").epoch == 2)
+
+    def back_to_epoch_1(state: GroupState) -> None:  # the admin's modified client forgets its epoch 2
+        state.epoch = 1
+        state.mine.pop("2", None)
+    edit(alice, "alpha", back_to_epoch_1)
+    alice.groups.remove("alpha", "bob")  # a second, different epoch 2, with its own key page
+    view_carol = until(carol, "team", lambda v: carol.state(carol.groups.names()[0]).epoch == 2)
+    view_bob = bob.groups.get_update("alpha")
+    reported = [p for p in view_bob.problems + view_carol.problems if p.kind in ("forged", "rewritten")]
+    seen_by_bob = membership_of(bob, "alpha", 2)
+    seen_by_carol = membership_of(carol, carol.groups.names()[0], 2)
+    assert seen_by_bob == seen_by_carol or reported
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: a new member takes the epoch's membership from the inviting admin's first record of the "
+    "new epoch; the existing members take it from the change in the epoch before; nobody compares the two. "
+    "An admin names carol to the old members and leaves her out for the new one: dave keys his pages to "
+    "alice and bob only, and carol cannot read him."))
+def test_an_admin_cannot_give_a_new_member_a_different_membership_from_the_others(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    dave = member("dave", 3, tmp_path, ledger)
+    befriend(alice.person, dave.person)
+    me = alice.fingerprint
+    found = alice.state("team")
+    with alice.groups.store.lock(found.id):  # _start_epoch, with a different membership in its second copy
+        state = alice.groups.store.load(found.id)
+        secret = get_random_bytes(32).hex()
+        members = [*state.current().members, Member(dave.fingerprint, 2, False)]
+        told_old = {"g": state.id, "e": 2, "a": "add", "t": dave.fingerprint, "n": "team",
+                    "m": [m.to_list() for m in members], "by": me}
+        told_new = {**told_old, "m": [m.to_list() for m in members if m.fingerprint != carol.fingerprint]}
+        g = alice.groups
+        writes = [g._write(state, "setting", CHANGE_EXT, _json(told_old))[:2]]
+        writes.append(g._write(state, "setting", KEY_EXT, _json({"g": state.id, "e": 2, "s": secret, "by": me}),
+                               readers=sorted([bob.fingerprint, carol.fingerprint]))[:2])
+        state.epochs["2"] = Membership(2, secret, me, members, "team", "add", dave.fingerprint).to_dict()
+        state.epoch = 2
+        writes.append(g._write(state, "setting", CHANGE_EXT, _json(told_new))[:2])
+        cards = [g._card_of(state, m.fingerprint) for m in members]
+        writes.append(g._write(state, "setting", ROSTER_EXT, _json({"g": state.id, "e": 2, "c": cards}))[:2])
+        g.store.save(state)
+        g._set_all(writes)
+    alice.person.chat.send_message(_json({"g": found.id, "e": 2, "s": secret, "n": "team", "by": me}), "dave",
+                                   msg_type="setting", type_ext=INVITE_EXT)
+    accept(dave)
+    until(dave, "team", lambda v: bool(dave.state("team").current().members))
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    dave.groups.send_message("hello all", "team")
+    view = until(carol, "team", lambda v: "hello all" in texts(v))
+    assert membership_of(dave, "team", 2)[2] == membership_of(carol, "team", 2)[2]
+    assert "hello all" in texts(view)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: the removed member (who holds the old epoch's secret, so knows the admin's addresses) "
+    "overwrites the admin's key page with junk. The other member reads the removal but never the new secret "
+    "(_resolve waits for it), so it stays in the old epoch and keeps keying its pages to the removed member "
+    "after any number of updates. The key page is no kept copy (no later page of the admin's old lane makes "
+    "it final), so self-healing does not put it back. The window does not close at the next update."))
+def test_a_removed_member_cannot_keep_the_removal_window_open_by_junking_the_key_page(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.remove("team", "carol")
+    alice.groups.get_update("team")  # the admin confirms its pages
+    until(carol, "team", lambda v: carol.state("team").status == "removed")
+    key_page = alice.state("team").own(1).page  # carol finds it: the page after the change she read
+    ledger.set(carol.groups.lane_address("team", alice.fingerprint, 1, key_page), JUNK)
+    for _ in range(3):
+        alice.groups.get_update("team")
+        bob.groups.get_update("team")
+    bob.groups.send_message("after two updates", "team")
+    view = carol.groups.get_update("team")
+    assert "after two updates" not in texts(view)
+    assert not opens_any(lane_values(ledger, bob, "team", 1)[-1:], keys_of(carol, "team"))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: a removed member's lane of the epoch before its removal is still read by every member "
+    "(_readable_epochs keeps epoch - 1, and _read_epochs reads every writer of that epoch), and what it writes "
+    "there after the removal is shown as a new message of the group, with no report. The removed member keeps "
+    "writing to the group until the next change of membership."))
+def test_a_removed_member_cannot_keep_writing_to_the_group(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.remove("team", "carol")
+    until(carol, "team", lambda v: carol.state("team").status == "removed")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    edit(carol, "team", lambda s: setattr(s, "status", ""))  # carol's client ignores the removal
+    carol.groups.send_message("carol, removed, still posting", "team")
+    view = settle(lambda: bob.groups.get_update("team"), lambda v: "carol, removed, still posting" in texts(v),
+                  reads=4)
+    assert "carol, removed, still posting" not in texts(view)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ATTACK WORKS: check_change accepts a 'leave' change without any leave record from the members it takes "
+    "out, and lets its writer choose who 'remains': it only checks that the writer is an admin or the "
+    "longest-standing of the remaining members when none of them is an admin. Any non-admin writes a 'leave' "
+    "change that takes out every admin and every member who joined before it (here: the sole admin, who never "
+    "left, and the other member), becomes admin, and the members still reading adopt it."))
+def test_a_member_who_is_not_an_admin_cannot_remove_the_admin_with_a_made_up_departure(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    attacker, other = sorted((bob, carol), key=lambda m: m.fingerprint, reverse=True)  # NOT the successor
+    found = attacker.state("team")
+    with attacker.groups.store.lock(found.id):  # the engine's own rekeying code, as _after_update calls it
+        state = attacker.groups.store.load(found.id)
+        remaining = [Member(attacker.fingerprint, 1, True)]
+        attacker.groups._start_epoch(state, "leave", remaining, alice.fingerprint, state.name, [])
+    for _ in range(3):
+        for who in (other, alice):
+            who.groups.get_update("team")
+    assert alice.state("team").status == "" and other.state("team").status == ""
+    assert alice.fingerprint in other.state("team").current().fingerprints()
+
+
+def test_a_member_who_is_not_an_admin_cannot_start_an_epoch_through_the_lanes(tmp_path: Path) -> None:
+    """bob (no admin) writes, with the engine's own code, a whole epoch 2 of his making in his lane (change,
+    key page, new lane): the others report it and stay in epoch 1 with carol."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+
+    def promote(state: GroupState) -> None:
+        membership = state.current()
+        membership.members = [Member(m.fingerprint, m.since, True) if m.fingerprint == bob.fingerprint else m
+                              for m in membership.members]
+        state.epochs["1"] = membership.to_dict()
+    edit(bob, "team", promote)
+    bob.groups.remove("team", "carol")
+    for who in (alice, carol):
+        view = until(who, "team", lambda v: any(p.kind == "forged" for p in v.problems))
+        assert any(p.kind == "forged" for p in view.problems)
+        assert who.state("team").epoch == 1 and carol.fingerprint in who.state("team").current().fingerprints()
+    alice.groups.send_message("epoch 1 still", "team")
+    assert "epoch 1 still" in texts(until(carol, "team", lambda v: "epoch 1 still" in texts(v)))
+
+
+def test_an_admin_cannot_skip_epochs_through_its_lane(tmp_path: Path) -> None:
+    """An admin's genuine, signed change naming epoch 50 after epoch 1 (epoch inflation through the lanes):
+    reported as misplaced and ignored by every member."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    found = alice.state("team")
+    inflated = {"g": found.id, "e": 50, "a": "rename", "t": "", "n": "team", "by": alice.fingerprint,
+                "m": [[m.fingerprint, m.since, int(m.admin)] for m in found.current().members]}
+    with alice.groups.store.lock(found.id):
+        state = alice.groups.store.load(found.id)
+        address, value, _m = alice.groups._write(state, "setting", CHANGE_EXT, _json(inflated))
+        alice.groups.store.save(state)
+    ledger.set(address, value)
+    for who in (bob, carol):
+        view = until(who, "team", lambda v: any(p.kind == "forged" for p in v.problems))
+        assert any(p.kind == "forged" and "epoch 50" in p.detail for p in view.problems)
+        assert who.state("team").epoch == 1
+
+
+def test_a_member_cannot_write_into_another_members_lane(tmp_path: Path) -> None:
+    """bob knows carol's addresses (every member does) and writes a page of his, signed by him, at carol's
+    next address: it does not open as carol's, and carol's own write puts her page there."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    carol.groups.send_message("carol 1", "team")
+    until(alice, "team", lambda v: "carol 1" in texts(v))
+    bob.groups.send_message("bob pretending", "team")
+    bob_value = stored(ledger)[bob.groups.lane_address("team", "me", 1, bob.state("team").own(1).page)]
+    nxt = carol.state("team").own(1).page + 1
+    ledger.set(bob.groups.lane_address("team", carol.fingerprint, 1, nxt), bob_value)
+    view = alice.groups.get_update("team")
+    assert not [m for m in view.messages if m.text == "bob pretending" and m.sender == "carol"]
+    # Refused: its slot is not alice's where carol's lane puts it (undecryptable), or it is bob's (forged).
+    assert {p.kind for p in view.problems} & {"forged", "damaged", "undecryptable"}
+
+
+def test_a_late_joiner_reads_no_older_epoch_even_with_every_key_and_the_whole_ledger(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob = team(tmp_path, ledger, count=2)
+    alice.groups.send_message("old secret", "team")
+    until(bob, "team", lambda v: "old secret" in texts(v))
+    dave = member("dave", 3, tmp_path, ledger)
+    befriend(alice.person, dave.person)
+    alice.groups.add("team", "dave")
+    accept(dave)
+    until(dave, "team", lambda v: bool(dave.state("team").current().members))
+    assert sorted(int(e) for e, m in dave.state("team").epochs.items() if m.get("secret")) == [2]
+    everything = list(stored(ledger).values())
+    group_pages = [v for v in everything if v.startswith("reschat2:")]
+    old = lane_values(ledger, alice, "team", 1) + lane_values(ledger, bob, "team", 1)
+    assert old and not opens_any(old, keys_of(dave, "team"))
+    assert "old secret" not in texts(dave.groups.load_all("team"))
+    assert group_pages
+
+
+# --- 3. the observer ------------------------------------------------------------------------------------
+
+
+def test_the_observer_sees_only_the_member_count_not_who_the_members_are(tmp_path: Path) -> None:
+    """Two groups of three with different members (the same admin), the same messages: every value's size
+    is the same in both, and no card-derived bytes of anyone appear anywhere (cards are public)."""
+    ledger = MemoryLedger()
+    people = [member(n, i, tmp_path, ledger) for i, n in enumerate(["alice", "bob", "carol", "dave", "erin"])]
+    alice = people[0]
+    for other in people[1:]:
+        befriend(alice.person, other.person)
+    sizes = []
+    for group, names in (("one", ["bob", "carol"]), ("two", ["dave", "erin"])):
+        before = set(stored(ledger))
+        alice.groups.create(group, names)
+        invited = [p for p in people if p.name in names]
+        for who in invited:
+            accept(who)
+        for who in invited:
+            who.groups.send_message("same words", group)
+        for who in [alice, *invited]:
+            until(who, group, lambda v: texts(v).count("same words") == 2)
+        after = stored(ledger)
+        sizes.append(sorted(len(after[k]) for k in set(after) - before))
+    assert sizes[0] == sizes[1]
+    everything = stored(ledger)
+    blobs = [k.encode() for k in everything] + [v.encode() for v in everything.values()]
+    for who in people:
+        for needle in (n for raw in card_derived(who.person) for n in encodings(raw)):
+            assert not any(needle in blob for blob in blobs)
