@@ -88,6 +88,7 @@ from reschat.lane import (
 )
 from reschat.outbox import OwnLane, page_id
 from reschat.page import (
+    MAX_EPOCH,
     MAX_PAGE_BYTES,
     MESSAGE_TYPES,
     PAGE_CAPACITY,
@@ -936,14 +937,19 @@ class GroupService:
         joined = []
         invitations, self.chat.group_invitations = self.chat.group_invitations, []
         for nickname, message in invitations:
-            name = self._accept(nickname, message)
+            try:
+                name = self._accept(nickname, message)
+            except (ValueError, OverflowError, ProfileError, KeyFormatError) as exc:
+                # One friend's bad invitation is logged and dropped: it never stops the others.
+                log.warning("an invitation from %s was refused: %s", nickname, exc)
+                continue
             if name:
                 joined.append(name)
         for name in joined:
             # The membership and the members' cards come from the inviting admin's lane: read it now.
             try:
                 self.get_update(name)
-            except LedgerError as exc:
+            except (LedgerError, MessageError) as exc:
                 log.warning("cannot read %s yet: %s", name, exc)
         return joined
 
@@ -957,7 +963,10 @@ class GroupService:
             return ""
         try:
             group_id, epoch, secret = str(data["g"]), int(data["e"]), str(data["s"])
-            if len(bytes.fromhex(group_id)) != 32 or len(bytes.fromhex(secret)) != 32 or epoch < 1:
+            # A page header carries the epoch in 32 bits: a larger one could never be read or written, and
+            # an address of it would not even be computed (a friend's invitation must not crash the client).
+            if len(bytes.fromhex(group_id)) != 32 or len(bytes.fromhex(secret)) != 32 \
+                    or not 1 <= epoch < MAX_EPOCH - 1:
                 return ""
         except (KeyError, ValueError, TypeError):
             return ""
@@ -1035,11 +1044,16 @@ class GroupService:
             self._used_keys = {}
             if _timer(state) or state.own_times or state.their_times:
                 self._expire(state)
-            for _round in range(MAX_EPOCHS_PER_UPDATE):
-                before = state.epoch
-                self._read_epochs(state, everything, problems, shown)
-                if state.epoch == before:
-                    break
+            try:
+                for _round in range(MAX_EPOCHS_PER_UPDATE):
+                    before = state.epoch
+                    self._read_epochs(state, everything, problems, shown)
+                    if state.epoch == before:
+                        break
+            except (OverflowError, ValueError, ProfileError, PageFormatError) as exc:
+                # What others wrote must never raise out of an update: this group's trouble is one line of
+                # it, and every other group (and the rest of this one's update) goes on.
+                problems.append(Problem(ME, "damaged", f"the group could not be read in full: {exc}"))
             self._confirm(state, shown)
             self._after_update(state, problems)
             rebase, state.rebase = state.rebase, []
