@@ -973,6 +973,20 @@ class GroupService:
         existing = next((g for g in self.store.all() if g.id == group_id), None)
         if existing is not None and existing.epoch >= epoch and existing.status != "removed":
             return ""
+        if existing is not None and not existing.status:
+            # A group we are in changes membership only through an admin's change in the lanes, which every
+            # member checks alike. An invitation to it is taken only as such a change would be: for the next
+            # epoch, from an admin of ours (whose first record of that epoch must then pass check_change).
+            current = existing.membership(existing.epoch)
+            inviter = current.get(friend.fingerprint) if current is not None else None
+            if epoch != existing.epoch + 1 or inviter is None or not inviter.admin:
+                with self.store.lock(group_id):
+                    state = self.store.load(group_id)
+                    self._notice(state, friend.fingerprint, f"sent an invitation to epoch {epoch} of this group, "
+                                 "which no admin of the group can send: refused", state.epoch)
+                    self.store.save(state)
+                log.warning("an invitation from %s to a group already held was refused", nickname)
+                return ""
         state = existing or GroupState(id=group_id, name=self._free_name(str(data.get("n", "group"))))
         with self.store.lock(group_id):
             state.epochs[str(epoch)] = Membership(epoch, secret, friend.fingerprint, [], state.name).to_dict()
@@ -1404,8 +1418,13 @@ class GroupService:
                     # A new member: the change the inviting admin wrote first in its lane of the new epoch.
                     members = parse_members(data)
                     inviter = next((m for m in members or [] if m.fingerprint == writer), None)
+                    before = state.membership(epoch - 1)
+                    # When we know the epoch before (we were a member), the change must pass the same rule
+                    # as a change read in the lanes: an invitation is no way around it.
+                    reason = check_change(before, data, writer) if before is not None and before.members else ""
                     if members is None or inviter is None or not inviter.admin or data.get("by") != writer \
-                            or all(m.fingerprint != self.me for m in members) or data.get("a") not in ACTIONS:
+                            or all(m.fingerprint != self.me for m in members) or data.get("a") not in ACTIONS \
+                            or reason:
                         problems.append(Problem(label, "forged", "an invitation's membership is not valid",
                                                 record.timestamp))
                         return

@@ -306,11 +306,6 @@ def test_a_member_cannot_make_its_lines_read_as_another_vouched_members(tmp_path
     assert not senders["carol speaking, honestly"].startswith(senders["carol speaking"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ATTACK WORKS: GroupService._accept takes an invitation to a known group from ANY friend, for any "
-    "higher epoch, without check_change against the membership it knows; the new epoch's membership then "
-    "comes from the inviter's own first record (it only has to name the inviter as admin). A removed member "
-    "who is a friend of a member pulls that member into a made-up epoch and reads everything they send."))
 def test_a_removed_member_cannot_pull_a_friend_back_into_a_group_of_its_own_making(tmp_path: Path) -> None:
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
@@ -328,11 +323,6 @@ def test_a_removed_member_cannot_pull_a_friend_back_into_a_group_of_its_own_maki
     assert carol.fingerprint not in bob.state("team").current().fingerprints()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ATTACK WORKS: a non-admin member invites a friend in the group to epoch 1000 of the same group id "
-    "(_accept checks only that the invitation comes from a friend and names a higher epoch). The victim "
-    "jumps to epoch 1000, where the attacker is admin, stops reading the real epoch, and its messages go to "
-    "the attacker only; nothing is reported."))
 def test_a_member_who_is_not_an_admin_cannot_inflate_the_epoch_and_take_a_member_away(tmp_path: Path) -> None:
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
