@@ -215,11 +215,14 @@ def parse_members(change: dict[str, Any]) -> list[Member] | None:
     return parsed
 
 
-def check_change(old: Membership | None, change: dict[str, Any], writer: str) -> str:
+def check_change(
+    old: Membership | None, change: dict[str, Any], writer: str, departed: Iterable[str] | None = None,
+) -> str:
     """Why ``change``, written by ``writer`` after epoch ``old``, is not valid ('' when it is).
 
-    Pure: every member runs the same rule on the same signed records and so arrives at the same
-    membership for each epoch.
+    ``departed``: the members of ``old`` whose own signed leave record was read (None: not checked yet,
+    as when a change is first read and the leavers' lanes may come later in the same round). A departure
+    takes out only those: nobody else can be written out of the group as having left.
     """
     action = change.get("a")
     if action not in ACTIONS or change.get("by") != writer:
@@ -253,6 +256,8 @@ def check_change(old: Membership | None, change: dict[str, Any], writer: str) ->
         successor = not any(m.admin for m in remaining) and longest_standing(remaining) == before.get(writer)
         if added or not gone or not (author.admin or successor):
             return "a departure that is not valid"
+        if departed is not None and not gone <= set(departed):
+            return "a departure of members who did not leave"
         return ""
     if not author.admin:
         return "a change by a member who is not an admin"
@@ -301,6 +306,8 @@ class GroupState:
     announced_at: dict[str, list[int]] = field(default_factory=dict)  # fingerprint -> [epoch, page]
     status: str = ""  # "" | "removed" | "left"
     leaving: list[str] = field(default_factory=list)  # members whose leave record awaits a new epoch
+    #: epoch -> members whose own signed leave record of that epoch was read (what a 'leave' change may take out).
+    departed: dict[str, list[str]] = field(default_factory=dict)
     notices: list[list[Any]] = field(default_factory=list)  # [micros, by, text, epoch] membership lines
     rebase: list[dict[str, Any]] = field(default_factory=list)  # our changes that lost a race, to re-apply
     #: Valid changes read for a coming epoch: epoch -> admin -> {"change", "secret"} (``_resolve`` decides).
@@ -1472,6 +1479,12 @@ class GroupService:
             if data.get("e") != epoch or membership is None or membership.get(writer) is None:
                 problems.append(Problem(label, "forged", "a departure for another epoch: ignored", record.timestamp))
                 return
+            gone = state.departed.setdefault(str(epoch), [])
+            if writer not in gone:
+                gone.append(writer)
+            # Kept for the few epochs a change may still be read for (the concurrent-change rule included).
+            for old_text in [e for e in state.departed if int(e) < state.epoch - MAX_EPOCHS_PER_UPDATE]:
+                del state.departed[old_text]
             if epoch == state.epoch and writer not in state.leaving:
                 state.leaving.append(writer)
                 self._notice(state, writer, "left the group", epoch)
@@ -1484,6 +1497,20 @@ class GroupService:
             proposals = pending[epoch_text]
             if epoch > state.epoch + 1 or not proposals:
                 continue
+            # A departure is taken only once the leave record of everyone it takes out was read (from their
+            # own lanes, which the same round reads): until then it cannot win, and a made-up one never does.
+            before = state.membership(epoch - 1)
+            eligible = {}
+            for by, proposal in proposals.items():
+                reason = check_change(before, proposal["change"], by, state.departed.get(str(epoch - 1), [])) \
+                    if proposal["change"].get("a") == "leave" else ""
+                if reason:
+                    problems.append(Problem(self._label(state, by), "forged", f"{reason}: ignored"))
+                else:
+                    eligible[by] = proposal
+            if not eligible:
+                continue
+            proposals = eligible
             winner = min(proposals)
             chosen = proposals[winner]
             change = chosen["change"]

@@ -484,12 +484,6 @@ def test_a_removed_member_cannot_keep_writing_to_the_group(tmp_path: Path) -> No
     assert "carol, removed, still posting" not in texts(view)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ATTACK WORKS: check_change accepts a 'leave' change without any leave record from the members it takes "
-    "out, and lets its writer choose who 'remains': it only checks that the writer is an admin or the "
-    "longest-standing of the remaining members when none of them is an admin. Any non-admin writes a 'leave' "
-    "change that takes out every admin and every member who joined before it (here: the sole admin, who never "
-    "left, and the other member), becomes admin, and the members still reading adopt it."))
 def test_a_member_who_is_not_an_admin_cannot_remove_the_admin_with_a_made_up_departure(tmp_path: Path) -> None:
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
