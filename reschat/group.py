@@ -1417,6 +1417,19 @@ class GroupService:
                 if reason:
                     problems.append(Problem(label, "forged", f"{reason}: ignored", record.timestamp))
                     return
+                # An admin starts an epoch once: a second, different change for it (what we adopted, or what
+                # we hold as its proposal) would show members different memberships of one epoch. The first
+                # one read stays; the second is reported, and so is the key page that follows it.
+                adopted = state.membership(epoch + 1)
+                earlier = pending.get(str(epoch + 1), {}).get(writer)
+                if (adopted is not None and adopted.by == writer and not _same_change(adopted, data)) \
+                        or (earlier is not None and earlier["change"] != data):
+                    problems.append(Problem(label, "forged", f"a second, different change for epoch {epoch + 1} "
+                                            "by the same admin (two memberships of one epoch): ignored",
+                                            record.timestamp))
+                    return
+                if adopted is not None and adopted.by == writer:
+                    return  # the change we adopted, read again
                 pending.setdefault(str(epoch + 1), {})[writer] = {"change": data, "secret": ""}
             elif named == epoch and record.seq == 1:
                 # The first record of the lane of the epoch that the change started, by the admin who started it.
@@ -1456,6 +1469,10 @@ class GroupService:
                     raise ValueError
             except ValueError:
                 problems.append(Problem(label, "forged", "a damaged group key: ignored", record.timestamp))
+                return
+            if proposal["secret"] and proposal["secret"] != str(data["s"]):
+                problems.append(Problem(label, "forged", f"a second, different key for epoch {epoch + 1} by the "
+                                        "same admin: ignored", record.timestamp))
                 return
             proposal["secret"] = str(data["s"])
         elif record.type_ext == ROSTER_EXT:
@@ -1763,6 +1780,12 @@ class GroupService:
 
 #: What the store keeps of a page whose every message disappeared: no key, only the fact.
 EXPIRED = "expired"
+
+
+def _same_change(adopted: Membership, change: dict[str, Any]) -> bool:
+    """Whether ``change`` names what ``adopted`` holds (the epoch one admin started): members, name, action."""
+    return [m.to_list() for m in adopted.members] == change.get("m") and adopted.name == change.get("n") \
+        and adopted.action == change.get("a") and adopted.target == str(change.get("t", ""))
 
 
 def _timer(state: GroupState) -> int:

@@ -378,11 +378,6 @@ def test_a_removed_admin_cannot_undo_its_removal_by_a_late_concurrent_change(tmp
     assert carol.state("team").status == "" and high.state("team").status == ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ATTACK WORKS: an admin writes two valid changes for the same next epoch, one after the other, each with "
-    "its key page. A member who read the first one has moved and ignores the second (_resolve: same writer); "
-    "a member who reads both takes the second (the proposal is overwritten). The two members end in "
-    "different epochs 2 (membership and secret), and neither is told."))
 def test_an_admin_cannot_show_two_members_two_memberships_of_one_epoch(tmp_path: Path) -> None:
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
