@@ -287,6 +287,8 @@ class LaneState:
     digest: str = ""
     digests: dict[str, str] = field(default_factory=dict)  # seq -> digest of every record read
     secrets: dict[str, str] = field(default_factory=dict)  # page -> PageKeys text (history keys)
+    #: The last record shown of a member the next epoch took out (None: open): what it writes later is not.
+    closed_at: int | None = None
 
 
 @dataclass
@@ -870,6 +872,8 @@ class GroupService:
             key_body = _json({"g": state.id, "e": epoch, "s": secret, "by": self.me})
             writes.append(self._write(state, "setting", KEY_EXT, key_body, readers=staying)[:2])
         state.epochs[str(epoch)] = Membership(epoch, secret, self.me, list(members), name, action, target).to_dict()
+        if old_epoch:
+            self._close_lanes(state, old_epoch, [m.fingerprint for m in members])
         state.epoch = epoch
         state.name = name
         state.leaving = [f for f in state.leaving if any(m.fingerprint == f for m in members)]
@@ -1310,6 +1314,12 @@ class GroupService:
         problems += result.problems
         before = lane.seq
         fresh = [(r, d) for r, d in result.records if r.seq > before]
+        if lane.closed_at is not None:
+            late = [r for r, _d in result.records if r.seq > lane.closed_at]
+            if late:
+                problems.append(Problem(label, "forged", f"{len(late)} record(s) written in epoch {epoch} after the "
+                                        "change that took this member out: not shown"))
+            fresh = [(r, d) for r, d in fresh if r.seq <= lane.closed_at]
         for record, digest in result.records:
             lane.digests.setdefault(str(record.seq), digest.hex())
         if result.newest and result.newest[0] > lane.seq and not any(p.kind == "rewritten" for p in result.problems):
@@ -1555,6 +1565,7 @@ class GroupService:
                 epoch, chosen["secret"], winner, [Member(str(f), int(s), bool(a)) for f, s, a in change["m"]],
                 str(change["n"]), str(change["a"]), str(change.get("t", "")),
             ).to_dict()
+            self._close_lanes(state, epoch - 1, fprs)
             state.epoch = epoch
             state.name = self._adopt_name(state, str(change["n"]))
             state.leaving = [f for f in state.leaving if f in fprs]
@@ -1562,6 +1573,23 @@ class GroupService:
             pending.pop(epoch_text, None)
         for epoch_text in [e for e in pending if int(e) <= state.epoch - 1]:
             pending.pop(epoch_text, None)
+
+    def _close_lanes(self, state: GroupState, epoch: int, staying: list[str]) -> None:
+        """Close, at what was read so far, the lanes of ``epoch`` of the members the next epoch takes out.
+
+        A removed member still holds the old epoch's secret and may go on writing in its old lane, which
+        members keep reading for the records of those who have not moved yet: nothing it writes after we
+        adopted its removal is shown or taken (a late 'concurrent' change of a removed admin included).
+        The same round read every lane before the change was adopted, so what it wrote before is kept.
+        """
+        before = state.membership(epoch)
+        for fingerprint in before.fingerprints() if before is not None else []:
+            lane = state.lane(epoch, fingerprint)
+            if fingerprint in staying:
+                lane.closed_at = None  # closed by an adoption the concurrent-change rule undid
+            elif lane.closed_at is None:
+                lane.closed_at = lane.seq
+            state.put_lane(epoch, fingerprint, lane)
 
     def _adopt_name(self, state: GroupState, wanted: str) -> str:
         """The group's new name, unless it clashes with a friend or another group here (then kept as it was)."""
@@ -1721,11 +1749,14 @@ class GroupService:
         for (epoch, writer), pages in shown.items():
             label = self._label(state, writer)
             own = state.own(epoch) if writer == self.me else None
+            closed = state.lane(epoch, writer).closed_at if own is None else None
             for page in pages:
                 for record in page.records:
                     key = (epoch, writer, record.seq)
                     if key in seen_records or (record.type == "setting" and record.type_ext != ""):
                         continue
+                    if closed is not None and record.seq > closed:
+                        continue  # written after its writer was taken out (reported by _read_lane)
                     if self._expired(state, epoch, writer, page.number, record):
                         continue
                     seen_records.add(key)
