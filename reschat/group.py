@@ -134,6 +134,8 @@ ROTATE_AFTER_PAGES = 4
 MAX_NOTICES = 200
 #: Older pages each update re-reads in rotation, to notice a rewrite at any depth (in the update's one round).
 ROTATION_PAGES = 2
+#: What a card's name may not show of a label's frame (see ``GroupService._label``).
+_LABEL_NEUTRAL = str.maketrans({"(": "[", ")": "]", ",": ";"})
 #: Where a membership line names its target (a NUL: never part of a validated name).
 WHO = "\x00who\x00"
 
@@ -545,7 +547,9 @@ class GroupService:
         if friend is not None:
             return friend.nickname
         contact = self._contact(state, fingerprint)
-        name = contact.name if contact else "unknown member"
+        # A card's name is the card owner's choice: the brackets and comma that frame the label's
+        # "(vouched by ..., fingerprint)" are neutralized in it, so that no name can spell another member's label.
+        name = contact.name.translate(_LABEL_NEUTRAL) if contact else "unknown member"
         voucher = state.vouched.get(fingerprint, "")
         by = self._label(state, voucher) if voucher and voucher != fingerprint else "an admin"
         return f"{name} (vouched by {by}, {fingerprint[:16]})"

@@ -284,12 +284,6 @@ def test_a_member_cannot_pass_off_an_outsiders_card_as_a_friend_of_yours(tmp_pat
     assert "vouched by alice" in senders["I am carol, trust me"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ATTACK WORKS: a member who is nobody's friend but the admin's is shown as '<card name> (vouched by "
-    "<admin>, <fingerprint>)', and a card name may hold any printable text up to 64 characters. mallory names "
-    "her card 'carol (vouched by alice, <carol's fingerprint start>)': to bob, who is not carol's friend, "
-    "every line of mallory's begins with exactly the label of carol's lines; only a second '(vouched by ...)' "
-    "at the end tells them apart."))
 def test_a_member_cannot_make_its_lines_read_as_another_vouched_members(tmp_path: Path) -> None:
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
