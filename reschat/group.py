@@ -39,6 +39,7 @@ Limits: see the README ("Groups").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable
@@ -127,6 +128,9 @@ MAX_PROBE_ROUNDS = 4
 #: Decapsulations one update may spend on pages whose slot is not where the membership puts it.
 MAX_DECAPSULATIONS = 512
 MAX_RECEIVE_KEYS = 8
+#: Pages whose outcome (opened or refused) stays cached between updates, and the bytes of opened values kept.
+MAX_OPENED = 1024
+MAX_OPENED_BYTES = 16 * 2**20
 #: Pages one update writes back to a ledger that lost or altered them; the rest follow.
 MAX_REPAIRS_PER_UPDATE = 4
 #: Pages of others keyed to our newest receive key before we announce a fresh one (as pairs do).
@@ -458,7 +462,11 @@ class GroupService:
         self.me = chat.my_fingerprint.hex()
         self.store = GroupStore(chat.state_dir, chat.identity.store_key)
         self._verified: set[bytes] = set()
+        #: Pages opened or refused, by (writer, epoch, number, SHA-256 of the value): a value read again costs
+        #: nothing. Keyed by digest, and the values of opened pages counted, so that a ledger writer who puts
+        #: large junk where we read cannot make a long-running client keep it (see ``_remember``).
         self._opened: dict[tuple[str, int, int, str], OpenPage | Problem] = {}
+        self._opened_bytes = 0
         self._contacts: dict[str, crypto.Contact] = {}
         self._sessions: dict[str, _Session] = {}
         self._decaps = 0
@@ -1216,7 +1224,7 @@ class GroupService:
 
     def _open(self, state: GroupState, epoch: int, writer: str, number: int, value: str) -> OpenPage | Problem:
         label = self._label(state, writer)
-        cache_key = (writer, epoch, number, value)
+        cache_key = (writer, epoch, number, hashlib.sha256(value.encode("utf-8", "replace")).hexdigest())
         cached = self._opened.get(cache_key)
         if cached is not None:
             return cached
@@ -1266,10 +1274,18 @@ class GroupService:
             result = Problem(label, "undecryptable", f"page {number} of epoch {epoch} cannot be opened: {exc}")
         except PageFormatError as exc:
             result = Problem(label, _problem_kind(exc), f"page {number} of epoch {epoch}: {exc}")
-        if len(self._opened) > 1024:
-            self._opened.clear()
-        self._opened[cache_key] = result
+        self._remember(cache_key, result)
         return result
+
+    def _remember(self, cache_key: tuple[str, int, int, str], result: OpenPage | Problem) -> None:
+        """Cache one page's outcome within MAX_OPENED entries and MAX_OPENED_BYTES of opened values."""
+        size = len(result.value) if isinstance(result, OpenPage) else 0
+        if len(self._opened) >= MAX_OPENED or self._opened_bytes + size > MAX_OPENED_BYTES:
+            self._opened.clear()
+            self._opened_bytes = 0
+        if size <= MAX_OPENED_BYTES:
+            self._opened[cache_key] = result
+            self._opened_bytes += size
 
     def _find_secret(
         self, state: GroupState, epoch: int, writer: str, sealed: SealedPage
@@ -1740,6 +1756,7 @@ class GroupService:
             keep.append(entry)
         state.receive_keys = keep
         self._opened.clear()  # nothing opened before expiry may be shown from memory
+        self._opened_bytes = 0
 
     # -- the view ---------------------------------------------------------------------------------------
 

@@ -237,12 +237,6 @@ def test_a_member_planting_pages_in_every_lane_cannot_exceed_the_decapsulation_b
     assert elapsed < 20
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ATTACK WORKS (no key needed): GroupService._opened caches every (writer, epoch, page, VALUE) it opened or "
-    "refused, for the life of the service (the menus keep one), and is only cleared past 1,024 entries. A "
-    "writer who puts fresh 128 KB junk at the addresses it saw before each update makes a long-running client "
-    "retain it: 39 MiB after 160 updates here, up to about 1,024 x 128 KB = 128 MiB, well beyond the README's "
-    "56-58 MB for reading."))
 def test_writer_rewriting_seen_pages_with_large_junk_keeps_a_long_running_clients_memory_bounded(
         tmp_path: Path) -> None:
     ledger = MemoryLedger()
