@@ -131,6 +131,8 @@ MAX_RECEIVE_KEYS = 8
 #: Pages whose outcome (opened or refused) stays cached between updates, and the bytes of opened values kept.
 MAX_OPENED = 1024
 MAX_OPENED_BYTES = 16 * 2**20
+#: How far behind a lane's newest page a missing record is waited for; beyond it, the gap stays reported.
+MAX_HELD_PAGES = 8
 #: Pages one update writes back to a ledger that lost or altered them; the rest follow.
 MAX_REPAIRS_PER_UPDATE = 4
 #: Pages of others keyed to our newest receive key before we announce a fresh one (as pairs do).
@@ -295,6 +297,8 @@ class LaneState:
     secrets: dict[str, str] = field(default_factory=dict)  # page -> PageKeys text (history keys)
     #: The last record shown of a member the next epoch took out (None: open): what it writes later is not.
     closed_at: int | None = None
+    #: The page from which a gap in the records (seq + 1 not read yet) is read again (0: none).
+    held: int = 0
 
 
 @dataclass
@@ -1120,8 +1124,11 @@ class GroupService:
                 numbers = list(range(1, own.page + 2)) if everything else \
                     [own.page - 1, own.page, own.page + 1, *own.unconfirmed()]
             else:
-                top = state.lane(epoch, writer).top
+                lane = state.lane(epoch, writer)
+                top = lane.top
                 numbers = list(range(1, top + 3)) if everything else [top - 1, top, top + 1, top + 2]
+                if lane.held and not everything:
+                    numbers = list(range(lane.held, top + 3))  # the pages from a missing record on, again
             for number in numbers:
                 if number >= 1:
                     wanted[self._address(state, epoch, writer, number)] = (epoch, writer, number)
@@ -1343,7 +1350,23 @@ class GroupService:
         for record, digest in result.records:
             lane.digests.setdefault(str(record.seq), digest.hex())
         if result.newest and result.newest[0] > lane.seq and not any(p.kind == "rewritten" for p in result.problems):
-            lane.seq, lane.digest = result.newest[0], result.newest[1].hex()
+            # The lane's position moves only over records read without a break: a record missing below newer
+            # ones (a page rolled back or junked by the ledger) is waited for and read again from its page,
+            # so that a change it holds is still taken when the page is put back.
+            reach, reach_digest = lane.seq, lane.digest
+            for record, digest in sorted(result.records, key=lambda item: item[0].seq):
+                if record.seq <= reach:
+                    continue
+                if record.seq != reach + 1:
+                    break
+                reach, reach_digest = record.seq, digest.hex()
+            below = [n for n, p in pages.items() if p.header.first_seq <= reach + 1]
+            held = max(below) if below else max(1, low - 1)
+            if reach < result.newest[0] and top - held <= MAX_HELD_PAGES:
+                fresh = [(r, d) for r, d in fresh if r.seq <= reach]
+                lane.seq, lane.digest, lane.held = reach, reach_digest, held
+            else:
+                lane.seq, lane.digest, lane.held = result.newest[0], result.newest[1].hex(), 0
         lane.top = max(lane.top, top)
         copies = self._copies(state)
         timer, now = _timer(state), to_micros(self.chat.clock())

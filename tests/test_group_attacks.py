@@ -122,13 +122,6 @@ def test_writer_moves_a_page_between_two_groups_of_the_same_members_and_it_is_re
     assert {p.kind for p in view.problems} & {"forged", "damaged"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ATTACK WORKS (no key needed): the writer puts back, once, the admin's page as it was before the removal "
-    "was appended. The member reads the key page after it, reports one 'forged' line ('a group key with no "
-    "change before it') and moves its lane position (LaneState.seq) past the missing change. The admin's kept "
-    "copy is put back two updates later, but the change record is now below the member's position: never "
-    "'fresh', never taken. The member stays in the old epoch for good, keying every page to the removed member "
-    "(the removal window never closes), and the gap report is swallowed by the two-updates rule."))
 def test_writer_rolls_back_the_admins_page_to_drop_a_change_and_the_group_still_converges(tmp_path: Path) -> None:
     """The page that carried a removal is put back to its value before the change was appended. The member
     must not take a wrong membership, and must move on once the admin's kept copy is put back."""
