@@ -625,6 +625,19 @@ class GroupService:
         membership = state.membership(epoch)
         return sorted(f for f in (membership.fingerprints() if membership else []) if f != writer)
 
+    def _narrowed(self, state: GroupState) -> list[str] | None:
+        """Whom our new pages are keyed to while a valid change for the next epoch that takes members out
+        waits for its key page: only the members it keeps (None: no such change, every member)."""
+        proposals = state.proposals.get(str(state.epoch + 1), {})
+        gone: set[str] = set()
+        current = set(state.current().fingerprints())
+        for proposal in proposals.values():
+            named = {str(m[0]) for m in proposal["change"].get("m", [])}
+            gone |= current - named
+        if not gone:
+            return None
+        return sorted(current - gone - {self.me})
+
     def _receive_public(self, state: GroupState, fingerprint: str) -> kem.ReceivePublic:
         announced = state.announced.get(fingerprint)
         if announced:
@@ -774,7 +787,7 @@ class GroupService:
         with self.store.lock(found.id):
             state = self.store.load(found.id)
             self._writable(state)
-            address, value, sent = self._write(state, msg_type, type_ext, body)
+            address, value, sent = self._write(state, msg_type, type_ext, body, readers=self._narrowed(state))
             self.store.save(state)
             error = self._set_all([(address, value)])
         return SendResult(message=sent, error=error)
@@ -887,6 +900,9 @@ class GroupService:
                              and state.current().get(m.fingerprint) is not None)
             key_body = _json({"g": state.id, "e": epoch, "s": secret, "by": self.me})
             writes.append(self._write(state, "setting", KEY_EXT, key_body, readers=staying)[:2])
+            # The key page takes no other record and no later page of ours in that epoch makes it final:
+            # kept from the start, so that a ledger that loses or junks it has it put back (``_repair``).
+            self._copies(state).put(self.me[:16], old_epoch, state.own(old_epoch).page, writes[-1][1])
         state.epochs[str(epoch)] = Membership(epoch, secret, self.me, list(members), name, action, target).to_dict()
         if old_epoch:
             self._close_lanes(state, old_epoch, [m.fingerprint for m in members])
@@ -1196,9 +1212,11 @@ class GroupService:
         suspects: set[tuple[int, str, int]] = set()
         repairs: list[tuple[str, str]] = []
         for (epoch, writer, number), value in sorted(values.items(), key=lambda item: -item[0][2]):
-            if not copies.has(writer[:16], epoch, number):
+            # Our own page still being written (confirmed, so never re-sent) is ours to put back as well.
+            copy = state.own(epoch).pages.get(str(number)) if writer == self.me else None
+            if copy is None and not copies.has(writer[:16], epoch, number):
                 continue
-            copy = copies.get(writer[:16], epoch, number)
+            copy = copy or copies.get(writer[:16], epoch, number)
             if copy is None or value == copy:
                 continue
             if (epoch, writer, number) in session.repair_suspects and len(repairs) < MAX_REPAIRS_PER_UPDATE:
@@ -1668,7 +1686,11 @@ class GroupService:
                 if own.epoch != state.epoch:
                     own.restart(state.epoch)
                     state.mine[str(state.epoch)] = own.to_dict()
-                self._start_page(state, own, self._readers(state, state.epoch, self.me))
+                narrowed = self._narrowed(state)
+                self._start_page(state, own, self._readers(state, state.epoch, self.me) if narrowed is None
+                                 else narrowed)
+                if narrowed is not None:
+                    state.restricted = [*state.restricted[-15:], page_id(state.epoch, own.page)]
                 own.written_at[str(own.page)] = format_timestamp(self.chat.clock())
                 state.mine[str(state.epoch)] = own.to_dict()
                 self._set_all([(self._address(state, state.epoch, self.me, own.page), own.pages[str(own.page)])])
@@ -1707,7 +1729,8 @@ class GroupService:
             state = self.store.load(found.id)
             self._writable(state)
             state.settings = {"disappear": seconds, "at": to_micros(self.chat.clock())}
-            address, value, sent = self._write(state, "setting", "", retention.setting_body(seconds))
+            address, value, sent = self._write(state, "setting", "", retention.setting_body(seconds),
+                                               readers=self._narrowed(state))
             state.settings["at"] = to_micros(sent.time)
             self.store.save(state)
             error = self._set_all([(address, value)])
