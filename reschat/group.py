@@ -1526,6 +1526,12 @@ class GroupService:
                     problems.append(Problem(label, "forged", "a membership change for a started epoch "
                                             "(replayed, or not by the admin who started it): ignored",
                                             record.timestamp))
+                elif not _same_change(membership, {**data, "n": membership.name}):
+                    # What a new member takes as the epoch's membership is this record; what we took is the
+                    # change in the epoch before. An admin who names two memberships is told to everyone here.
+                    problems.append(Problem(label, "forged", f"the membership of epoch {epoch} that new members "
+                                            "are given differs from the one the change before named (the "
+                                            "admin showed two memberships)", record.timestamp))
             else:
                 problems.append(Problem(label, "forged", f"a membership change naming epoch {named} in epoch "
                                         f"{epoch} (replayed or misplaced): ignored", record.timestamp))
