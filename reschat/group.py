@@ -29,10 +29,12 @@ A member added to the group receives the new epoch's secret through an invitatio
 in the admin's pairwise lane with them (an admin adds only friends), and so can read nothing of any
 earlier epoch. A member leaves with a signed ``LEAVE_EXT`` record in its own lane; the first
 remaining admin (or, when no admin remains, the longest-standing member, who thereby becomes admin)
-starts the epoch without them. Changes by non-admins, changes naming an epoch other than the next
-one, and anything that does not verify are reported and ignored. When two admins start the same
-epoch, the one with the lower fingerprint wins for everyone; the other admin's change is applied
-again on top of it as the following epoch.
+starts the epoch without them (taking out only members whose leave record was read). Changes by
+non-admins, changes naming an epoch other than the next one, a second different change of one admin
+for the same epoch, and anything that does not verify are reported and ignored. When two admins
+start the same epoch, the one with the lower fingerprint wins for everyone who read both before
+adopting either; the other admin's change is applied again on top of it as the following epoch. What
+a member taken out writes in its old lane after we adopted the change is neither shown nor taken.
 
 Limits: see the README ("Groups").
 """
