@@ -633,7 +633,9 @@ class GroupService:
         proposals = state.proposals.get(str(state.epoch + 1), {})
         gone: set[str] = set()
         current = set(state.current().fingerprints())
-        for proposal in proposals.values():
+        for by, proposal in proposals.items():
+            if self._departure_problem(state, state.epoch + 1, by, proposal["change"]):
+                continue  # a departure nobody's leave record backs (yet) narrows nothing: it may be made up
             named = {str(m[0]) for m in proposal["change"].get("m", [])}
             gone |= current - named
         if not gone:
@@ -1595,11 +1597,9 @@ class GroupService:
                 continue
             # A departure is taken only once the leave record of everyone it takes out was read (from their
             # own lanes, which the same round reads): until then it cannot win, and a made-up one never does.
-            before = state.membership(epoch - 1)
             eligible = {}
             for by, proposal in proposals.items():
-                reason = check_change(before, proposal["change"], by, state.departed.get(str(epoch - 1), [])) \
-                    if proposal["change"].get("a") == "leave" else ""
+                reason = self._departure_problem(state, epoch, by, proposal["change"])
                 if reason:
                     problems.append(Problem(self._label(state, by), "forged", f"{reason}: ignored"))
                 else:
@@ -1642,6 +1642,12 @@ class GroupService:
             pending.pop(epoch_text, None)
         for epoch_text in [e for e in pending if int(e) <= state.epoch - 1]:
             pending.pop(epoch_text, None)
+
+    def _departure_problem(self, state: GroupState, epoch: int, by: str, change: dict[str, Any]) -> str:
+        """Why a departure proposed for ``epoch`` cannot be taken yet ('' when it can, or is no departure)."""
+        if change.get("a") != "leave":
+            return ""
+        return check_change(state.membership(epoch - 1), change, by, state.departed.get(str(epoch - 1), []))
 
     def _close_lanes(self, state: GroupState, epoch: int, staying: list[str]) -> None:
         """Close, at what was read so far, the lanes of ``epoch`` of the members the next epoch takes out.

@@ -623,3 +623,20 @@ def test_a_member_that_read_a_removal_keys_nothing_more_to_the_removed_member_wh
     newest = lane_values(ledger, bob, "team", 1)[-1:]
     assert not opens_any(newest, keys_of(carol, "team"))
     assert "while the key waits" in texts(until(alice, "team", lambda v: "while the key waits" in texts(v)))
+
+
+def test_a_made_up_departure_does_not_narrow_whom_the_other_members_write_to(tmp_path: Path) -> None:
+    """The made-up departure above, read and refused: the other member still keys its pages to the admin it
+    claims left, who reads them."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    attacker, other = sorted((bob, carol), key=lambda m: m.fingerprint, reverse=True)
+    found = attacker.state("team")
+    with attacker.groups.store.lock(found.id):
+        state = attacker.groups.store.load(found.id)
+        attacker.groups._start_epoch(state, "leave", [Member(attacker.fingerprint, 1, True)], alice.fingerprint,
+                                     state.name, [])
+    view = other.groups.get_update("team")
+    assert any(p.kind == "forged" and "did not leave" in p.detail for p in view.problems)
+    other.groups.send_message("still to everyone", "team")
+    assert "still to everyone" in texts(until(alice, "team", lambda v: "still to everyone" in texts(v)))
