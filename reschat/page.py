@@ -30,7 +30,6 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 from Crypto.Cipher import AES
 
 from reschat import schedule
@@ -400,6 +399,10 @@ class Page:
         self.header = header
         self.sealed = sealed
         self.receiver = receiver
+        # Imported here, not with the module: numpy's 15 MB would otherwise sit in every process while
+        # scrypt's 128 MiB unlocks the key, which sets the CLI's peak memory (tests/test_bounded_memory.py).
+        import numpy as np
+
         self.msg = np.full((PAGE_CAPACITY, len(MSG_FIELDS)), "", dtype=object)
         self.message_count = 0
         self._records: list[Record] = []
