@@ -15,6 +15,8 @@ import pytest
 
 from reschat import crypto
 from reschat.friends import FriendStore
+from tests.test_e2e import choose, say
+from tests.test_e2e import leave_chat as leave
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60  # only reached when something is broken
@@ -34,25 +36,6 @@ def spawn(home: Path, ledger: Path, config: Path) -> pexpect.spawn:
     child.expect("Password")
     child.send(PASSWORD + "\r")
     return child
-
-
-def choose(child: pexpect.spawn, prompt: str, answer: str) -> None:
-    child.expect(prompt)
-    child.send(answer + "\r")
-
-
-def say(child: pexpect.spawn, line: str) -> None:
-    child.expect("Message or 1-8")
-    child.send(line + "\r")
-
-
-def leave(child: pexpect.spawn) -> None:
-    child.expect("Message or 1-8")
-    child.send("\x04")
-    child.expect("Bye.")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
 
 
 def befriend(homes: dict[str, Path], a: str, b: str) -> None:
