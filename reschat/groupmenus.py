@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from reschat import retention
+from reschat import crypto, retention, safety
 from reschat.errors import MessageError, ReschatError, UnknownFriendError
-from reschat.group import GroupService
+from reschat.group import GroupService, MemberInfo
 from reschat.render import neutralize
 
 if TYPE_CHECKING:
@@ -149,15 +149,53 @@ def group_settings(menus: Menus, screen: _Screen) -> None:
 
 def show_members(menus: Menus, groups: GroupService, name: str) -> None:
     lines = []
-    for member in groups.members(name):
+    members = groups.members(name)
+    for member in members:
         role = "admin" if member.admin else "member"
         how = "you" if member.label == "me" else "your friend" if member.friend \
             else f"not your friend, vouched by {member.vouched_by}"
         lines.append(f"  {neutralize(member.label, max_chars=120)}: {role}, {neutralize(how)}")
         lines.append(f"      fingerprint {member.fingerprint}")
-    menus.show(f"Members of {neutralize(name)}:", *lines,
-               "A member who is not your friend can be added from their card: 'reschat group members NAME --json'"
-               " prints it.")
+    menus.show(f"Members of {neutralize(name)}:", *lines)
+    strangers = [m for m in members if not m.friend and m.label != "me" and m.card]
+    if strangers:
+        befriend_member(menus, strangers)
+
+
+def befriend_member(menus: Menus, strangers: list[MemberInfo]) -> None:
+    """Offer to add a member who is not a friend from the card an admin's roster carried for them: the
+    same safety number and confirmation as a pasted card, since an admin's word is not a verification."""
+    items = [f"Add {neutralize(m.label, max_chars=80)} as your friend" for m in strangers] + ["No, go back"]
+    number = menus._choose("Members who are not your friends (vouched for by an admin):", items)
+    if number is None or number == len(items):
+        return
+    member = strangers[number - 1]
+    contact = crypto.parse_contact(member.card)  # verified when the roster was read; parsed again here
+    nickname = menus._ask_nickname()
+    if nickname is None:
+        return
+    check = safety.check_card(menus.chat.friends, menus.chat.identity.public_key, nickname,
+                              contact.public_key, contact.name)
+    if check.kind != "new":
+        other = check.friend.nickname if check.friend is not None else nickname
+        reason = {
+            "changed": f"you already have a friend called {other!r}: choose another nickname",
+            "name-clash": f"your friend {other!r} goes by the name {contact.name!r} too, with another key: this"
+                          " may be someone pretending to be them",
+            "own": "that is your own key",
+        }.get(check.kind, f"that key is already your friend {other!r}")
+        menus.error(f"{reason}; nothing added")
+        return
+    menus.say(f"Fingerprint: {crypto.fingerprint(contact.public_key)}",
+              f"This card was vouched for by {neutralize(member.vouched_by)}, an admin of the group: that is"
+              " their word, not a verification.")
+    menus._show_safety_number(nickname, contact.public_key)
+    if menus.confirm(f"Add {neutralize(nickname)} with this key? [y/n]: "):
+        friend = menus.chat.friends.add_friend(nickname, contact)
+        menus.say(f"Added {neutralize(friend.nickname)}.")
+        menus._verify_hint(friend)
+    else:
+        menus.say("Not added.")
 
 
 def set_timer(menus: Menus, groups: GroupService, screen: _Screen) -> None:

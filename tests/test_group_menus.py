@@ -3,6 +3,7 @@ and leave from its item 7 ("Group members and settings")."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,11 @@ def carol_of(tmp_path: Path, ledger: MemoryLedger, settings: Settings, alice: cr
     carol.friends.add_friend("alice", crypto.parse_contact(alice.card))
     open_friend_store(settings).add_friend("carol", crypto.parse_contact(carol.card))
     return carol
+
+
+def joined_rows(output: str) -> str:
+    """``output`` with each wrapped row joined to the one before it by a space."""
+    return re.sub(r"\n *\u2502 ", " ", output)
 
 
 def joined(person: Person) -> GroupService:
@@ -106,3 +112,28 @@ def test_a_friend_cannot_take_a_groups_name(
 ) -> None:
     output = run(login("5\r" + "team\r" + "bob\r" + "2\r" + "team\r" + "\r" + CTRL_D))
     assert "error: 'team' is the name of one of your groups: choose another" in output
+
+
+def test_a_vouched_member_can_be_added_as_a_friend_from_the_members_screen(
+    run: Callable[[str], str], tmp_path: Path, ledger: MemoryLedger, settings: Settings, befriended: Person,
+    alice_identity: crypto.Identity,
+) -> None:
+    """bob's group holds alice and dave, a friend of bob's whom alice does not know: from the members
+    screen alice adds dave from the card bob's roster carried, after his safety number."""
+    dave = make_person("dave", 3, tmp_path / "dave", ledger)
+    befriended.friends.add_friend("dave", crypto.parse_contact(dave.card))
+    dave.friends.add_friend("bob", crypto.parse_contact(befriended.card))
+    GroupService(befriended.chat).create("team", ["alice", "dave"])
+    joined(dave)
+    # A nickname alice already uses is refused, and nothing is added.
+    output = joined_rows(run(login("1\r" + "team\r" + "7\r" + "1\r" + "1\r" + "bob\r" + CTRL_D)))
+    assert "Members who are not your friends (vouched for by an admin):" in output
+    assert "you already have a friend called 'bob': choose another nickname; nothing added" in output
+    assert sorted(f.nickname for f in open_friend_store(settings).all_friends()) == ["bob"]
+    output = joined_rows(run(login("1\r" + "team\r" + "7\r" + "1\r" + "1\r" + "dave\r" + "y\r" + CTRL_D)))
+    assert "vouched for by bob, an admin of the group: that is their word, not a verification." in output
+    assert "Safety number with dave" in output
+    assert "Added dave." in output
+    added = open_friend_store(settings).get_friend("dave")
+    assert crypto.fingerprint(added.key) == crypto.fingerprint(dave.identity.public_key)
+    assert not added.verified
