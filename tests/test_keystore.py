@@ -4,13 +4,14 @@ writes is what the state holds."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
 from reschat.errors import ProfileError
-from reschat.keystore import ConversationState, ConversationStore, FriendLane, ReceiveKeyEntry
+from reschat.keystore import ConversationState, ConversationStore, DigestLog, FriendLane, ReceiveKeyEntry
 
 
 def test_the_key_store_reads_its_file_every_time_and_decrypts_only_new_bytes(tmp_path: Path) -> None:
@@ -45,5 +46,39 @@ def test_a_state_is_stored_as_every_field_of_it() -> None:
         record_times={"2:1": [[1, 2, 3]]}, epoch_tops={"1": 7}), receive_keys=[ReceiveKeyEntry(4, {"x": "y"})],
         moved_on=["2:1"], settings={"disappear": 300}, refused={"h": "forged"}, key_counter=4,
     )
-    assert json.dumps(state.to_json(), sort_keys=True) == json.dumps(dataclasses.asdict(state), sort_keys=True)
+    written, plain = state.to_json(), dataclasses.asdict(state)
+    assert written["theirs"].pop("digests") == state.theirs.digests.to_json()  # runs, not a dict (DigestLog)
+    plain["theirs"].pop("digests")
+    assert json.dumps(written, sort_keys=True) == json.dumps(plain, sort_keys=True)
     assert ConversationState.from_json(json.loads(json.dumps(state.to_json()))) == state
+
+
+def digest(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+def test_the_digest_log_keeps_every_digest_and_stores_runs_as_one_string() -> None:
+    log = DigestLog()
+    for seq in range(1, 501):
+        log[f"1:{seq}"] = digest(seq)
+    log["1:510"] = digest(510)  # a small gap: the run grows over it, the gap reads as missing
+    log["1:9000000000"] = digest(9)  # far away: kept apart, never a run billions of digests long
+    log["2:7"] = digest(7)
+    del log["1:3"]
+    assert log["1:500"] == digest(500) and log["1:510"] == digest(510) and log["1:9000000000"] == digest(9)
+    assert "1:3" not in log and "1:505" not in log and "3:1" not in log
+    assert len(log) == 500 - 1 + 1 + 1 + 1
+    stored = json.loads(json.dumps(log.to_json()))
+    assert set(stored) == {"runs", "extra"} and isinstance(stored["runs"]["1"][1], str)
+    assert len(stored["runs"]["1"][1]) == 510 * 64  # one hex string for the run
+    assert "1:9000000000" in stored["extra"]
+    again = DigestLog.from_json(stored)
+    assert dict(again.items()) == dict(log.items())
+    with pytest.raises(KeyError):
+        del again["1:3"]
+
+
+def test_a_digest_log_written_as_a_plain_mapping_still_loads() -> None:
+    old = {f"1:{seq}": digest(seq) for seq in range(1, 30)}
+    state = ConversationState.from_json({"theirs": {"epoch": 1, "digests": old}})
+    assert dict(state.theirs.digests.items()) == old
