@@ -182,9 +182,16 @@ class DigestLog(MutableMapping[str, str]):
         return sum(1 for _ in self)
 
     def to_json(self) -> dict[str, Any]:
-        """``{"runs": {epoch: [first seq, hex]}, "extra": {"epoch:seq": hex}}``."""
-        return {"runs": {str(e): [first, data.hex()] for e, (first, data) in self._runs.items()},
-                "extra": dict(self._extra)}
+        """``{"runs": {epoch: [first seq, hex]}, "extra": {"epoch:seq": hex}}``. Deleted digests at either
+        end of a run are left out (expiry deletes the oldest first), so a run shrinks as messages expire."""
+        runs: dict[str, list[Any]] = {}
+        for epoch, (first, data) in self._runs.items():
+            # Whole empty slots only: a digest's own leading or trailing zero bytes stay.
+            head = (len(data) - len(data.lstrip(b"\0"))) // DIGEST_BYTES
+            tail = (len(data) - len(data.rstrip(b"\0"))) // DIGEST_BYTES
+            if head * DIGEST_BYTES < len(data):
+                runs[str(epoch)] = [first + head, data[head * DIGEST_BYTES : len(data) - tail * DIGEST_BYTES].hex()]
+        return {"runs": runs, "extra": dict(self._extra)}
 
     @classmethod
     def from_json(cls, data: Any) -> DigestLog:

@@ -78,6 +78,18 @@ def test_the_digest_log_keeps_every_digest_and_stores_runs_as_one_string() -> No
         del again["1:3"]
 
 
+def test_expired_digests_leave_the_stored_run() -> None:
+    log = DigestLog({f"1:{seq}": digest(seq) for seq in range(1, 101)})
+    for seq in range(1, 61):  # expiry deletes the oldest first
+        del log[f"1:{seq}"]
+    stored = log.to_json()
+    assert stored["runs"]["1"][0] == 61 and len(stored["runs"]["1"][1]) == 40 * 64
+    assert dict(DigestLog.from_json(stored).items()) == {f"1:{seq}": digest(seq) for seq in range(61, 101)}
+    for seq in range(61, 101):
+        del log[f"1:{seq}"]
+    assert log.to_json()["runs"] == {}
+
+
 def test_a_digest_log_written_as_a_plain_mapping_still_loads() -> None:
     old = {f"1:{seq}": digest(seq) for seq in range(1, 30)}
     state = ConversationState.from_json({"theirs": {"epoch": 1, "digests": old}})
