@@ -189,13 +189,7 @@ def befriend_member(menus: Menus, strangers: list[MemberInfo]) -> None:
     menus.say(f"Fingerprint: {crypto.fingerprint(contact.public_key)}",
               f"This card was vouched for by {neutralize(member.vouched_by)}, an admin of the group: that is"
               " their word, not a verification.")
-    menus._show_safety_number(nickname, contact.public_key)
-    if menus.confirm(f"Add {neutralize(nickname)} with this key? [y/n]: "):
-        friend = menus.chat.friends.add_friend(nickname, contact)
-        menus.say(f"Added {neutralize(friend.nickname)}.")
-        menus._verify_hint(friend)
-    else:
-        menus.say("Not added.")
+    menus.offer_to_add(nickname, contact)
 
 
 def set_timer(menus: Menus, groups: GroupService, screen: _Screen) -> None:

@@ -931,6 +931,10 @@ class Menus:
             self.say(f"Name on the card: {neutralize(contact.name)}")
         self.say(f"Fingerprint: {crypto.fingerprint(contact.public_key)}")
         self.say(*(neutralize(line) for line in ledger_mismatch(self.settings, contact.location, nickname)))
+        self.offer_to_add(nickname, contact)
+
+    def offer_to_add(self, nickname: str, contact: crypto.Contact) -> None:
+        """The safety number, then the friend added only when the user says yes (a pasted or vouched card)."""
         self._show_safety_number(nickname, contact.public_key)
         if self.confirm(f"Add {neutralize(nickname)} with this key? [y/n]: "):
             friend = self.chat.friends.add_friend(nickname, contact)
