@@ -426,32 +426,11 @@ def test_the_existing_members_are_told_when_an_admin_gives_a_new_member_a_differ
         assert any(p.kind == "forged" and "two memberships" in p.detail for p in view.problems)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FAILS ON ITS LAST ASSERTION ONLY (the window itself now closes: see the test after it). The admin keeps its "
-    "key page as a kept copy and puts it back after two updates; the other member moves to epoch 2 and carol "
-    "reads none of its later messages. But the last assertion looks at bob's newest page of epoch 1, which here "
-    "is the receive-key announcement bob wrote before the removal, keyed (rightly, then) to carol: no engine "
-    "change short of an otherwise needless epoch-1 page can make it pass, and the assertion is left as it is."))
 def test_a_removed_member_cannot_keep_the_removal_window_open_by_junking_the_key_page(tmp_path: Path) -> None:
-    ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.remove("team", "carol")
-    alice.groups.get_update("team")  # the admin confirms its pages
-    until(carol, "team", lambda v: carol.state("team").status == "removed")
-    key_page = alice.state("team").own(1).page  # carol finds it: the page after the change she read
-    ledger.set(carol.groups.lane_address("team", alice.fingerprint, 1, key_page), JUNK)
-    for _ in range(3):
-        alice.groups.get_update("team")
-        bob.groups.get_update("team")
-    bob.groups.send_message("after two updates", "team")
-    view = carol.groups.get_update("team")
-    assert "after two updates" not in texts(view)
-    assert not opens_any(lane_values(ledger, bob, "team", 1)[-1:], keys_of(carol, "team"))
-
-
-def test_a_removed_member_junking_the_key_page_is_undone_by_the_admins_kept_copy(tmp_path: Path) -> None:
-    """The attack above, judged on what was written after the removal: the admin puts its key page back, the
-    other member moves to epoch 2 and nothing it writes after that opens with any key of the removed member."""
+    """carol, removed, junks the admin's key page (she knows the old epoch's addresses) so that bob never
+    gets the new secret. The admin puts its key page back from its kept copy, bob moves to epoch 2, and
+    nothing bob writes after the removal opens with any key of carol's. (Pages bob wrote before the
+    removal stay readable to her: that is the stated window, not this attack.)"""
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
     before = len(lane_values(ledger, bob, "team", 1))
