@@ -201,7 +201,10 @@ class DigestLog(MutableMapping[str, str]):
         if not isinstance(data, dict):
             raise ProfileError("a conversation's key store is damaged")
         if set(data) != {"runs", "extra"}:
-            return cls({str(k): str(v) for k, v in data.items()})
+            try:
+                return cls({str(k): str(v) for k, v in data.items()})
+            except ValueError as exc:
+                raise ProfileError("a conversation's key store is damaged") from exc
         log = cls()
         try:
             for epoch, (first, text) in data["runs"].items():

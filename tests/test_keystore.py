@@ -94,3 +94,9 @@ def test_a_digest_log_written_as_a_plain_mapping_still_loads() -> None:
     old = {f"1:{seq}": digest(seq) for seq in range(1, 30)}
     state = ConversationState.from_json({"theirs": {"epoch": 1, "digests": old}})
     assert dict(state.theirs.digests.items()) == old
+
+
+def test_a_damaged_digest_is_a_profile_error_not_a_crash() -> None:
+    for damaged in ({"1:1": "not hex"}, {"runs": {"1": [1, "abc"]}, "extra": {}}, {"runs": [], "extra": {}}):
+        with pytest.raises(ProfileError):
+            ConversationState.from_json({"theirs": {"digests": damaged}})
