@@ -127,21 +127,25 @@ class DigestLog(MutableMapping[str, str]):
 
     def __getitem__(self, key: str) -> str:
         place = self._place(key)
-        if place is None:
-            return self._extra[key]
-        data, offset = place
-        digest = bytes(data[offset : offset + DIGEST_BYTES])
-        if digest == _NO_DIGEST:
-            raise KeyError(key)
-        return digest.hex()
+        if place is not None:
+            data, offset = place
+            digest = bytes(data[offset : offset + DIGEST_BYTES])
+            if digest != _NO_DIGEST:
+                return digest.hex()
+        # Not in a run, or in a slot a later run grew over while this one was kept apart.
+        return self._extra[key]
 
     def __setitem__(self, key: str, value: str) -> None:
         raw = bytes.fromhex(value)
         place = self._place(key)
-        if place is not None and len(raw) == DIGEST_BYTES:
+        if place is not None:
             data, offset = place
-            data[offset : offset + DIGEST_BYTES] = raw
-            self._extra.pop(key, None)
+            if len(raw) == DIGEST_BYTES:
+                data[offset : offset + DIGEST_BYTES] = raw
+                self._extra.pop(key, None)
+                return
+            data[offset : offset + DIGEST_BYTES] = _NO_DIGEST  # not a digest's size: kept apart
+            self._extra[key] = value
             return
         try:
             epoch, seq = self._split(key)
@@ -158,18 +162,19 @@ class DigestLog(MutableMapping[str, str]):
                 missing = seq - first - len(data) // DIGEST_BYTES
                 if 0 <= missing <= self.MAX_GAP:
                     data += _NO_DIGEST * missing + raw
+                    self._extra.pop(key, None)  # one place per key
                     return
         self._extra[key] = value
 
     def __delitem__(self, key: str) -> None:
+        found = self._extra.pop(key, None) is not None
         place = self._place(key)
-        if place is None:
-            del self._extra[key]
-            return
-        data, offset = place
-        if bytes(data[offset : offset + DIGEST_BYTES]) == _NO_DIGEST:
+        if place is not None:
+            data, offset = place
+            found = found or bytes(data[offset : offset + DIGEST_BYTES]) != _NO_DIGEST
+            data[offset : offset + DIGEST_BYTES] = _NO_DIGEST
+        if not found:
             raise KeyError(key)
-        data[offset : offset + DIGEST_BYTES] = _NO_DIGEST
 
     def __iter__(self) -> Iterator[str]:
         for epoch, (first, data) in self._runs.items():

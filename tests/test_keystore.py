@@ -100,3 +100,18 @@ def test_a_damaged_digest_is_a_profile_error_not_a_crash() -> None:
     for damaged in ({"1:1": "not hex"}, {"runs": {"1": [1, "abc"]}, "extra": {}}, {"runs": [], "extra": {}}):
         with pytest.raises(ProfileError):
             ConversationState.from_json({"theirs": {"digests": damaged}})
+
+
+def test_a_digest_kept_apart_is_still_found_once_its_run_grows_over_it() -> None:
+    log = DigestLog({f"1:{seq}": digest(seq) for seq in range(1, 101)})
+    log["1:200"] = digest(200)  # too far past the run: kept apart
+    for seq in range(101, 200):
+        log[f"1:{seq}"] = digest(seq)
+    log["1:201"] = digest(201)  # the run grows to 201, over 200's empty slot
+    assert log["1:200"] == digest(200)
+    again = DigestLog.from_json(json.loads(json.dumps(log.to_json())))
+    assert again["1:200"] == digest(200) and len(again) == 201
+    del again["1:200"]
+    assert "1:200" not in again and len(again) == 200
+    again["1:200"] = digest(2000)  # set again once the run reaches it: one entry, the new digest
+    assert again["1:200"] == digest(2000) and len(again) == 201 and list(again).count("1:200") == 1
