@@ -71,10 +71,13 @@ def open_friend_store(settings: Settings) -> FriendStore:
     return FriendStore(ProfilePaths(settings.home).friends, own_fingerprint=own)
 
 
-def open_chat(settings: Settings, identity: crypto.Identity, ledger: Ledger | None = None) -> ChatService:
-    """A chat service for an unlocked identity."""
+def open_chat(
+    settings: Settings, identity: crypto.Identity, ledger: Ledger | None = None,
+    service: type[ChatService] = ChatService,
+) -> ChatService:
+    """A chat service for an unlocked identity (``service``: ChatService, or a subclass of it)."""
     paths = ProfilePaths(settings.home)
-    return ChatService(
+    return service(
         identity,
         open_friend_store(settings),
         ledger if ledger is not None else build_ledger(settings),

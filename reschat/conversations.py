@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from reschat import crypto
-from reschat.app import ProfilePaths, open_friend_store
-from reschat.chat import ChatMessage, ChatService, ConversationView, SendResult
+from reschat.app import open_chat
+from reschat.chat import ChatService, ConversationView, SendResult
 from reschat.config import Settings
 from reschat.group import GroupService
 from reschat.ledger.base import Ledger
@@ -45,9 +45,6 @@ class Conversations(ChatService):
     def send_file(self, nickname: str, path: Path) -> SendResult:
         return self.groups.send_file(nickname, path) if self.is_group(nickname) else super().send_file(nickname, path)
 
-    def save_file(self, message: ChatMessage, downloads_dir: Path) -> Path:
-        return super().save_file(message, downloads_dir)  # a file's chunks are found from its manifest alone
-
     def mark_read(self, nickname: str) -> None:
         if self.is_group(nickname):
             self.groups.mark_read(nickname)
@@ -72,11 +69,6 @@ class Conversations(ChatService):
 
 def open_conversations(settings: Settings, identity: crypto.Identity, ledger: Ledger | None = None) -> Conversations:
     """As ``app.open_chat``, with groups."""
-    from datetime import timedelta
-
-    from reschat.app import build_ledger
-
-    return Conversations(
-        identity, open_friend_store(settings), ledger if ledger is not None else build_ledger(settings),
-        ProfilePaths(settings.home).lanes, resend_after=timedelta(seconds=settings.chat.resend_after),
-    )
+    service = open_chat(settings, identity, ledger, service=Conversations)
+    assert isinstance(service, Conversations)
+    return service

@@ -69,6 +69,16 @@ def open_groups(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
     return GroupService(open_chat(settings, _unlock(args, settings, env)))
 
 
+def the_group(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> GroupService:
+    """The group service, when ``args.nick`` names a group (after taking invitations not picked up yet)."""
+    service = open_groups(args, settings, env)
+    if not service.is_group(args.nick):
+        service.accept_invitations()
+    if not service.is_group(args.nick):
+        raise _unknown(args.nick)
+    return service
+
+
 def cmd_groups(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     service = open_groups(args, settings, env)
     joined = service.accept_invitations()
@@ -135,11 +145,7 @@ def _print_members(service: GroupService, name: str, *, as_json: bool) -> None:
 
 def send_to_group(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """``reschat send NAME ...`` when NAME is no friend: a group of that name, or the usual error."""
-    service = open_groups(args, settings, env)
-    if not service.is_group(args.nick):
-        service.accept_invitations()  # an invitation not picked up yet
-    if not service.is_group(args.nick):
-        raise _unknown(args.nick)
+    service = the_group(args, settings, env)
     if args.file is not None:
         path = Path(args.file).expanduser()
         if not path.exists():
@@ -160,11 +166,7 @@ def read_group(args: argparse.Namespace, settings: Settings, env: Mapping[str, s
     """``reschat read NAME`` when NAME is no friend: the group's conversation, each line with its writer."""
     from reschat.cli import message_json, problem_json
 
-    service = open_groups(args, settings, env)
-    if not service.is_group(args.nick):
-        service.accept_invitations()  # an invitation not picked up yet
-    if not service.is_group(args.nick):
-        raise _unknown(args.nick)
+    service = the_group(args, settings, env)
     view = service.load_all(args.nick) if args.all else service.get_update(args.nick)
     service.mark_read(args.nick)
     if args.json:
