@@ -33,7 +33,8 @@ starts the epoch without them (taking out only members whose leave record was re
 non-admins, changes naming an epoch other than the next one, a second different change of one admin
 for the same epoch, and anything that does not verify are reported and ignored. When two admins
 start the same epoch, the one with the lower fingerprint wins for everyone who read both before
-adopting either; the other admin's change is applied again on top of it as the following epoch. What
+adopting either; the other admin's change is applied again on top of it as the following epoch, and a
+member that had moved to the losing epoch writes its messages of that epoch again in the winner's. What
 a member taken out writes in its old lane after we adopted the change is neither shown nor taken.
 
 Limits: see the README ("Groups").
@@ -324,6 +325,9 @@ class GroupState:
     departed: dict[str, list[str]] = field(default_factory=dict)
     notices: list[list[Any]] = field(default_factory=list)  # [micros, by, text, epoch] membership lines
     rebase: list[dict[str, Any]] = field(default_factory=list)  # our changes that lost a race, to re-apply
+    #: Our messages written in an epoch that lost a race, to be written again in the winner's epoch:
+    #: [{"type", "ext", "body" (hex), "at" (their original time)}].
+    resend: list[dict[str, Any]] = field(default_factory=list)
     #: Valid changes read for a coming epoch: epoch -> admin -> {"change", "secret"} (``_resolve`` decides).
     proposals: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: Our pages keyed to fewer members than their epoch (a new epoch's secret): nothing is appended to them.
@@ -704,7 +708,7 @@ class GroupService:
 
     def _write(
         self, state: GroupState, msg_type: str, type_ext: str, body: bytes, *,
-        readers: list[str] | None = None, fresh_page: bool = False,
+        readers: list[str] | None = None, fresh_page: bool = False, at: datetime | None = None,
     ) -> tuple[str, str, ChatMessage]:
         """Append one record to our lane of the current epoch (saved by the caller): (address, value, message).
 
@@ -715,7 +719,7 @@ class GroupService:
         own = state.own(epoch)
         if own.epoch != epoch:
             own.restart(epoch)
-        now = self.chat.clock()
+        now = self.chat.clock() if at is None else at  # ``at``: a message sent again keeps its first time
         if own.last_time:
             now = max(now, parse_timestamp(own.last_time) + timedelta(microseconds=1))
         record = Record(
@@ -1107,9 +1111,11 @@ class GroupService:
                 self._expire(state)
             try:
                 for _round in range(MAX_EPOCHS_PER_UPDATE):
-                    before = state.epoch
+                    # The epoch's secret too: after losing a race we are at the same epoch number, the winner's,
+                    # whose lanes must be read before anything is keyed to what the others announced there.
+                    before = (state.epoch, state.epochs.get(str(state.epoch), {}).get("secret"))
                     self._read_epochs(state, everything, problems, shown)
-                    if state.epoch == before:
+                    if (state.epoch, state.epochs.get(str(state.epoch), {}).get("secret")) == before:
                         break
             except (OverflowError, ValueError, ProfileError, PageFormatError) as exc:
                 # What others wrote must never raise out of an update: this group's trouble is one line of
@@ -1184,7 +1190,11 @@ class GroupService:
                 self._read_own(state, epoch, lane_values, problems, shown)
             else:
                 self._read_lane(state, epoch, writer, lane_values, problems, shown)
+        secrets = {e: m.get("secret") for e, m in state.epochs.items()}
         self._resolve(state, problems)
+        for lost in [e for e, secret in secrets.items() if state.epochs.get(e, {}).get("secret") != secret]:
+            for key in [k for k in shown if k[0] == int(lost)]:
+                del shown[key]  # pages of an epoch that lost a race: what they held is sent again (``_lose_epoch``)
 
     def _rotation_places(self, state: GroupState) -> list[tuple[int, str, int]]:
         """Older pages this update re-reads, ROTATION_PAGES of them in turn over every lane we read, so that a
@@ -1618,9 +1628,7 @@ class GroupService:
                 # We had moved to an epoch another admin started at the same time; the lower fingerprint wins.
                 if current.by == self.me:
                     state.rebase.append({"a": current.action, "t": current.target, "n": current.name})
-                for key in [k for k in state.lanes if k.startswith(f"{epoch}:")]:
-                    del state.lanes[key]
-                state.mine.pop(str(epoch), None)
+                self._lose_epoch(state, epoch, problems)
                 state.epoch = epoch - 1
             if self.me not in fprs:
                 if state.status != "removed":
@@ -1642,6 +1650,69 @@ class GroupService:
             pending.pop(epoch_text, None)
         for epoch_text in [e for e in pending if int(e) <= state.epoch - 1]:
             pending.pop(epoch_text, None)
+
+    def _lose_epoch(self, state: GroupState, epoch: int, problems: list[Problem]) -> None:
+        """Leave ``epoch`` as the admin who lost the race for it started it: our messages written in it are
+        kept to be written again in the winner's epoch (``_send_again``), since no member who moved straight
+        to the winner's epoch can read the loser's, and its secret is about to be replaced by the winner's.
+        Everything kept of the lost epoch's lanes goes, kept page copies included: the winner's pages have
+        the same (writer, epoch, number) and must never be "repaired" with the loser's."""
+        own = state.own(epoch)
+        records = self._own_records(state, epoch, own)
+        again = [r for r in records if not (r.type == "setting" and r.type_ext != "")]
+        state.resend += [{"type": r.type, "ext": r.type_ext, "body": r.body.hex(), "at": format_timestamp(r.timestamp)}
+                         for r in again]
+        if len(records) < own.seq:
+            problems.append(Problem(ME, "damaged", f"{own.seq - len(records)} of your records written in epoch {epoch} "
+                                    "(which lost to another admin's change) could not be found to send again"))
+        membership = state.membership(epoch)
+        copies = self._copies(state)
+        for fingerprint in membership.fingerprints() if membership is not None else []:
+            for number in copies.numbers(fingerprint[:16], epoch):
+                copies.drop(fingerprint[:16], epoch, number)
+        prefix = f"{epoch}:"
+        for kept in (state.lanes, state.page_keys, state.their_times, state.own_times):
+            for key in [k for k in kept if k.startswith(prefix)]:
+                del kept[key]
+        state.restricted = [p for p in state.restricted if not p.startswith(prefix)]
+        state.mine.pop(str(epoch), None)
+
+    def _own_records(self, state: GroupState, epoch: int, own: OwnLane) -> list[Record]:
+        """Every record of our lane of ``epoch`` still to be found: in the outbox, the kept copies, the ledger."""
+        copies = self._copies(state)
+        values: dict[int, str | None] = {
+            n: own.pages.get(str(n)) or copies.get(self.me[:16], epoch, n) for n in range(1, own.page + 1)}
+        missing = {self._address(state, epoch, self.me, n): n for n, v in values.items() if v is None}
+        if missing:
+            for address, value in self.ledger.get_many(list(missing)).items():
+                values[missing[address]] = value
+        records: dict[int, Record] = {}
+        for number, value in sorted(values.items()):
+            opened = self._open(state, epoch, self.me, number, value) if value is not None else None
+            if isinstance(opened, OpenPage):
+                for record in opened.records:
+                    if not self._expired(state, epoch, self.me, number, record):
+                        records.setdefault(record.seq, record)
+        return [records[seq] for seq in sorted(records)]
+
+    def _send_again(self, state: GroupState, problems: list[Problem]) -> None:
+        """Write again, in the winner's epoch and with their first time, our messages of a lost epoch."""
+        writes: dict[str, str] = {}
+        sent = 0
+        try:
+            for entry in state.resend:
+                address, value, _message = self._write(
+                    state, str(entry["type"]), str(entry["ext"]), bytes.fromhex(str(entry["body"])),
+                    readers=self._narrowed(state), at=parse_timestamp(str(entry["at"])))
+                writes[address] = value
+                sent += 1
+        except MessageError as exc:
+            problems.append(Problem(ME, "skipped", f"sending again what the lost epoch held waits: {exc}"))
+        state.resend = state.resend[sent:]
+        if sent:
+            self._notice(state, self.me, f"sent again {sent} message(s) written in the epoch that lost to another "
+                         "admin's change made at the same time", state.epoch)
+            self._set_all(list(writes.items()))
 
     def _departure_problem(self, state: GroupState, epoch: int, by: str, change: dict[str, Any]) -> str:
         """Why a departure proposed for ``epoch`` cannot be taken yet ('' when it can, or is no departure)."""
@@ -1690,6 +1761,8 @@ class GroupService:
                 except MessageError as exc:
                     problems.append(Problem(ME, "skipped", f"the epoch without those who left waits: {exc}"))
                 return
+        if state.resend and membership.get(self.me) is not None:
+            self._send_again(state, problems)
         used_static = state.used_static
         own = state.own(state.epoch)
         state.used_static = False

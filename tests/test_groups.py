@@ -545,6 +545,48 @@ def test_two_admins_changing_at_once_end_in_one_membership_per_epoch(tmp_path: P
     assert {s.name for s in states} == {final}
 
 
+def test_messages_written_in_the_epoch_that_lost_a_race_are_sent_again_in_the_winners(tmp_path: Path) -> None:
+    """carol moves to the epoch of the admin whose change then loses the race, and writes there; so does that
+    admin. Nobody who went straight to the winner's epoch could read those pages: each writer sends them again
+    in the winner's epoch, with their first time, and every member ends with each message exactly once."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.make_admin("team", "bob")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    loser.groups.rename("team", "second")
+    settle(lambda: carol.groups.get_update(carol.groups.names()[0]),
+           lambda v: carol.groups.store.all()[0].epoch == 3)
+    lost_by_carol = carol.groups.send_message("carol, in the epoch that loses", "second").message
+    # Two pages of the loser's (the first one final, so carol keeps a copy of it to heal the ledger with).
+    lines = ["carol, in the epoch that loses", *(f"the losing admin, #{i}" for i in range(PAGE_CAPACITY + 1))]
+    for line in lines[1:]:
+        loser.groups.send_message(line, "second")
+    settle(lambda: carol.groups.get_update("second"), lambda v: lines[-1] in texts(v))
+    winner.groups.rename("team", "first")  # winner has not read the loser's change: a race for epoch 3
+
+    def everyone_reads_both() -> bool:
+        views = [who.groups.get_update(who.groups.names()[0]) for who in (alice, bob, carol)]
+        return all(all(line in texts(view) for line in lines) for view in views)
+
+    settle(everyone_reads_both, bool)
+    for _ in range(3):  # the winner's pages at the places the loser's had are never "repaired" with them
+        for who in (alice, bob, carol):
+            view = who.groups.get_update(who.groups.names()[0])
+            assert not [p for p in view.problems if p.kind in ("restoring", "forged", "rewritten", "undecryptable")], \
+                (who.name, winner.name, view.problems)
+    for who in (alice, bob, carol):
+        view = who.groups.load_all(who.groups.names()[0])
+        counts = Counter(texts(view))
+        assert [counts[line] for line in lines] == [1] * len(lines), f"{who.name} sees {counts}"
+        assert who.groups.store.all()[0].epochs["3"]["by"] == winner.fingerprint
+        again = next(m for m in view.messages if m.text == lines[0])
+        assert again.time == lost_by_carol.time  # sent again with the time it was first written
+    notices = [m.text for m in carol.groups.load_all(carol.groups.names()[0]).messages if m.type == "setting"]
+    assert any("sent again 1 message" in n for n in notices)
+
+
 def test_the_membership_rule_is_deterministic_and_strict() -> None:
     from reschat.group import Member as Entry
     from reschat.group import Membership
