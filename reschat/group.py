@@ -27,15 +27,20 @@ starts and the whole membership of that epoch. The admin writes it twice:
 
 A member added to the group receives the new epoch's secret through an invitation (``INVITE_EXT``)
 in the admin's pairwise lane with them (an admin adds only friends), and so can read nothing of any
-earlier epoch. A member leaves with a signed ``LEAVE_EXT`` record in its own lane; the first
-remaining admin (or, when no admin remains, the longest-standing member, who thereby becomes admin)
-starts the epoch without them (taking out only members whose leave record was read). Changes by
-non-admins, changes naming an epoch other than the next one, a second different change of one admin
-for the same epoch, and anything that does not verify are reported and ignored. When two admins
-start the same epoch, the one with the lower fingerprint wins for everyone who read both before
-adopting either; the other admin's change is applied again on top of it as the following epoch, and a
-member that had moved to the losing epoch writes its messages of that epoch again in the winner's. What
-a member taken out writes in its old lane after we adopted the change is neither shown nor taken.
+earlier epoch. Since it cannot read the change the others took either, each member of the epoch before
+vouches to it for that membership on the new epoch's *board* (``WITNESS_EXT``, ``_write_witness``), and
+a witness's writer, who holds the epoch's secret and names the new member, is counted in even when the
+inviting admin left it out (``_read_board``).
+
+A member leaves with a signed ``LEAVE_EXT`` record in its own lane; the first remaining admin (or, when
+no admin remains, the longest-standing member, who thereby becomes admin) starts the epoch without them
+(taking out only members whose leave record was read). Changes by non-admins, changes naming an epoch
+other than the next one, a second different change of one admin for the same epoch, and anything that
+does not verify are reported and ignored. When two admins start the same epoch, the one with the lower
+fingerprint wins for everyone who read both before adopting either; the other admin's change is applied
+again on top of it as the following epoch, and a member that had moved to the losing epoch writes its
+messages of that epoch again in the winner's. What a member taken out writes in its old lane after we
+adopted the change is neither shown nor taken.
 
 Limits: see the README ("Groups").
 """
@@ -92,6 +97,7 @@ from reschat.lane import (
 )
 from reschat.outbox import OwnLane, page_id
 from reschat.page import (
+    GENESIS_HASH,
     MAX_EPOCH,
     MAX_PAGE_BYTES,
     MESSAGE_TYPES,
@@ -99,6 +105,7 @@ from reschat.page import (
     Record,
     SealedPage,
     format_timestamp,
+    open_record,
     parse_timestamp,
     record_content_size,
     sealed_record_size,
@@ -118,6 +125,7 @@ CHANGE_EXT = "gchange"
 KEY_EXT = "gkey"
 ROSTER_EXT = "groster"
 LEAVE_EXT = "gleave"
+WITNESS_EXT = "gwitness"
 INVITE_EXT = GROUP_INVITATION
 #: The type extension of the membership lines the engine makes for display (never on the ledger).
 NOTICE_EXT = GROUP_NOTICE
@@ -340,6 +348,11 @@ class GroupState:
     #: "epoch:writer:page" -> [sending time, first display (0: not yet), seq] of each record of others' pages.
     their_times: dict[str, list[list[int]]] = field(default_factory=dict)
     page_keys: dict[str, int] = field(default_factory=dict)  # "epoch:writer:page" -> our receive key that opened it
+    #: The epoch we joined by invitation, whose membership came from the inviting admin alone (0: none), and
+    #: the members whose witness of it we read on its board (``_read_board``).
+    newcomer: int = 0
+    witnesses: list[str] = field(default_factory=list)
+    witness_due: int = 0  # an epoch that added members, whose membership we still owe them on its board
     unread: int = 0
 
     def membership(self, epoch: int) -> Membership | None:
@@ -569,7 +582,9 @@ class GroupService:
         # "(vouched by ..., fingerprint)" are neutralized in it, so that no name can spell another member's label.
         name = contact.name.translate(_LABEL_NEUTRAL) if contact else "unknown member"
         voucher = state.vouched.get(fingerprint, "")
-        by = self._label(state, voucher) if voucher and voucher != fingerprint else "an admin"
+        if voucher == fingerprint:  # a member the inviting admin left out, who vouched for itself (_read_board)
+            return f"{name} (vouched by no admin, {fingerprint[:16]})"
+        by = self._label(state, voucher) if voucher else "an admin"
         return f"{name} (vouched by {by}, {fingerprint[:16]})"
 
     def members(self, name: str) -> list[MemberInfo]:
@@ -792,6 +807,13 @@ class GroupService:
         if len(body) > (MAX_TEXT_BYTES if msg_type == "text" else MAX_PAYLOAD_BYTES):
             raise MessageError(f"the message is {len(body)} bytes: over the limit")
         found = self._state(name)
+        if self._board_places(found):
+            # A new member whose membership no other member has vouched for yet reads the epoch's board first,
+            # so that its message is keyed to everyone the others count in (see _read_board).
+            try:
+                self._load(name, everything=False)
+            except LedgerError as exc:
+                log.warning("the group's board could not be read before sending: %s", exc)
         with self.store.lock(found.id):
             state = self.store.load(found.id)
             self._writable(state)
@@ -1160,7 +1182,10 @@ class GroupService:
                     wanted[self._address(state, epoch, writer, number)] = (epoch, writer, number)
         rotation = {} if everything else self._rotation_places(state)
         rotation_wanted = {self._address(state, e, w, n): (e, w, n) for e, w, n in rotation}
-        found = self.ledger.get_many([*wanted, *(a for a in rotation_wanted if a not in wanted)])
+        board = self._board_places(state)
+        found = self.ledger.get_many([*wanted, *(a for a in rotation_wanted if a not in wanted), *board])
+        if board:
+            self._read_board(state, {slot: found.get(address) for address, slot in board.items()}, problems)
         for address, value in found.items():
             if address in wanted:
                 values[wanted[address]] = value
@@ -1536,6 +1561,10 @@ class GroupService:
                     membership = Membership(epoch, membership.secret, writer, members, state.name,
                                             str(data.get("a")), str(data.get("t", "")))
                     state.epochs[str(epoch)] = membership.to_dict()
+                    if data.get("a") != "create":
+                        # The members of the epoch before took theirs from the change they read there; ours
+                        # has one source, the inviting admin, until they vouch for it on the board.
+                        state.newcomer, state.witnesses = epoch, []
                 elif membership is None or membership.by != writer:
                     problems.append(Problem(label, "forged", "a membership change for a started epoch "
                                             "(replayed, or not by the admin who started it): ignored",
@@ -1642,6 +1671,9 @@ class GroupService:
                 epoch, chosen["secret"], winner, [Member(str(f), int(s), bool(a)) for f, s, a in change["m"]],
                 str(change["n"]), str(change["a"]), str(change.get("t", "")),
             ).to_dict()
+            before = state.membership(epoch - 1)
+            if before is not None and any(before.get(f) is None for f in fprs):
+                state.witness_due = epoch  # members were added: we vouch to them for what we took
             self._close_lanes(state, epoch - 1, fprs)
             state.epoch = epoch
             state.name = self._adopt_name(state, str(change["n"]))
@@ -1714,6 +1746,141 @@ class GroupService:
                          "admin's change made at the same time", state.epoch)
             self._set_all(list(writes.items()))
 
+    # -- the board: members of the epoch before vouch for an epoch's membership to those it added ---------
+
+    def _write_witness(self, state: GroupState) -> None:
+        """Vouch, on the board of the epoch we moved to, for the membership we took from the change in the
+        epoch before: one page at the slot of our place in it, keyed to the members it added only."""
+        membership, before = state.current(), state.membership(state.epoch - 1)
+        added = [f for f in membership.fingerprints() if before is None or before.get(f) is None]
+        if membership.get(self.me) is None or not added or before is None:
+            state.witness_due = 0
+            return
+        if any(self._contact(state, f) is None for f in added):
+            return  # the added members' cards come with the admin's roster: the next update writes it
+        epoch = state.epoch
+        address_key, conversation = self._keys(state, epoch)
+        slot = 1 + sorted(membership.fingerprints()).index(self.me)
+        newest = max(state.receive_keys, key=lambda e: int(e["index"]), default=None)
+        announce = kem.ReceiveKey.from_dict(newest["key"]) if newest else self._new_receive_key(state)
+        sealed, header, secret = new_page(
+            conversation=conversation, writer=bytes.fromhex(self.me), epoch=epoch, number=slot, first_seq=1,
+            link=GENESIS_HASH, readers=[self._receive_public(state, f) for f in added],
+            next_receive_key=announce.public, created=to_micros(self.chat.clock()), signer=self.chat._sign,
+            kind=GROUP_KIND,
+        )
+        body = _json({"g": state.id, "e": epoch, "m": [m.to_list() for m in membership.members],
+                      "c": self.identity.card})
+        record = Record(type="setting", seq=1, prev=GENESIS_HASH, timestamp=self.chat.clock(), causal=(epoch, 0),
+                        type_ext=WITNESS_EXT, body=body)
+        sealed, _signed, _digest = add_record(sealed, header, secret, record, self.chat._sign)
+        if self._set_all([(schedule.board_address(address_key, epoch, slot), sealed.to_string())]) is None:
+            state.witness_due = 0
+
+    def _board_places(self, state: GroupState) -> dict[str, int]:
+        """The board's slots a new member reads (address -> slot) until a member other than the inviting
+        admin vouched for its membership and every member it knows of did; none once it moved on."""
+        membership = state.membership(state.epoch)
+        if state.newcomer != state.epoch or state.status or membership is None or not membership.members:
+            return {}
+        waiting = [f for f in membership.fingerprints() if f not in (self.me, membership.by, *state.witnesses)]
+        if state.witnesses and not waiting:
+            return {}
+        address_key, _conversation = self._keys(state, state.epoch)
+        return {schedule.board_address(address_key, state.epoch, slot): slot for slot in range(1, MAX_MEMBERS + 1)}
+
+    def _read_board(self, state: GroupState, values: dict[int, str | None], problems: list[Problem]) -> None:
+        """Take in the witnesses on our epoch's board. A member who wrote one holds the epoch's secret (only
+        members are given it) and names us: it is a member, whatever the inviting admin told us, and is
+        counted in (as a member who is not an admin: that claim has no second source). A witness naming
+        another membership than ours is reported: the admin showed two memberships of one epoch."""
+        epoch = state.epoch
+        candidates = self._candidates(state)
+        for slot, value in sorted(values.items()):
+            if value is None:
+                continue
+            membership = state.current()
+            try:
+                found = self._open_witness(state, epoch, slot, value, candidates)
+            except _Budget:
+                return  # the rest of the board waits for the next update
+            except (PageFormatError, ValueError, KeyError, TypeError, KeyFormatError):
+                problems.append(Problem(ME, "forged", f"slot {slot} of the board of epoch {epoch} holds no valid "
+                                        "witness of a member: ignored"))
+                continue
+            if found is None:
+                continue  # keyed to someone else: not ours to read
+            data, writer, card, announced = found
+            members = parse_members(data)
+            fprs = sorted(m.fingerprint for m in members or [])
+            if members is None or data.get("g") != state.id or data.get("e") != epoch or self.me not in fprs \
+                    or writer not in fprs or fprs.index(writer) + 1 != slot:
+                problems.append(Problem(ME, "forged", f"slot {slot} of the board of epoch {epoch} holds a witness "
+                                        "that does not fit it: ignored"))
+                continue
+            if writer in (self.me, membership.by) or writer in state.witnesses:
+                continue  # the inviting admin's word is what needs a second source
+            state.witnesses.append(writer)
+            ours = sorted(m.to_list() for m in membership.members)
+            if membership.get(writer) is None:
+                entry = next(m for m in members if m.fingerprint == writer)
+                state.cards.setdefault(writer, card)
+                state.vouched[writer] = writer
+                membership = Membership(epoch, membership.secret, membership.by,
+                                        [*membership.members, Member(writer, entry.since, False)], membership.name,
+                                        membership.action, membership.target)
+                state.epochs[str(epoch)] = membership.to_dict()
+                own = state.own(epoch)
+                if own.page:  # its key slots leave the member out: nothing more is appended to it
+                    state.restricted = [*state.restricted[-15:], page_id(epoch, own.page)]
+                self._notice(state, writer, f"holds this epoch's key but was left out of the membership {WHO} "
+                             "gave you: counted as a member", epoch, membership.by)
+                problems.append(Problem(self._label(state, writer), "forged", "the admin who added you left out "
+                                        "of your membership a member who holds the group's key (two "
+                                        "memberships of one epoch): counted in now"))
+            elif sorted(m.to_list() for m in members) != ours:
+                problems.append(Problem(self._label(state, writer), "forged", f"the membership of epoch {epoch} "
+                                        "this member took differs from the one the admin who added you gave "
+                                        "you (two memberships of one epoch)"))
+            at = state.announced_at.get(writer, [0, 0])
+            if (epoch, 0) > (at[0], at[1]) or writer not in state.announced:
+                state.announced[writer] = announced.hex()
+                state.announced_at[writer] = [epoch, 0]
+
+    def _open_witness(
+        self, state: GroupState, epoch: int, slot: int, value: str, candidates: list[tuple[int, kem.ReceiveKey]],
+    ) -> tuple[dict[str, Any], str, str, bytes] | None:
+        """(witness, its writer, the writer's card, the receive key it announces) of one board page, or None
+        when no key of ours opens it; PageFormatError (or ValueError) when it is not a valid one."""
+        sealed = SealedPage.from_string(value)
+        cost = len(candidates) * len(sealed.slots)
+        if self._decaps + cost > MAX_DECAPSULATIONS:
+            raise _Budget
+        self._decaps += cost
+        opened_secret = find_page_secret(sealed, candidates)
+        if opened_secret is None:
+            return None
+        keys = PageKeys.from_secret(opened_secret[0])
+        header = open_header(sealed, keys)
+        if not sealed.records:
+            raise PageFormatError("an empty witness")
+        # The writer's card is inside the witness: read unverified only to find the key that then verifies it
+        # (and the card must be the writer's own: its fingerprint is the header's writer).
+        first = _parse(open_record(sealed.records[0], keys.message_key(0), header.digest, 0).body)
+        card = str((first or {})["c"])
+        contact = crypto.parse_contact(card)
+        if crypto.fingerprint_bytes(contact.public_key) != header.writer:
+            raise PageFormatError("a witness whose card is not its writer's")
+        _address_key, conversation = self._keys(state, epoch)
+        opened = open_page(value, sealed, keys, conversation=conversation, writer=header.writer,
+                           writer_key=contact.public_key, epoch=epoch, number=slot, verified=self._verified)
+        record = opened.records[0] if opened.records else None
+        data = _parse(record.body) if record is not None else None
+        if opened.header.kind != GROUP_KIND or record is None or record.type != "setting" \
+                or record.type_ext != WITNESS_EXT or data is None:
+            raise PageFormatError("not a witness")
+        return data, header.writer.hex(), card, opened.header.next_receive_key
+
     def _departure_problem(self, state: GroupState, epoch: int, by: str, change: dict[str, Any]) -> str:
         """Why a departure proposed for ``epoch`` cannot be taken yet ('' when it can, or is no departure)."""
         if change.get("a") != "leave":
@@ -1761,6 +1928,8 @@ class GroupService:
                 except MessageError as exc:
                     problems.append(Problem(ME, "skipped", f"the epoch without those who left waits: {exc}"))
                 return
+        if state.witness_due == state.epoch:
+            self._write_witness(state)
         if state.resend and membership.get(self.me) is not None:
             self._send_again(state, problems)
         used_static = state.used_static

@@ -85,6 +85,12 @@ def page_address(address_key: bytes, writer: bytes, epoch: int, number: int) -> 
     return _address(address_key, "page", writer, epoch, number)
 
 
+def board_address(address_key: bytes, epoch: int, slot: int) -> str:
+    """The ledger key of slot ``slot`` of a group epoch's board, where the members who were in the epoch
+    before vouch for its membership to the members it added (who cannot know their fingerprints yet)."""
+    return _address(address_key, "board", epoch, slot)
+
+
 def hint_address(address_key: bytes, writer: bytes) -> str:
     """The ledger key of ``writer``'s page hint in the pair (see ``lane.seal_hint``)."""
     return _address(address_key, "hint", writer)

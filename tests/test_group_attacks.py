@@ -22,10 +22,9 @@ import contextlib
 import time
 from pathlib import Path
 
-import pytest
 from Crypto.Random import get_random_bytes
 
-from reschat import crypto
+from reschat import crypto, schedule
 from reschat.errors import MessageError
 from reschat.group import (
     CHANGE_EXT,
@@ -367,10 +366,10 @@ def test_an_admin_cannot_show_two_members_two_memberships_of_one_epoch(tmp_path:
     assert seen_by_bob == seen_by_carol or reported
 
 
-def two_memberships(tmp_path: Path) -> tuple[Person, Person, Person, Person]:
+def two_memberships(tmp_path: Path, ledger: MemoryLedger | None = None) -> tuple[Person, Person, Person, Person]:
     """alice adds dave, naming carol to the old members (her change in epoch 1) and leaving carol out of the
     membership she gives dave (her first record of epoch 2)."""
-    ledger = MemoryLedger()
+    ledger = ledger or MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
     dave = member("dave", 3, tmp_path, ledger)
     befriend(alice.person, dave.person)
@@ -399,13 +398,11 @@ def two_memberships(tmp_path: Path) -> tuple[Person, Person, Person, Person]:
     return alice, bob, carol, dave
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ATTACK WORKS: a new member takes the epoch's membership from the inviting admin's first record of the "
-    "new epoch; the existing members take it from the change in the epoch before. The existing members now "
-    "compare the two and report the difference (see the test after this one), but the new member cannot read "
-    "the epoch before and has no other source: an admin names carol to the old members and leaves her out for "
-    "the new one, dave keys his pages to alice and bob only, and carol cannot read him."))
 def test_an_admin_cannot_give_a_new_member_a_different_membership_from_the_others(tmp_path: Path) -> None:
+    """Was an xfail ("ATTACK WORKS"): the new member took the epoch's membership from the inviting admin alone,
+    keyed its pages to alice and bob only, and carol could not read it. Now carol, moving to the epoch, vouches
+    on its board for the membership she took; dave reads the board before his first send, counts her in (she
+    holds the epoch's key and names him), and keys his message to her too."""
     _alice, _bob, carol, dave = two_memberships(tmp_path)
     accept(dave)
     until(dave, "team", lambda v: bool(dave.state("team").current().members))
@@ -424,6 +421,74 @@ def test_the_existing_members_are_told_when_an_admin_gives_a_new_member_a_differ
     for who in (bob, carol):
         view = until(who, "team", lambda v: any("two memberships" in p.detail for p in v.problems))
         assert any(p.kind == "forged" and "two memberships" in p.detail for p in view.problems)
+
+
+def board_slot(who: Person, group: str, slot: int) -> str:
+    state = who.state(group)
+    return schedule.board_address(who.groups._keys(state, state.epoch)[0], state.epoch, slot)
+
+
+def test_a_member_left_out_cannot_claim_to_be_an_admin_on_the_board(tmp_path: Path) -> None:
+    """carol, left out of dave's membership by the admin, is counted in once she vouches on the board; her
+    modified client then claims on it that she is an admin: a claim with no second source, so she is counted
+    as a member who is not one (her changes would be refused by dave as by everyone else)."""
+    _alice, _bob, carol, dave = two_memberships(tmp_path)
+    accept(dave)
+    until(dave, "team", lambda v: bool(dave.state("team").current().members))
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    state = carol.groups.store.load(carol.state("team").id)
+    state.epochs["2"]["members"] = [[f, s, 1 if f == carol.fingerprint else a]
+                                    for f, s, a in state.epochs["2"]["members"]]
+    carol.groups._write_witness(state)  # over her honest witness, at the same slot
+    view = until(dave, "team", lambda v: carol.fingerprint in dave.state("team").current().fingerprints())
+    counted = dave.state("team").current().get(carol.fingerprint)
+    assert counted is not None and not counted.admin
+    assert any(p.kind == "forged" and "left out" in p.detail for p in view.problems)
+
+
+def test_junk_and_misplaced_witnesses_on_the_board_are_reported_and_ignored(tmp_path: Path) -> None:
+    """The ledger writer junks a slot of the board and copies carol's witness to another slot (it saw both
+    addresses written): dave reports both, counts nobody in because of them, and takes carol's genuine one."""
+    ledger = MemoryLedger()
+    _alice, _bob, carol, dave = two_memberships(tmp_path, ledger)
+    accept(dave)
+    until(dave, "team", lambda v: bool(dave.state("team").current().members))
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    genuine = next(slot for slot in range(1, 33) if ledger.get(board_slot(dave, "team", slot)) is not None)
+    elsewhere = [slot for slot in range(1, 33) if slot != genuine]
+    ledger.set(board_slot(dave, "team", elsewhere[0]), ledger.get(board_slot(dave, "team", genuine)) or "")
+    ledger.set(board_slot(dave, "team", elsewhere[1]), "junk" * 40)
+    ledger.set(board_slot(dave, "team", genuine), "junk" * 40)  # the genuine one hidden, first
+    view = dave.groups.get_update("team")
+    details = [p.detail for p in view.problems if p.kind == "forged"]
+    assert any(f"slot {elsewhere[0]} " in d for d in details)  # signed for another slot
+    assert any(f"slot {elsewhere[1]} " in d and "no valid witness" in d for d in details)
+    assert carol.fingerprint not in dave.state("team").current().fingerprints()
+    carol.groups.get_update("team")
+    edit(carol, "team", lambda s: setattr(s, "witness_due", 2))  # her client writes its witness again
+    carol.groups.get_update("team")
+    until(dave, "team", lambda v: carol.fingerprint in dave.state("team").current().fingerprints())
+
+
+def test_a_new_member_stops_reading_the_board_once_every_member_vouched(tmp_path: Path) -> None:
+    """An honest add: bob and carol vouch for the membership dave was given; dave reports nothing and reads
+    the board no more (an idle update of his is one round of lane reads, as for every member)."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    dave = member("dave", 3, tmp_path, ledger)
+    befriend(alice.person, dave.person)
+    alice.groups.add("team", "dave")
+    accept(dave)
+    until(dave, "team", lambda v: bool(dave.state("team").current().members))
+    assert dave.groups._board_places(dave.state("team"))  # nobody vouched yet: dave reads the board
+    for who in (bob, carol):
+        until(who, "team", lambda v, who=who: who.state("team").epoch == 2)
+    views = [dave.groups.get_update("team") for _ in range(3)]
+    state = dave.state("team")
+    assert sorted(state.witnesses) == sorted([bob.fingerprint, carol.fingerprint])
+    assert dave.groups._board_places(state) == {}
+    assert not [p for v in views for p in v.problems if p.kind == "forged"]
+    assert sorted(state.current().fingerprints()) == sorted(alice.state("team").current().fingerprints())
 
 
 def test_a_removed_member_cannot_keep_the_removal_window_open_by_junking_the_key_page(tmp_path: Path) -> None:
