@@ -352,6 +352,7 @@ class GroupState:
     #: the members whose witness of it we read on its board (``_read_board``).
     newcomer: int = 0
     witnesses: list[str] = field(default_factory=list)
+    named: list[str] = field(default_factory=list)  # members a witness named whom our membership lacks
     witness_due: int = 0  # an epoch that added members, whose membership we still owe them on its board
     unread: int = 0
 
@@ -1783,7 +1784,9 @@ class GroupService:
         membership = state.membership(state.epoch)
         if state.newcomer != state.epoch or state.status or membership is None or not membership.members:
             return {}
-        waiting = [f for f in membership.fingerprints() if f not in (self.me, membership.by, *state.witnesses)]
+        # A member the others name and we were not given is waited for too: its own witness counts it in.
+        named = {*membership.fingerprints(), *state.named}
+        waiting = [f for f in named if f not in (self.me, membership.by, *state.witnesses)]
         if state.witnesses and not waiting:
             return {}
         address_key, _conversation = self._keys(state, state.epoch)
@@ -1842,6 +1845,7 @@ class GroupService:
                 problems.append(Problem(self._label(state, writer), "forged", f"the membership of epoch {epoch} "
                                         "this member took differs from the one the admin who added you gave "
                                         "you (two memberships of one epoch)"))
+            state.named = sorted({*state.named, *(f for f in fprs if membership.get(f) is None)})[:MAX_MEMBERS]
             at = state.announced_at.get(writer, [0, 0])
             if (epoch, 0) > (at[0], at[1]) or writer not in state.announced:
                 state.announced[writer] = announced.hex()

@@ -446,6 +446,21 @@ def test_a_member_left_out_cannot_claim_to_be_an_admin_on_the_board(tmp_path: Pa
     assert any(p.kind == "forged" and "left out" in p.detail for p in view.problems)
 
 
+def test_a_member_left_out_is_counted_in_even_when_the_others_vouch_first(tmp_path: Path) -> None:
+    """bob vouches first: every member dave was given has now vouched, but bob's witness names carol, whom
+    dave was not given, so dave goes on reading the board until carol vouches herself, then counts her in."""
+    _alice, bob, carol, dave = two_memberships(tmp_path)
+    accept(dave)
+    until(dave, "team", lambda v: bool(dave.state("team").current().members))
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    until(dave, "team", lambda v: bob.fingerprint in dave.state("team").witnesses)
+    assert carol.fingerprint in dave.state("team").named
+    assert dave.groups._board_places(dave.state("team"))  # still waiting for carol
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    until(dave, "team", lambda v: carol.fingerprint in dave.state("team").current().fingerprints())
+    assert dave.groups._board_places(dave.state("team")) == {}
+
+
 def test_junk_and_misplaced_witnesses_on_the_board_are_reported_and_ignored(tmp_path: Path) -> None:
     """The ledger writer junks a slot of the board and copies carol's witness to another slot (it saw both
     addresses written): dave reports both, counts nobody in because of them, and takes carol's genuine one."""
