@@ -1,4 +1,5 @@
-"""Group benchmarks: for 2, 8 and 32 members, a send, an idle update, a new page's bytes, bytes per message.
+"""Group benchmarks: for 2, 8 and 32 members, a send, an idle update, a new page's bytes, bytes per message,
+and the Python heap's peak while a member reads the whole group.
 
     python -m benchmarks.groups              # 2, 8 and 32 members (RSA-3072 keys are made first: slow)
     python -m benchmarks.groups --sizes 2 8  # fewer
@@ -17,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,8 +96,17 @@ def measure(size: int, keys: Sequence[RSA.RsaKey], root: Path) -> dict[str, Any]
     for _ in range(REPS):
         writer.send_message(TEN_CHARACTERS, "bench")
         one_new.append(counted(ledger, lambda: reader.get_update("bench")))
+    # Memory: the Python heap's peak while the reader reads the whole group (every lane from page 1) with
+    # no session cache, as a fresh start does; tracemalloc counts what Python allocates, not the process.
+    reader._opened.clear()
+    reader._opened_bytes = 0
+    tracemalloc.start()
+    reader.load_all("bench")
+    _current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
     return {
         "members": size,
+        "load_all_peak_kib": round(peak / 1024),
         "send": {**{k: sends[0][k] for k in ("gets", "sets", "read_rounds")},
                  "ms_median": statistics.median(s["ms"] for s in sends)},
         "send_new_page": first,
@@ -122,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             print(f"measuring {size} members...", file=sys.stderr)
             results.append(measure(size, keys, Path(scratch)))
-    print(f"{'members':>7} {'send':>22} {'idle update':>26} {'new page':>9} {'per message':>11}")
+    print(f"{'members':>7} {'send':>22} {'idle update':>26} {'new page':>9} {'per message':>11} {'read all':>9}")
     for row in results:
         send, idle = row["send"], row["update_idle"]
         print(f"{row['members']:>7} {send['sets']} write {send['gets']} reads {send['ms_median']:>7.1f} ms "
               f"{idle['read_rounds']} round {idle['gets']:>3} reads {idle['ms_median']:>7.1f} ms "
-              f"{row['new_page_bytes']:>8} B {row['bytes_per_message']:>9} B")
+              f"{row['new_page_bytes']:>8} B {row['bytes_per_message']:>9} B {row['load_all_peak_kib']:>6} KiB")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -118,6 +118,10 @@ IntegrityProblem = Problem
 GROUP_INVITATION = "ginvite"
 #: The type extension of a group's membership line (made by the group engine from verified records).
 GROUP_NOTICE = "group"
+#: A friend pinned before cards were kept has no signed card line that a group's roster could pass on: the
+#: group engine asks for it in the pair's lane (a ``setting`` record), and the friend's client answers with it.
+CARD_REQUEST = "gcardask"
+CARD_REPLY = "gcard"
 
 
 def utc_now() -> datetime:
@@ -254,6 +258,7 @@ class ChatService:
         #: Group invitations read in pairwise lanes (friend, message): lines of no pair's chat; the group
         #: engine (group.py) takes them from here.
         self.group_invitations: list[tuple[str, ChatMessage]] = []
+        self._card_asked: set[str] = set()  # friends whose request for our card waits for its answer
         #: Pages written before this moment were written by an earlier session: one that no read has
         #: returned is re-sent at this session's first update, without waiting for ``resend_after``.
         self._session_start = clock()
@@ -561,7 +566,17 @@ class ChatService:
 
     def get_update(self, nickname: str) -> ConversationView:
         """Read what is new in the conversation with ``nickname`` and return the loaded window."""
-        return self._load(nickname, older=False, everything=False)
+        view = self._load(nickname, older=False, everything=False)
+        if nickname in self._card_asked:
+            self._card_asked.discard(nickname)
+            result = self.send_message(self.identity.card, nickname, msg_type="setting", type_ext=CARD_REPLY)
+            if result.error is not None:
+                log.warning("our card for %s waits in the outbox: %s", nickname, result.error)
+        return view
+
+    def ask_for_card(self, nickname: str) -> SendResult:
+        """Ask a friend pinned without a signed card line for it (see CARD_REQUEST)."""
+        return self.send_message(b"card", nickname, msg_type="setting", type_ext=CARD_REQUEST)
 
     def load_older(self, nickname: str) -> ConversationView:
         """Widen the window by one older page in each lane."""
@@ -840,12 +855,38 @@ class ChatService:
     def _take_group_records(
         self, nickname: str, messages: list[ChatMessage], new_messages: list[ChatMessage]
     ) -> tuple[list[ChatMessage], list[ChatMessage]]:
-        """Hand the friend's group invitations to the group engine; they are no line of this chat."""
-        invitations = [m for m in messages if m.type == "setting" and m.type_ext == GROUP_INVITATION]
-        if not invitations:
+        """Hand the friend's group invitations to the group engine, answer a request for our card and pin the
+        card a friend sent: none of them is a line of this chat."""
+        taken = (GROUP_INVITATION, CARD_REQUEST, CARD_REPLY)
+        records = [m for m in messages if m.type == "setting" and m.type_ext in taken]
+        if not records:
             return messages, new_messages
-        self.group_invitations += [(nickname, m) for m in invitations if not m.outgoing]
-        return [m for m in messages if m not in invitations], [m for m in new_messages if m not in invitations]
+        self.group_invitations += [(nickname, m) for m in records if not m.outgoing and m.type_ext == GROUP_INVITATION]
+        answered = max((m.time for m in records if m.outgoing and m.type_ext == CARD_REPLY), default=None)
+        if any(not m.outgoing and m.type_ext == CARD_REQUEST and (answered is None or m.time > answered)
+               for m in records):
+            self._card_asked.add(nickname)
+        for reply in (m for m in records if not m.outgoing and m.type_ext == CARD_REPLY):
+            self._take_card(nickname, reply.body)
+        return [m for m in messages if m not in records], [m for m in new_messages if m not in records]
+
+    def _take_card(self, nickname: str, body: bytes) -> None:
+        """Keep the signed card line a friend sent, if it is the card we pinned for them (same RSA key and
+        static keys); a card under any other key is ignored: pinning a new key is the user's choice only."""
+        friend = self.friends.get_friend(nickname)
+        if friend.card:
+            return
+        try:
+            card = body.decode("utf-8")
+            contact = crypto.parse_contact(card)
+        except (UnicodeDecodeError, KeyFormatError):
+            log.warning("%s sent a card that does not parse: ignored", nickname)
+            return
+        if crypto.fingerprint_bytes(contact.public_key).hex() != friend.fingerprint \
+                or contact.statics.to_bytes().hex() != friend.statics:
+            log.warning("%s sent a card of another key: ignored", nickname)
+            return
+        self.friends.update(nickname, card=card)
 
     # -- disappearing messages (the rules are in retention.py) --------------------------------------
 

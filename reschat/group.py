@@ -492,6 +492,7 @@ class GroupService:
         self._opened: dict[tuple[str, int, int, str], OpenPage | Problem] = {}
         self._opened_bytes = 0
         self._contacts: dict[str, crypto.Contact] = {}
+        self._asked_cards: set[str] = set()  # friends asked for their card this session (CARD_REQUEST)
         self._sessions: dict[str, _Session] = {}
         self._decaps = 0
         #: Our own pages as this update's reads returned them (epoch -> page -> value), to confirm delivery.
@@ -923,6 +924,8 @@ class GroupService:
         for fingerprint in (m.fingerprint for m in members):
             if self._contact(state, fingerprint) is None:
                 raise MessageError("a member's card is not known yet: update the group first")
+        # Before anything is written or kept: a card that is missing stops the change with nothing half done.
+        cards = [self._card_of(state, m.fingerprint) for m in members]
         writes: list[tuple[str, str]] = []
         body = _json(change)
         if old_epoch:
@@ -941,7 +944,6 @@ class GroupService:
         state.name = name
         state.leaving = [f for f in state.leaving if any(m.fingerprint == f for m in members)]
         writes.append(self._write(state, "setting", CHANGE_EXT, body)[:2])
-        cards = [self._card_of(state, m.fingerprint) for m in members]
         for start in range(0, len(cards), CARDS_PER_RECORD):
             roster = _json({"g": state.id, "e": epoch, "c": cards[start : start + CARDS_PER_RECORD]})
             writes.append(self._write(state, "setting", ROSTER_EXT, roster)[:2])
@@ -966,7 +968,14 @@ class GroupService:
         friend = self._friend_by_fingerprint(fingerprint)
         if friend is None:
             raise MessageError("a member's card is not known yet: update the group first")
-        return _friend_card(friend)
+        if not friend.card:
+            # Pinned before cards were kept: their client sends it when it reads this request.
+            if friend.fingerprint not in self._asked_cards:
+                self._asked_cards.add(friend.fingerprint)
+                self.chat.ask_for_card(friend.nickname)
+            raise MessageError(f"{friend.nickname}'s card was added before groups existed: their client was "
+                               "asked for it; try again once they have been online")
+        return friend.card
 
     def leave(self, name: str) -> None:
         """Leave the group (no approval): a signed record in our lane; the remaining admin starts an epoch
@@ -2170,14 +2179,6 @@ def _from_micros(micros: int) -> datetime:
     from reschat.page import from_micros
 
     return from_micros(micros)
-
-
-def _friend_card(friend: Friend) -> str:
-    """A friend's card as the roster carries it: the signed line they gave us, kept at befriending."""
-    if not friend.card:
-        raise MessageError(f"{friend.nickname}'s card was added before groups existed: ask for their card "
-                           "again and add it (friend replace)")
-    return friend.card
 
 
 class _Unopenable(Exception):

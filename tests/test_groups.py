@@ -613,3 +613,39 @@ def test_a_malformed_membership_is_refused_without_an_exception(members: object)
     change = {"g": "x", "e": 1, "a": "create", "t": "", "n": "team", "by": "a" * 64, "m": members}
     assert check_change(None, change, "a" * 64) != ""
     assert check_change(None, {**change, "m": [["a" * 64, 1, 1]]}, "a" * 64) == ""
+
+
+def test_a_friend_pinned_before_cards_were_kept_is_asked_for_it_and_can_then_be_added(tmp_path: Path) -> None:
+    """alice pinned dave before friend stores kept the signed card line a roster passes on. Adding him asks
+    his client for it in their pair's lane; his client answers at its next read; alice keeps it only because
+    it is the card she pinned (same keys), and the add then goes through. None of it is a line of the chat."""
+    ledger = MemoryLedger()
+    alice, _bob, _carol = team(tmp_path, ledger)
+    dave = member("dave", 3, tmp_path, ledger)
+    befriend(alice.person, dave.person)
+    alice.person.friends.update("dave", card="")
+    with pytest.raises(MessageError, match="asked for it"):
+        alice.groups.add("team", "dave")
+    dave_view = settle(lambda: dave.person.chat.get_update("alice"), lambda v: True)
+    assert not [m for m in dave_view.messages if m.type == "setting"]
+    settle(lambda: alice.person.chat.get_update("dave"), lambda v: bool(alice.person.friends.get_friend("dave").card))
+    assert alice.person.friends.get_friend("dave").card == dave.person.card
+    alice.groups.add("team", "dave")
+    assert dave.fingerprint in alice.state("team").current().fingerprints()
+
+
+def test_a_card_sent_in_answer_under_another_key_is_not_kept(tmp_path: Path) -> None:
+    """A friend's client answers with the card of another key (its own new one, or someone else's): pinning a
+    new key is the user's choice only, so nothing is kept and the add still waits."""
+    ledger = MemoryLedger()
+    alice, bob, _carol = team(tmp_path, ledger)
+    dave = member("dave", 3, tmp_path, ledger)
+    befriend(alice.person, dave.person)
+    alice.person.friends.update("dave", card="")
+    from reschat.chat import CARD_REPLY
+    dave.person.chat.send_message(bob.person.card, "alice", msg_type="setting", type_ext=CARD_REPLY)
+    for _ in range(3):
+        alice.person.chat.get_update("dave")
+    assert alice.person.friends.get_friend("dave").card == ""
+    with pytest.raises(MessageError, match="before groups existed"):
+        alice.groups.add("team", "dave")
