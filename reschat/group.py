@@ -1832,6 +1832,10 @@ class GroupService:
                 continue
             if writer in (self.me, membership.by) or writer in state.witnesses:
                 continue  # the inviting admin's word is what needs a second source
+            if membership.get(writer) is None and len(membership.members) >= MAX_MEMBERS:
+                problems.append(Problem(ME, "forged", f"slot {slot} of the board of epoch {epoch} names one member "
+                                        f"more than a group's {MAX_MEMBERS}: ignored"))
+                continue
             state.witnesses.append(writer)
             ours = sorted(m.to_list() for m in membership.members)
             if membership.get(writer) is None:
