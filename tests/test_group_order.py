@@ -146,7 +146,8 @@ def test_junk_causal_marks_neither_crash_nor_flag_honest_members(tmp_path: Path)
         "a membership told differently": (real[0] ^ (1 << 6), alice_seq),
         "a huge sequence number": (real[0], MAX_SEQ - 1),
         "an epoch before the first": (2**31 - 1, alice_seq),
-        "his own lane": encode_mark(0, members.index(bob.fingerprint), bob.fingerprint, 1),
+        # His own lane, the record written last below: checked there, in its lane, and never across lanes.
+        "his own lane": encode_mark(0, members.index(bob.fingerprint), bob.fingerprint, 8),
         "what carol never wrote": encode_mark(0, members.index(carol.fingerprint), carol.fingerprint, 5),
         "nobody": (0, 7),
     }
@@ -163,6 +164,7 @@ def test_junk_causal_marks_neither_crash_nor_flag_honest_members(tmp_path: Path)
         assert time_of(view, "alice speaks") == speaks.time
     del bob.groups._causal_mark  # the engine's own mark again
     sent(bob, "an honest mark")
+    assert bob.state("team").own(1).seq == 8
     view = until(carol, "team", shows("an honest mark"))
     assert texts(view)[-2:] == ["alice speaks", "an honest mark"]
     assert len(backdated(view)) == 1
@@ -182,3 +184,41 @@ def test_a_record_dated_before_the_previous_one_of_its_lane_is_flagged_and_kept_
         assert texts(view) == ["first", "second, dated an hour before the first"]
         (problem,) = backdated(view)
         assert problem.lane.startswith("bob") and "dated before the message written before it" in problem.detail
+
+
+def test_a_message_dated_far_ahead_is_not_named_so_honest_replies_to_it_are_not_flagged(tmp_path: Path) -> None:
+    """alice's clock is an hour ahead (or she lies): bob's honest reply is dated before her message, and a
+    mark naming it would get bob reported and moved under it; past CLOCK_AHEAD, a date is not named."""
+    alice, bob, carol = team(tmp_path, MemoryLedger())
+    alice.person.chat.clock = behind(-timedelta(hours=1))
+    sent(alice, "from an hour ahead")
+    until(bob, "team", shows("from an hour ahead"))
+    sent(bob, "an honest reply")
+    view = until(carol, "team", shows("an honest reply"))
+    assert texts(view) == ["an honest reply", "from an hour ahead"]  # by their dates
+    assert backdated(view) == []
+    # carol's clock set back, writing after she read bob's reply (dated by a sane clock), is caught.
+    carol.person.chat.clock = behind(BEHIND)
+    sent(carol, "carol, late")
+    view = until(alice, "team", shows("carol, late"))
+    assert texts(view) == ["an honest reply", "carol, late", "from an hour ahead"]
+    assert [p.lane for p in backdated(view)] == ["carol"]
+
+
+def test_a_mark_naming_a_removed_members_message_is_checked_by_those_who_read_it(tmp_path: Path) -> None:
+    alice, bob, carol = team(tmp_path, MemoryLedger())
+    bob.person.chat.clock = behind(BEHIND)
+    sent(carol, "carol's last word")
+    until(bob, "team", shows("carol's last word"))
+    until(alice, "team", shows("carol's last word"))  # read before the removal: kept (see the removal window)
+    alice.groups.remove("team", "carol")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    sent(bob, "after carol left")  # names carol's message of epoch 1, the newest he read
+    view = until(alice, "team", shows("after carol left"))
+    assert texts(view)[-2:] == ["carol's last word", "after carol left"]
+    (problem,) = backdated(view)
+    assert "after carol's message #" in problem.detail
+    # carol, taken out, reads nothing of epoch 2 and is not troubled by it.
+    view = carol.groups.get_update("team")
+    assert carol.state("team").status == "removed" and "after carol left" not in texts(view)
+    assert backdated(view) == []
