@@ -36,6 +36,23 @@ start the same epoch, the one with the lower fingerprint wins for everyone who r
 adopting either; the other admin's change is applied again on top of it as the following epoch. What
 a member taken out writes in its old lane after we adopted the change is neither shown nor taken.
 
+Order
+-----
+A group record's causal pair (``Record.causal``, the pair's field, same bytes) names ONE record its writer
+had read: the newest, by its date in its lane, of the messages of the other members it read (its own lane
+excluded, and a date more than ``CLOCK_AHEAD`` past the writer's clock when read left out), kept as
+``GroupState.newest_seen``. The first number packs that record's lane, its index + 1 in its epoch's
+membership sorted by fingerprint (1-32; 0 names nobody), the first byte of its writer's fingerprint, and how
+many epochs before the record's own it was written (``encode_mark``); the second is its sequence number;
+a second number of 0 names nothing (so every group record written before the mark, (epoch, 0), is read and
+not checked). The rule each reader applies (``GroupService._order``): a record's *lane time* is its date,
+raised to the lane time of the record before it in its lane (a record dated before it is reported
+``backdated`` and shown in the order written); when the record named was read here and its lane time is
+after the new record's, the new one is reported ``backdated`` and shown just after it. A mark that names
+nobody in the membership we hold, its writer's own lane, an epoch we cannot read, or a record we did not
+read (or whose time is no longer among the MAX_LANE_TIMES kept per lane) is not checked, and nothing else
+moves for it: the mark is its writer's word, checked only against what we read ourselves.
+
 Limits: see the README ("Groups").
 """
 
@@ -352,8 +369,8 @@ class GroupState:
     their_times: dict[str, list[list[int]]] = field(default_factory=dict)
     page_keys: dict[str, int] = field(default_factory=dict)  # "epoch:writer:page" -> our receive key that opened it
     unread: int = 0
-    #: [micros, epoch, writer, seq] of the newest message of another member read (by its date in its lane, and
-    #: dated at most CLOCK_AHEAD past our clock when read): what our next record's causal mark names.
+    #: [micros, epoch, writer, seq, the admin who started that epoch] of the newest message of another member
+    #: read (by its date in its lane, at most CLOCK_AHEAD past our clock when read): what our next mark names.
     newest_seen: list[Any] = field(default_factory=list)
 
     def membership(self, epoch: int) -> Membership | None:
@@ -779,10 +796,11 @@ class GroupService:
         """The causal pair of our next record of ``epoch``: the newest message of another member we read
         (``GroupState.newest_seen``), or (epoch, 0) when there is none we can name."""
         try:
-            _micros, seen_epoch, writer, seq = state.newest_seen
+            _micros, seen_epoch, writer, seq, by = state.newest_seen
             membership = state.membership(int(seen_epoch))
             readers = sorted(membership.fingerprints()) if membership is not None else []
-            if writer == self.me or writer not in readers:
+            # An epoch another admin started at the same time and won is another epoch of the same number.
+            if writer == self.me or writer not in readers or membership is None or membership.by != by:
                 return epoch, 0
             return encode_mark(epoch - int(seen_epoch), readers.index(writer), writer, int(seq))
         except (ValueError, TypeError):
@@ -1570,7 +1588,8 @@ class GroupService:
                     # (or its lie) would otherwise get every later message of everyone reported and moved.
                     micros = to_micros(lane_time)
                     if not state.newest_seen or micros > int(state.newest_seen[0]):
-                        state.newest_seen = [micros, epoch, writer, record.seq]
+                        membership = state.membership(epoch)
+                        state.newest_seen = [micros, epoch, writer, record.seq, membership.by if membership else ""]
         return shown_at
 
     def _named(
