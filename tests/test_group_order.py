@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from reschat.chat import ConversationView
-from reschat.group import GroupState, encode_mark
+from reschat.group import MAX_LANE_TIMES, GroupState, encode_mark
 from reschat.lane import Problem
 from reschat.ledger import MemoryLedger
 from reschat.page import MAX_SEQ
@@ -147,9 +147,10 @@ def test_junk_causal_marks_neither_crash_nor_flag_honest_members(tmp_path: Path)
         "a huge sequence number": (real[0], MAX_SEQ - 1),
         "an epoch before the first": (2**31 - 1, alice_seq),
         # His own lane, the record written last below: checked there, in its lane, and never across lanes.
-        "his own lane": encode_mark(0, members.index(bob.fingerprint), bob.fingerprint, 8),
+        "his own lane": encode_mark(0, members.index(bob.fingerprint), bob.fingerprint, 9),
         "what carol never wrote": encode_mark(0, members.index(carol.fingerprint), carol.fingerprint, 5),
         "nobody": (0, 7),
+        "an older client's mark, (epoch, 0)": (1, 0),
     }
     bob.person.chat.clock = behind(BEHIND)  # any mark that named alice's message would be reported
     for text, mark in junk.items():
@@ -164,7 +165,7 @@ def test_junk_causal_marks_neither_crash_nor_flag_honest_members(tmp_path: Path)
         assert time_of(view, "alice speaks") == speaks.time
     del bob.groups._causal_mark  # the engine's own mark again
     sent(bob, "an honest mark")
-    assert bob.state("team").own(1).seq == 8
+    assert bob.state("team").own(1).seq == len(junk) + 1  # the record "his own lane" named
     view = until(carol, "team", shows("an honest mark"))
     assert texts(view)[-2:] == ["alice speaks", "an honest mark"]
     assert len(backdated(view)) == 1
@@ -222,3 +223,29 @@ def test_a_mark_naming_a_removed_members_message_is_checked_by_those_who_read_it
     view = carol.groups.get_update("team")
     assert carol.state("team").status == "removed" and "after carol left" not in texts(view)
     assert backdated(view) == []
+
+
+def test_a_mark_is_checked_against_a_message_read_in_an_earlier_update_and_the_times_kept_are_bounded(
+    tmp_path: Path,
+) -> None:
+    """carol reads alice's question, then two pages more of alice's lane, before bob's late reply to the
+    question arrives: its page is no longer among those her update reads, its time is (``LaneState.times``)."""
+    alice, bob, carol = team(tmp_path, MemoryLedger())
+    sent(alice, "the question")
+    question = alice.state("team").own(1).seq
+    until(carol, "team", shows("the question"))
+    until(bob, "team", shows("the question"))
+    for i in range(45):
+        sent(alice, f"alice {i}")
+    until(carol, "team", shows("alice 44"))
+    bob.person.chat.clock = behind(BEHIND)
+    sent(bob, "the late answer")  # bob read nothing since the question: his mark names it
+    view = until(carol, "team", shows("the late answer"))
+    assert "the question" not in texts(view)  # its page is outside the window this update read
+    (problem,) = backdated(view)
+    assert f"after alice's message #{question} but" in problem.detail
+    for i in range(45, 65):
+        sent(alice, f"alice {i}")
+    until(carol, "team", shows("alice 64"))
+    kept = carol.state("team").lane(1, alice.fingerprint).times
+    assert len(kept) == MAX_LANE_TIMES and kept[-1][0] == alice.state("team").own(1).seq
