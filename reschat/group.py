@@ -50,8 +50,9 @@ raised to the lane time of the record before it in its lane (a record dated befo
 ``backdated`` and shown in the order written); when the record named was read here and its lane time is
 after the new record's, the new one is reported ``backdated`` and shown just after it. A mark that names
 nobody in the membership we hold, its writer's own lane, an epoch we cannot read, or a record we did not
-read (or whose time is no longer among the MAX_LANE_TIMES kept per lane) is not checked, and nothing else
-moves for it: the mark is its writer's word, checked only against what we read ourselves.
+read (or whose time is no longer among the MAX_LANE_TIMES kept per lane, for the lanes of the current epoch
+and the MAX_MARK_EPOCHS before it) is not checked, and nothing else moves for it: the mark is its writer's
+word, checked only against what we read ourselves.
 
 Limits: see the README ("Groups").
 """
@@ -173,8 +174,10 @@ _MARK_INDEX_BITS = 6
 _MARK_CHECK_BITS = 8
 _MARK_DELTA_SHIFT = _MARK_INDEX_BITS + _MARK_CHECK_BITS
 MAX_MARK_DELTA = 2 ** (31 - _MARK_DELTA_SHIFT) - 1
-#: Times kept of each lane's newest records, to check the causal marks that name them in later updates.
+#: Times kept of each lane's newest records, to check the causal marks that name them in later updates, for the
+#: lanes of the current epoch and of the MAX_MARK_EPOCHS before it (a mark naming an older one is not checked).
 MAX_LANE_TIMES = 64
+MAX_MARK_EPOCHS = 4
 
 
 # --- membership -----------------------------------------------------------------------------------
@@ -1567,6 +1570,9 @@ class GroupService:
             state.put_lane(epoch, writer, lane)
             lanes[(epoch, writer)] = [read[seq] for seq in sorted(read)]
             times[(epoch, writer)] = kept
+        for key, kept_lane in state.lanes.items():
+            if kept_lane.get("times") and int(key.split(":")[0]) < state.epoch - MAX_MARK_EPOCHS:
+                kept_lane["times"] = []  # bounded over the group's life, not only per lane
         shown_at: dict[tuple[int, str, int], datetime] = {}
         for (epoch, writer), in_order in lanes.items():
             label = self._label(state, writer)

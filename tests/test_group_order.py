@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from reschat.chat import ConversationView
-from reschat.group import MAX_LANE_TIMES, GroupState, encode_mark
+from reschat.group import MAX_LANE_TIMES, MAX_MARK_EPOCHS, GroupState, encode_mark
 from reschat.lane import Problem
 from reschat.ledger import MemoryLedger
 from reschat.page import MAX_SEQ
@@ -249,3 +249,19 @@ def test_a_mark_is_checked_against_a_message_read_in_an_earlier_update_and_the_t
     until(carol, "team", shows("alice 64"))
     kept = carol.state("team").lane(1, alice.fingerprint).times
     assert len(kept) == MAX_LANE_TIMES and kept[-1][0] == alice.state("team").own(1).seq
+
+
+def test_the_times_kept_for_marks_are_those_of_the_last_epochs_only(tmp_path: Path) -> None:
+    alice, _bob, carol = team(tmp_path, MemoryLedger())
+    sent(alice, "in epoch 1")
+    until(carol, "team", shows("in epoch 1"))
+    assert carol.state("team").lane(1, alice.fingerprint).times
+    name = "team"
+    for epoch in range(2, MAX_MARK_EPOCHS + 3):
+        alice.groups.rename(name, f"team {epoch}")
+        until(carol, name, lambda v, new=f"team {epoch}": v.friend == new)
+        name = f"team {epoch}"
+    state = carol.state(name)
+    assert state.epoch == MAX_MARK_EPOCHS + 2
+    assert state.lane(1, alice.fingerprint).times == []
+    assert state.lane(2, alice.fingerprint).times and state.lane(state.epoch, alice.fingerprint).times
