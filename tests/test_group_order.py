@@ -267,3 +267,22 @@ def test_the_times_kept_for_marks_are_those_of_the_last_epochs_only(tmp_path: Pa
     assert state.epoch == MAX_MARK_EPOCHS + 2
     assert state.lane(1, alice.fingerprint).times == []
     assert state.lane(2, alice.fingerprint).times and state.lane(state.epoch, alice.fingerprint).times
+
+
+def test_a_member_naming_a_message_written_after_its_own_cannot_get_that_messages_writer_reported(
+    tmp_path: Path,
+) -> None:
+    """alice's modified client names bob's next message before he writes it; bob, honest, reads hers and
+    replies. Each mark is checked against the date of what it names in its lane, not where that is shown:
+    alice's is reported and moved after bob's reply, and bob's, which names hers, is not reported for that."""
+    alice, bob, carol = team(tmp_path, MemoryLedger())
+    members = sorted(alice.state("team").current().fingerprints())
+    ahead = encode_mark(0, members.index(bob.fingerprint), bob.fingerprint, bob.state("team").own(1).seq + 1)
+    alice.groups._causal_mark = lambda _state, _epoch: ahead  # type: ignore[method-assign]
+    sent(alice, "x, claiming to have seen y")
+    until(bob, "team", shows("x, claiming to have seen y"))
+    sent(bob, "y, having seen x")
+    # carol reads alice's lane first (the membership's order): where x is shown is decided before y is checked.
+    view = until(carol, "team", lambda v: len(texts(v)) == 2)
+    assert texts(view) == ["y, having seen x", "x, claiming to have seen y"]
+    assert [p.lane for p in backdated(view)] == ["alice"]
