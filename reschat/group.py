@@ -42,6 +42,24 @@ again on top of it as the following epoch, and a member that had moved to the lo
 messages of that epoch again in the winner's. What a member taken out writes in its old lane after we
 adopted the change is neither shown nor taken.
 
+Order
+-----
+A group record's causal pair (``Record.causal``, the pair's field, same bytes) names ONE record its writer
+had read: the newest, by its date in its lane, of the messages of the other members it read (its own lane
+excluded, and a date more than ``CLOCK_AHEAD`` past the writer's clock when read left out), kept as
+``GroupState.newest_seen``. The first number packs that record's lane, its index + 1 in its epoch's
+membership sorted by fingerprint (1-32; 0 names nobody), the first byte of its writer's fingerprint, and how
+many epochs before the record's own it was written (``encode_mark``); the second is its sequence number;
+a second number of 0 names nothing (so every group record written before the mark, (epoch, 0), is read and
+not checked). The rule each reader applies (``GroupService._order``): a record's *lane time* is its date,
+raised to the lane time of the record before it in its lane (a record dated before it is reported
+``backdated`` and shown in the order written); when the record named was read here and its lane time is
+after the new record's, the new one is reported ``backdated`` and shown just after it. A mark that names
+nobody in the membership we hold, its writer's own lane, an epoch we cannot read, or a record we did not
+read (or whose time is no longer among the MAX_LANE_TIMES kept per lane, for the lanes of the current epoch
+and the MAX_MARK_EPOCHS before it) is not checked, and nothing else moves for it: the mark is its writer's
+word, checked only against what we read ourselves.
+
 Limits: see the README ("Groups").
 """
 
@@ -61,6 +79,7 @@ from Crypto.Random import get_random_bytes
 
 from reschat import crypto, files, kem, retention, schedule
 from reschat.chat import (
+    CLOCK_AHEAD,
     GROUP_INVITATION,
     GROUP_NOTICE,
     MAX_PAYLOAD_BYTES,
@@ -100,6 +119,7 @@ from reschat.page import (
     GENESIS_HASH,
     MAX_EPOCH,
     MAX_PAGE_BYTES,
+    MAX_SEQ,
     MESSAGE_TYPES,
     PAGE_CAPACITY,
     Record,
@@ -155,6 +175,18 @@ ROTATION_PAGES = 2
 _LABEL_NEUTRAL = str.maketrans({"(": "[", ")": "]", ",": ";"})
 #: Where a membership line names its target (a NUL: never part of a validated name).
 WHO = "\x00who\x00"
+#: The causal mark's first field (``Record.causal[0]`` of a group record): the named lane's index + 1 in its
+#: epoch's membership sorted by fingerprint (6 bits: 1-32, 0 names nobody), the first byte of that member's
+#: fingerprint (8 bits: a membership told differently names nobody rather than someone else) and how many
+#: epochs before the record's own the named record was written (17 bits). 31 bits: under ``MAX_EPOCH``.
+_MARK_INDEX_BITS = 6
+_MARK_CHECK_BITS = 8
+_MARK_DELTA_SHIFT = _MARK_INDEX_BITS + _MARK_CHECK_BITS
+MAX_MARK_DELTA = 2 ** (31 - _MARK_DELTA_SHIFT) - 1
+#: Times kept of each lane's newest records, to check the causal marks that name them in later updates, for the
+#: lanes of the current epoch and of the MAX_MARK_EPOCHS before it (a mark naming an older one is not checked).
+MAX_LANE_TIMES = 64
+MAX_MARK_EPOCHS = 4
 
 
 # --- membership -----------------------------------------------------------------------------------
@@ -310,6 +342,9 @@ class LaneState:
     closed_at: int | None = None
     #: The page from which a gap in the records (seq + 1 not read yet) is read again (0: none).
     held: int = 0
+    #: [seq, micros] of the newest MAX_LANE_TIMES records read, dated in the order written (a record is never
+    #: earlier than one before it in the lane): what a causal mark naming one of them is checked against.
+    times: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -355,6 +390,9 @@ class GroupState:
     named: list[str] = field(default_factory=list)  # members a witness named whom our membership lacks
     witness_due: int = 0  # an epoch that added members, whose membership we still owe them on its board
     unread: int = 0
+    #: [micros, epoch, writer, seq, the admin who started that epoch] of the newest message of another member
+    #: read (by its date in its lane, at most CLOCK_AHEAD past our clock when read): what our next mark names.
+    newest_seen: list[Any] = field(default_factory=list)
 
     def membership(self, epoch: int) -> Membership | None:
         data = self.epochs.get(str(epoch))
@@ -740,7 +778,10 @@ class GroupService:
         if own.last_time:
             now = max(now, parse_timestamp(own.last_time) + timedelta(microseconds=1))
         record = Record(
-            type=msg_type, seq=own.seq + 1, prev=bytes.fromhex(own.head), timestamp=now, causal=(epoch, 0),
+            type=msg_type, seq=own.seq + 1, prev=bytes.fromhex(own.head), timestamp=now,
+            # A message sent again after a lost race names nothing: what we read since it was first written
+            # is newer than its first time, and naming it would have it reported backdated.
+            causal=self._causal_mark(state, epoch) if at is None else (epoch, 0),
             type_ext=type_ext, body=body,
         )
         needed = sealed_record_size(record_content_size(type_ext, len(body)))
@@ -776,6 +817,20 @@ class GroupService:
         message = ChatMessage(sender=ME, receiver=state.name, time=now, type=msg_type, type_ext=type_ext, body=body,
                               seq=record.seq, status="pending", epoch=epoch)
         return self._address(state, epoch, self.me, own.page), value, message
+
+    def _causal_mark(self, state: GroupState, epoch: int) -> tuple[int, int]:
+        """The causal pair of our next record of ``epoch``: the newest message of another member we read
+        (``GroupState.newest_seen``), or (epoch, 0) when there is none we can name."""
+        try:
+            _micros, seen_epoch, writer, seq, by = state.newest_seen
+            membership = state.membership(int(seen_epoch))
+            readers = sorted(membership.fingerprints()) if membership is not None else []
+            # An epoch another admin started at the same time and won is another epoch of the same number.
+            if writer == self.me or writer not in readers or membership is None or membership.by != by:
+                return epoch, 0
+            return encode_mark(epoch - int(seen_epoch), readers.index(writer), writer, int(seq))
+        except (ValueError, TypeError):
+            return epoch, 0  # none read yet (or a lost race moved us below its epoch): the mark names nobody
 
     def _set_all(self, writes: list[tuple[str, str]]) -> LedgerError | None:
         error: LedgerError | None = None
@@ -1153,6 +1208,7 @@ class GroupService:
                 # What others wrote must never raise out of an update: this group's trouble is one line of
                 # it, and every other group (and the rest of this one's update) goes on.
                 problems.append(Problem(ME, "damaged", f"the group could not be read in full: {exc}"))
+            shown_at = self._order(state, shown, problems)
             self._confirm(state, shown)
             self._after_update(state, problems)
             rebase, state.rebase = state.rebase, []
@@ -1160,7 +1216,7 @@ class GroupService:
         for change in rebase:
             self._reapply(state.name, change, problems)
         state = self.store.load(found.id)
-        return self._view(state, session, shown, problems)
+        return self._view(state, session, shown, problems, shown_at)
 
     def _read_epochs(
         self, state: GroupState, everything: bool, problems: list[Problem],
@@ -1516,6 +1572,98 @@ class GroupService:
             state.mine[epoch_text] = own.to_dict()
         self._remote_own = {}
         self._set_all(writes)
+
+    # -- order ---------------------------------------------------------------------------------------
+
+    def _order(
+        self, state: GroupState, shown: dict[tuple[int, str], list[OpenPage]], problems: list[Problem],
+    ) -> dict[tuple[int, str, int], datetime]:
+        """When each record read is shown: never above one its writer wrote before it, nor above the record
+        of another member its causal mark names (each contradiction reported ``backdated``, as for pairs).
+
+        A record's *lane time* is its date, raised to the lane time of the record before it in its lane (a
+        lane's dates come from one writer: that writer's earlier record is never below it). A causal mark is
+        checked against the lane time of the record it names, never against where that record is shown, so
+        that a member who names a record written after its own cannot get that record's honest writer
+        reported. A mark naming what we have not read (or nobody in the membership we hold) is not checked.
+        Lane times are kept (``LaneState.times``) for marks read in later updates; the newest message of
+        others read becomes ``newest_seen``, what our next record names.
+        """
+        now = self.chat.clock()
+        lanes: dict[tuple[int, str], list[Record]] = {}
+        times: dict[tuple[int, str], dict[int, int]] = {}
+        for (epoch, writer), pages in shown.items():
+            lane = state.lane(epoch, writer)
+            closed = lane.closed_at if writer != self.me else None
+            read: dict[int, Record] = {}
+            for page in pages:
+                for record in page.records:
+                    if closed is None or record.seq <= closed:  # what _view shows of a member taken out
+                        read.setdefault(record.seq, record)
+            kept = {int(seq): int(micros) for seq, micros in lane.times}
+            label = self._label(state, writer)
+            previous = 0
+            for seq in sorted({*kept, *read}):
+                if seq not in read:
+                    previous = max(previous, kept[seq])
+                    continue
+                micros = to_micros(read[seq].timestamp)
+                if micros < previous and writer != self.me:
+                    problems.append(Problem(label, "backdated", f"message #{seq} is dated before the message "
+                                            "written before it; it is shown in the order written",
+                                            _from_micros(previous)))
+                kept[seq] = previous = max(micros, previous)
+            lane.times = [[seq, kept[seq]] for seq in sorted(kept)[-MAX_LANE_TIMES:]]
+            state.put_lane(epoch, writer, lane)
+            lanes[(epoch, writer)] = [read[seq] for seq in sorted(read)]
+            times[(epoch, writer)] = kept
+        for key, kept_lane in state.lanes.items():
+            if kept_lane.get("times") and int(key.split(":")[0]) < state.epoch - MAX_MARK_EPOCHS:
+                kept_lane["times"] = []  # bounded over the group's life, not only per lane
+        shown_at: dict[tuple[int, str, int], datetime] = {}
+        for (epoch, writer), in_order in lanes.items():
+            label = self._label(state, writer)
+            at: datetime | None = None
+            for record in in_order:
+                lane_time = _from_micros(times[(epoch, writer)][record.seq])
+                at = lane_time if at is None else max(at, lane_time)
+                named = self._named(state, epoch, writer, record.causal, times) if writer != self.me else None
+                if named is not None and lane_time < named[3]:
+                    whose = "your" if named[0] == self.me else f"{self._label(state, named[0])}'s"
+                    problems.append(Problem(label, "backdated", f"message #{record.seq} was written after {whose} "
+                                            f"message #{named[1]} but is dated before it; it is shown after it",
+                                            named[3]))
+                    at = max(at, named[3] + timedelta(microseconds=1))
+                shown_at[(epoch, writer, record.seq)] = at
+                if writer != self.me and not (record.type == "setting" and record.type_ext) \
+                        and lane_time <= now + CLOCK_AHEAD:
+                    # A message dated further ahead of our clock is not named: one member's clock far ahead
+                    # (or its lie) would otherwise get every later message of everyone reported and moved.
+                    micros = to_micros(lane_time)
+                    if not state.newest_seen or micros > int(state.newest_seen[0]):
+                        membership = state.membership(epoch)
+                        state.newest_seen = [micros, epoch, writer, record.seq, membership.by if membership else ""]
+        return shown_at
+
+    def _named(
+        self, state: GroupState, epoch: int, writer: str, causal: tuple[int, int],
+        times: dict[tuple[int, str], dict[int, int]],
+    ) -> tuple[str, int, int, datetime] | None:
+        """(writer, seq, epoch, lane time) of the record ``writer``'s record of ``epoch`` names, when we read
+        it; None for a mark that names nobody, its own lane, or anything we have not read."""
+        mark = decode_mark(epoch, causal)
+        if mark is None:
+            return None
+        seen_epoch, index, check, seq = mark
+        membership = state.membership(seen_epoch)
+        members = sorted(membership.fingerprints()) if membership is not None else []
+        if index >= len(members) or members[index] == writer or int(members[index][:2], 16) != check:
+            return None
+        named = members[index]
+        if (seen_epoch, named) not in times:
+            times[(seen_epoch, named)] = {int(s): int(m) for s, m in state.lane(seen_epoch, named).times}
+        micros = times[(seen_epoch, named)].get(seq)
+        return None if micros is None else (named, seq, seen_epoch, _from_micros(micros))
 
     # -- membership as read --------------------------------------------------------------------------
 
@@ -2081,7 +2229,7 @@ class GroupService:
 
     def _view(
         self, state: GroupState, session: _Session, shown: dict[tuple[int, str], list[OpenPage]],
-        problems: list[Problem],
+        problems: list[Problem], shown_at: dict[tuple[int, str, int], datetime],
     ) -> ConversationView:
         messages: list[ChatMessage] = []
         new_messages: list[ChatMessage] = []
@@ -2104,7 +2252,8 @@ class GroupService:
                     if own is not None:
                         status = "delivered" if record.seq <= own.confirmed else "pending"
                     message = ChatMessage(
-                        sender=label, receiver=ME if own is None else state.name, time=record.timestamp,
+                        sender=label, receiver=ME if own is None else state.name,
+                        time=shown_at.get(key, record.timestamp),
                         type=record.type, type_ext=record.type_ext, body=record.body, seq=record.seq,
                         status=status, epoch=epoch,
                     )
@@ -2157,6 +2306,27 @@ def _same_change(adopted: Membership, change: dict[str, Any]) -> bool:
     """Whether ``change`` names what ``adopted`` holds (the epoch one admin started): members, name, action."""
     return [m.to_list() for m in adopted.members] == change.get("m") and adopted.name == change.get("n") \
         and adopted.action == change.get("a") and adopted.target == str(change.get("t", ""))
+
+
+def encode_mark(delta: int, index: int, fingerprint: str, seq: int) -> tuple[int, int]:
+    """The causal pair of a group record naming record ``seq`` of the member ``fingerprint``, whose lane is
+    ``index`` (0-based) in the membership, sorted by fingerprint, of the epoch ``delta`` before the record's."""
+    if not 0 <= delta <= MAX_MARK_DELTA or not 0 <= index < MAX_MEMBERS or not 1 <= seq < MAX_SEQ:
+        raise ValueError("a causal mark out of range")
+    return (delta << _MARK_DELTA_SHIFT) | (int(fingerprint[:2], 16) << _MARK_INDEX_BITS) | (index + 1), seq
+
+
+def decode_mark(epoch: int, causal: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """What the causal pair of a record of ``epoch`` names: (epoch, index 0-based, first fingerprint byte, seq),
+    or None when it names nobody (seq 0, as in every group record written before the mark: (epoch, 0)).
+    Any pair a page parses to decodes without error; what it names is for the reader to look up, never trusted."""
+    first, seq = causal
+    index = first & ((1 << _MARK_INDEX_BITS) - 1)
+    check = (first >> _MARK_INDEX_BITS) & ((1 << _MARK_CHECK_BITS) - 1)
+    delta = first >> _MARK_DELTA_SHIFT
+    if seq <= 0 or index == 0 or delta >= epoch:
+        return None
+    return epoch - delta, index - 1, check, seq
 
 
 def _timer(state: GroupState) -> int:

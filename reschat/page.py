@@ -10,7 +10,8 @@ that page secret (``schedule``). Inside, the header names the conversation, the 
 the page number, the link to the lane's previous record, a digest of the slots and the writer's next
 receive key, and is signed (RSA-PSS) by the writer. Each record holds the seed's fields (type,
 timestamp, type extension, text) with its sequence number, the hash of the lane's previous record and
-the causal mark (the newest record of the friend's lane its writer had seen), padded to a size bucket
+the causal mark (in a pair, the newest record of the friend's lane its writer had seen; in a group, one
+record of another member's lane, see ``group``), padded to a size bucket
 and followed by its RSA-PSS signature padded to 512 bytes (whatever the signer's key size). The
 signature covers the header's digest, so a record cannot be moved to another page, place or lane.
 
@@ -219,7 +220,9 @@ class Record:
     seq: int
     prev: bytes  # digest of the lane's previous record (GENESIS_HASH before the first of an epoch)
     timestamp: datetime
-    causal: tuple[int, int]  # (epoch, seq) of the newest record of the friend's lane its writer had seen
+    #: Pairs: (epoch, seq) of the newest record of the friend's lane its writer had seen. Groups: one record of
+    #: another member its writer had read, as ``group.encode_mark`` packs it ((epoch, 0): none). Checked, never trusted.
+    causal: tuple[int, int]
     type_ext: str
     body: bytes
     signature: bytes = b""
