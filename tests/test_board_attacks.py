@@ -533,3 +533,28 @@ def test_a_member_the_winner_removed_sends_nothing_again(tmp_path: Path) -> None
     assert ledger.get(winner.groups.lane_address(current(winner).name, carol.fingerprint, 3, 1)) is None
     for who in (winner, loser):
         assert "carol, in the losing epoch" not in texts(who.groups.load_all(current(who).name))
+
+
+def test_a_witness_can_neither_take_a_member_out_nor_make_anyone_an_admin(tmp_path: Path) -> None:
+    """carol (no admin) vouches, with her modified client, for a membership without bob in which dave and she
+    are admins. dave keeps the membership he was given (only a witness's own writer is ever counted in, and as
+    no admin), and reports the difference. Fails if ``_read_board`` took the witness's membership (or its
+    admin flags) instead of appending ``Member(writer, entry.since, False)`` for a writer it was not given."""
+    ledger = MemoryLedger()
+    alice, bob, carol, dave = added(tmp_path, ledger)
+    joined(dave)
+    honest = {slot: ledger.get(board_slot(alice, "team", slot)) for slot in range(1, 33)}
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    for slot in range(1, 33):  # her modified client writes no honest witness (bob gone: her slot may move)
+        if ledger.get(board_slot(alice, "team", slot)) != honest[slot]:
+            ledger.set(board_slot(alice, "team", slot), honest[slot] or JUNK)
+    state = carol.groups.store.load(carol.state("team").id)
+    state.epochs["2"]["members"] = [[f, s, 1 if f in (carol.fingerprint, dave.fingerprint) else a]
+                                    for f, s, a in state.epochs["2"]["members"] if f != bob.fingerprint]
+    carol.groups._write_witness(state)
+    views = [dave.groups.get_update("team") for _ in range(2)]
+    assert carol.fingerprint in dave.state("team").witnesses
+    given = dave.state("team").current()
+    assert sorted(given.fingerprints()) == sorted(alice.state("team").current().fingerprints())
+    assert not given.get(dave.fingerprint).admin and not given.get(carol.fingerprint).admin  # type: ignore[union-attr]
+    assert any(p.kind == "forged" and "differs" in p.detail for v in views for p in v.problems)
