@@ -558,3 +558,30 @@ def test_a_witness_can_neither_take_a_member_out_nor_make_anyone_an_admin(tmp_pa
     assert sorted(given.fingerprints()) == sorted(alice.state("team").current().fingerprints())
     assert not given.get(dave.fingerprint).admin and not given.get(carol.fingerprint).admin  # type: ignore[union-attr]
     assert any(p.kind == "forged" and "differs" in p.detail for v in views for p in v.problems)
+
+
+@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: a member reads only the lanes of its epoch and the one "
+                   "before (_readable_epochs); the admin whose change loses makes a second change before it reads "
+                   "the winner's, so it stops reading the epoch where the winner's change is and never loses its "
+                   "own: it stays on its own line of epochs (its 3 is not the others' 3) and the winner never "
+                   "reads what it writes; the members do not converge and nothing says so")
+def test_an_admin_that_makes_two_changes_in_a_row_during_a_race_does_not_split_the_group(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.make_admin("team", "bob")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    loser.groups.rename("team", "second")
+    loser.groups.rename("second", "third")  # two changes in a row, before its next update
+    winner.groups.rename("team", "first")  # the race for epoch 3, which the winner wins
+    for _ in range(6):
+        for who in (winner, loser, carol):
+            who.groups.get_update(current(who).name)
+    loser.groups.send_message("from the loser", current(loser).name)
+    for _ in range(4):
+        for who in (winner, loser, carol):
+            who.groups.get_update(current(who).name)
+    starts = {(current(who).epochs["3"]["by"], current(who).epochs["3"]["secret"]) for who in (winner, loser, carol)}
+    assert len(starts) == 1, "members disagree about epoch 3"
+    assert "from the loser" in texts(winner.groups.load_all(current(winner).name))
