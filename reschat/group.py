@@ -28,9 +28,11 @@ starts and the whole membership of that epoch. The admin writes it twice:
 A member added to the group receives the new epoch's secret through an invitation (``INVITE_EXT``)
 in the admin's pairwise lane with them (an admin adds only friends), and so can read nothing of any
 earlier epoch. Since it cannot read the change the others took either, each member of the epoch before
-vouches to it for that membership on the new epoch's *board* (``WITNESS_EXT``, ``_write_witness``), and
-a witness's writer, who holds the epoch's secret and names the new member, is counted in even when the
-inviting admin left it out (``_read_board``).
+vouches to it for that membership (``WITNESS_EXT``, ``_write_witness``): in its own lane of the new epoch
+and on the epoch's *board*, where a member the new one was not told of can be found. A witness's writer,
+who holds the epoch's secret and names the new member, is counted in even when the inviting admin left
+it out, provided every member the new one was given that vouched names it too (``_recount``); so counted,
+it is provisional until the admin's next change names it (``_checking``).
 
 A member leaves with a signed ``LEAVE_EXT`` record in its own lane; the first remaining admin (or, when
 no admin remains, the longest-standing member, who thereby becomes admin) starts the epoch without them
@@ -158,6 +160,12 @@ MAX_EPOCHS_PER_UPDATE = 4
 MAX_PROBE_ROUNDS = 4
 #: Decapsulations one update may spend on pages whose slot is not where the membership puts it.
 MAX_DECAPSULATIONS = 512
+#: The board's own budget per update (its outcomes are kept by value, so junk costs it once): junk on the
+#: board never takes what the lanes' key pages need.
+MAX_BOARD_DECAPSULATIONS = 128
+#: How many of our updates re-read our witness on the board (and put it back) while an added member has
+#: not written a page we could open.
+MAX_WITNESS_CHECKS = 64
 MAX_RECEIVE_KEYS = 8
 #: Pages whose outcome (opened or refused) stays cached between updates, and the bytes of opened values kept.
 MAX_OPENED = 1024
@@ -387,8 +395,14 @@ class GroupState:
     #: the members whose witness of it we read on its board (``_read_board``).
     newcomer: int = 0
     witnesses: list[str] = field(default_factory=list)
-    named: list[str] = field(default_factory=list)  # members a witness named whom our membership lacks
+    named: list[str] = field(default_factory=list)  # members every member we were given names, and we lack
+    given: list[list[Any]] = field(default_factory=list)  # the membership the inviting admin gave us
+    board: dict[str, list[str]] = field(default_factory=dict)  # witness writer -> the members it names
+    provisional: list[str] = field(default_factory=list)  # counted in from the board (``_recount``)
     witness_due: int = 0  # an epoch that added members, whose membership we still owe them on its board
+    #: Our witness as written, to put back while the members it vouches to may still need it:
+    #: {"epoch", "slot", "value", "checks"}.
+    witness_kept: dict[str, Any] = field(default_factory=dict)
     unread: int = 0
     #: [micros, epoch, writer, seq, the admin who started that epoch] of the newest message of another member
     #: read (by its date in its lane, at most CLOCK_AHEAD past our clock when read): what our next mark names.
@@ -533,6 +547,10 @@ class GroupService:
         self._asked_cards: set[str] = set()  # friends asked for their card this session (CARD_REQUEST)
         self._sessions: dict[str, _Session] = {}
         self._decaps = 0
+        self._board_decaps = 0
+        #: Board values already judged (digest -> witness, None when not ours, "" when not valid): junk is
+        #: opened once, not at every update.
+        self._board_seen: dict[str, tuple[dict[str, Any], str, str, bytes] | str | None] = {}
         #: Our own pages as this update's reads returned them (epoch -> page -> value), to confirm delivery.
         self._remote_own: dict[int, dict[int, str | None]] = {}
         self._session = _Session()  # the group being updated
@@ -1188,7 +1206,7 @@ class GroupService:
         session = self._sessions.setdefault(found.id, _Session())
         problems: list[Problem] = []
         shown: dict[tuple[int, str], list[OpenPage]] = {}
-        self._decaps = 0
+        self._decaps = self._board_decaps = 0
         rebase: list[dict[str, Any]] = []
         with self.store.lock(found.id):
             state = self.store.load(found.id)
@@ -1249,9 +1267,16 @@ class GroupService:
         rotation = {} if everything else self._rotation_places(state)
         rotation_wanted = {self._address(state, e, w, n): (e, w, n) for e, w, n in rotation}
         board = self._board_places(state)
-        found = self.ledger.get_many([*wanted, *(a for a in rotation_wanted if a not in wanted), *board])
+        witness = self._kept_witness(state)
+        found = self.ledger.get_many([*wanted, *(a for a in rotation_wanted if a not in wanted), *board,
+                                      *([witness] if witness else [])])
         if board:
             self._read_board(state, {slot: found.get(address) for address, slot in board.items()}, problems)
+        if witness and found.get(witness) != state.witness_kept["value"]:
+            # Erased or overwritten (the admin who left us out computes every slot): put back at once; the
+            # same bytes again are harmless, even after a stale read.
+            problems.append(Problem(ME, "restoring", "putting our witness back on the group's board"))
+            self._set_all([(witness, str(state.witness_kept["value"]))])
         for address, value in found.items():
             if address in wanted:
                 values[wanted[address]] = value
@@ -1428,8 +1453,10 @@ class GroupService:
             mine = SealedPage(slots=[sealed.slots[readers.index(self.me)]], header=sealed.header, records=[])
             self._decaps += len(candidates)
             return find_page_secret(mine, candidates)
-        if len(sealed.slots) > len(readers) and readers:
-            raise PageFormatError(f"it has {len(sealed.slots)} key slots; epoch {epoch} has {len(readers)} readers")
+        # More slots than readers: the writer counts in a member we do not (a new member's board can, when
+        # an admin showed two memberships); the page is still ours to read, within the budget.
+        if len(sealed.slots) > MAX_MEMBERS - 1:
+            raise PageFormatError(f"it has {len(sealed.slots)} key slots; a group has at most {MAX_MEMBERS} members")
         cost = len(candidates) * len(sealed.slots)
         if self._decaps + cost > MAX_DECAPSULATIONS:
             raise _Budget
@@ -1627,7 +1654,10 @@ class GroupService:
             for record in in_order:
                 lane_time = _from_micros(times[(epoch, writer)][record.seq])
                 at = lane_time if at is None else max(at, lane_time)
-                named = self._named(state, epoch, writer, record.causal, times) if writer != self.me else None
+                # A hidden membership record (a change, a key, a witness) is no message: its place is not shown.
+                hidden = record.type == "setting" and bool(record.type_ext)
+                named = self._named(state, epoch, writer, record.causal, times) \
+                    if writer != self.me and not hidden else None
                 if named is not None and lane_time < named[3]:
                     whose = "your" if named[0] == self.me else f"{self._label(state, named[0])}'s"
                     problems.append(Problem(label, "backdated", f"message #{record.seq} was written after {whose} "
@@ -1681,7 +1711,7 @@ class GroupService:
         if record.type_ext == CHANGE_EXT:
             named = data.get("e")
             if named == epoch + 1:
-                reason = check_change(state.membership(epoch), data, writer)
+                reason = check_change(self._checking(state, epoch, data), data, writer)
                 if reason:
                     problems.append(Problem(label, "forged", f"{reason}: ignored", record.timestamp))
                     return
@@ -1722,7 +1752,8 @@ class GroupService:
                     if data.get("a") != "create":
                         # The members of the epoch before took theirs from the change they read there; ours
                         # has one source, the inviting admin, until they vouch for it on the board.
-                        state.newcomer, state.witnesses = epoch, []
+                        state.newcomer, state.witnesses, state.named = epoch, [], []
+                        state.given, state.board, state.provisional = [m.to_list() for m in members], {}, []
                 elif membership is None or membership.by != writer:
                     problems.append(Problem(label, "forged", "a membership change for a started epoch "
                                             "(replayed, or not by the admin who started it): ignored",
@@ -1769,6 +1800,8 @@ class GroupService:
                         and fingerprint not in state.cards:
                     state.cards[fingerprint] = str(card)
                     state.vouched[fingerprint] = writer
+        elif record.type_ext == WITNESS_EXT:
+            self._lane_witness(state, epoch, writer, data, record, problems)
         elif record.type_ext == LEAVE_EXT:
             membership = state.membership(epoch)
             if data.get("e") != epoch or membership is None or membership.get(writer) is None:
@@ -1932,8 +1965,59 @@ class GroupService:
         record = Record(type="setting", seq=1, prev=GENESIS_HASH, timestamp=self.chat.clock(), causal=(epoch, 0),
                         type_ext=WITNESS_EXT, body=body)
         sealed, _signed, _digest = add_record(sealed, header, secret, record, self.chat._sign)
-        if self._set_all([(schedule.board_address(address_key, epoch, slot), sealed.to_string())]) is None:
+        value = sealed.to_string()
+        state.witness_kept = {"epoch": epoch, "slot": slot, "value": value, "checks": 0}
+        # The same witness in our own lane too: there nobody can erase or replace it unnoticed (a member
+        # could overwrite our board slot), so the new members we were given to count on always read it.
+        writes = [(schedule.board_address(address_key, epoch, slot), value)]
+        try:
+            writes.append(self._write(state, "setting", WITNESS_EXT, body)[:2])
+        except MessageError as exc:  # a member's card not read yet: the board copy serves alone
+            log.warning("the witness goes on the board only: %s", exc)
+        if self._set_all(writes) is None:
             state.witness_due = 0
+
+    def _lane_witness(self, state: GroupState, epoch: int, writer: str, data: dict[str, Any], record: Record,
+                      problems: list[Problem]) -> None:
+        """A witness in a member's own lane (the copy of its board witness that no one else can erase or
+        replace unnoticed): a new member counts it as that member's vouching; any other member compares it
+        with the membership it took."""
+        label = self._label(state, writer)
+        members = parse_members(data)
+        membership = state.membership(epoch)
+        if members is None or data.get("e") != epoch or membership is None or writer not in membership.fingerprints():
+            problems.append(Problem(label, "forged", "a witness that does not fit its lane: ignored", record.timestamp))
+            return
+        names = sorted(m.fingerprint for m in members)
+        if epoch == state.newcomer == state.epoch and writer != membership.by:
+            if state.board.get(writer, names) != names:
+                problems.append(Problem(label, "forged", "a second, different witness: the first one read stays",
+                                        record.timestamp))
+                return
+            if writer not in state.board and sorted(m.to_list() for m in members) != sorted(state.given):
+                problems.append(Problem(label, "forged", f"the membership of epoch {epoch} this member vouches "
+                                        "for differs from the one the admin who added you gave you (two "
+                                        "memberships of one epoch)", record.timestamp))
+            state.board[writer] = names
+            self._recount(state, problems)
+        elif epoch != state.newcomer and names != sorted(membership.fingerprints()):
+            problems.append(Problem(label, "forged", f"the membership of epoch {epoch} this member vouches for "
+                                    "differs from ours (an admin showed two memberships of one epoch)",
+                                    record.timestamp))
+
+    def _kept_witness(self, state: GroupState) -> str:
+        """The board address of our witness while we still re-read it ('' when not): until every member it
+        vouches to wrote a page we opened (then they count us in), at most MAX_WITNESS_CHECKS updates."""
+        kept = state.witness_kept
+        if not kept or kept.get("epoch") != state.epoch or int(kept.get("checks", 0)) >= MAX_WITNESS_CHECKS:
+            return ""
+        membership, before = state.current(), state.membership(state.epoch - 1)
+        added = [f for f in membership.fingerprints() if before is not None and before.get(f) is None]
+        if all(state.lane(state.epoch, f).top for f in added):
+            return ""
+        kept["checks"] = int(kept.get("checks", 0)) + 1
+        address_key, _conversation = self._keys(state, state.epoch)
+        return schedule.board_address(address_key, state.epoch, int(kept["slot"]))
 
     def _board_places(self, state: GroupState) -> dict[str, int]:
         """The board's slots a new member reads (address -> slot) until a member other than the inviting
@@ -1950,26 +2034,35 @@ class GroupService:
         return {schedule.board_address(address_key, state.epoch, slot): slot for slot in range(1, MAX_MEMBERS + 1)}
 
     def _read_board(self, state: GroupState, values: dict[int, str | None], problems: list[Problem]) -> None:
-        """Take in the witnesses on our epoch's board. A member who wrote one holds the epoch's secret (only
-        members are given it) and names us: it is a member, whatever the inviting admin told us, and is
-        counted in (as a member who is not an admin: that claim has no second source). A witness naming
-        another membership than ours is reported: the admin showed two memberships of one epoch."""
+        """Take in the witnesses on our epoch's board, then count its members again (``_recount``)."""
         epoch = state.epoch
+        membership = state.current()
         candidates = self._candidates(state)
         for slot, value in sorted(values.items()):
             if value is None:
                 continue
-            membership = state.current()
-            try:
-                found = self._open_witness(state, epoch, slot, value, candidates)
-            except _Budget:
-                return  # the rest of the board waits for the next update
-            except (PageFormatError, ValueError, KeyError, TypeError, KeyFormatError):
+            digest = hashlib.sha256(f"{epoch}:{slot}:{value}".encode("utf-8", "replace")).hexdigest()
+            seen: tuple[dict[str, Any], str, str, bytes] | str | None
+            if digest in self._board_seen:
+                seen = self._board_seen[digest]
+            else:
+                try:
+                    seen = self._open_witness(state, epoch, slot, value, candidates)
+                except _Budget:
+                    problems.append(Problem(ME, "skipped", "the rest of the group's board waits for the next update"))
+                    break
+                except (PageFormatError, ValueError, KeyError, TypeError, KeyFormatError):
+                    seen = ""
+                if len(self._board_seen) >= MAX_OPENED:
+                    self._board_seen.clear()
+                self._board_seen[digest] = seen
+            if seen == "":
                 problems.append(Problem(ME, "forged", f"slot {slot} of the board of epoch {epoch} holds no valid "
                                         "witness of a member: ignored"))
                 continue
-            if found is None:
+            if seen is None or isinstance(seen, str):
                 continue  # keyed to someone else: not ours to read
+            found = seen
             data, writer, card, announced = found
             members = parse_members(data)
             fprs = sorted(m.fingerprint for m in members or [])
@@ -1978,39 +2071,75 @@ class GroupService:
                 problems.append(Problem(ME, "forged", f"slot {slot} of the board of epoch {epoch} holds a witness "
                                         "that does not fit it: ignored"))
                 continue
-            if writer in (self.me, membership.by) or writer in state.witnesses:
+            if writer in (self.me, membership.by):
                 continue  # the inviting admin's word is what needs a second source
-            if membership.get(writer) is None and len(membership.members) >= MAX_MEMBERS:
-                problems.append(Problem(ME, "forged", f"slot {slot} of the board of epoch {epoch} names one member "
-                                        f"more than a group's {MAX_MEMBERS}: ignored"))
+            if sorted(fprs) != sorted(state.board.get(writer, fprs)):
+                problems.append(Problem(self._label(state, writer), "forged", "a second, different witness on "
+                                        "the board: the first one read stays"))
                 continue
-            state.witnesses.append(writer)
-            ours = sorted(m.to_list() for m in membership.members)
-            if membership.get(writer) is None:
-                entry = next(m for m in members if m.fingerprint == writer)
-                state.cards.setdefault(writer, card)
-                state.vouched[writer] = writer
-                membership = Membership(epoch, membership.secret, membership.by,
-                                        [*membership.members, Member(writer, entry.since, False)], membership.name,
-                                        membership.action, membership.target)
-                state.epochs[str(epoch)] = membership.to_dict()
-                own = state.own(epoch)
-                if own.page:  # its key slots leave the member out: nothing more is appended to it
-                    state.restricted = [*state.restricted[-15:], page_id(epoch, own.page)]
-                self._notice(state, writer, f"holds this epoch's key but was left out of the membership {WHO} "
-                             "gave you: counted as a member", epoch, membership.by)
-                problems.append(Problem(self._label(state, writer), "forged", "the admin who added you left out "
-                                        "of your membership a member who holds the group's key (two "
-                                        "memberships of one epoch): counted in now"))
-            elif sorted(m.to_list() for m in members) != ours:
+            if writer in state.board:
+                continue
+            state.board[writer] = fprs
+            state.cards.setdefault(writer, card)
+            if sorted(m.to_list() for m in members) != sorted(state.given):
                 problems.append(Problem(self._label(state, writer), "forged", f"the membership of epoch {epoch} "
-                                        "this member took differs from the one the admin who added you gave "
+                                        "this member vouches for differs from the one the admin who added you gave "
                                         "you (two memberships of one epoch)"))
-            state.named = sorted({*state.named, *(f for f in fprs if membership.get(f) is None)})[:MAX_MEMBERS]
             at = state.announced_at.get(writer, [0, 0])
             if (epoch, 0) > (at[0], at[1]) or writer not in state.announced:
                 state.announced[writer] = announced.hex()
                 state.announced_at[writer] = [epoch, 0]
+        self._recount(state, problems)
+
+    def _recount(self, state: GroupState, problems: list[Problem]) -> None:
+        """Our membership of the epoch we joined: what the inviting admin gave us, plus every member who
+        vouched on the board and whom every member we were given who vouched names too. A witness's writer
+        holds the epoch's secret, but a member could hand that to a key of its own making: the members we
+        were given are the check. Counted in this way, a member is provisional (not an admin, joined now):
+        the admin's next change names it as it is, or not at all (``_checking``)."""
+        epoch = state.epoch
+        membership = state.current()
+        given = [Member(str(f), int(s), bool(a)) for f, s, a in state.given]
+        given_fprs = {m.fingerprint for m in given}
+        vouchers = [names for writer, names in state.board.items() if writer in given_fprs]
+        state.witnesses = sorted(state.board)
+        counted = sorted(w for w in state.board if w not in given_fprs and w != membership.by
+                         and all(w in names for names in vouchers))[: MAX_MEMBERS - len(given)]
+        # Those every member we were given names (one at least) are waited for: their own witness counts them in.
+        state.named = sorted({f for names in vouchers for f in names if f not in given_fprs
+                              and all(f in other for other in vouchers)}) if vouchers else []
+        if counted == sorted(state.provisional):
+            return
+        for writer in sorted(set(counted) - set(state.provisional)):
+            state.vouched[writer] = writer
+            self._notice(state, writer, f"holds this epoch's key but was left out of the membership {WHO} gave "
+                         "you: counted as a member", epoch, membership.by)
+            problems.append(Problem(self._label(state, writer), "forged", "the admin who added you left out of your "
+                                    "membership a member who holds the group's key (two memberships of one "
+                                    "epoch): counted in now"))
+        for writer in sorted(set(state.provisional) - set(counted)):
+            self._notice(state, writer, "is no longer counted as a member: a member the admin gave you does not "
+                         "name them", epoch)
+        state.provisional = counted
+        members = [*given, *(Member(w, epoch, False) for w in counted)]
+        state.epochs[str(epoch)] = Membership(epoch, membership.secret, membership.by, members, membership.name,
+                                              membership.action, membership.target).to_dict()
+        own = state.own(epoch)
+        if own.page:  # its key slots were for another membership: nothing more is appended to it
+            state.restricted = [*state.restricted[-15:], page_id(epoch, own.page)]
+
+    def _checking(self, state: GroupState, epoch: int, change: dict[str, Any]) -> Membership | None:
+        """The membership of ``epoch`` that a change for the next one is checked against. In the epoch we
+        joined, members counted in from the board are the admin's to name: as the change names them, or gone
+        (they had no second source of their own, and must never make us refuse the admin's next change)."""
+        membership = state.membership(epoch)
+        if membership is None or epoch != state.newcomer or not state.provisional:
+            return membership
+        named = {m.fingerprint: m for m in parse_members(change) or []}
+        members = [m for m in membership.members if m.fingerprint not in state.provisional]
+        members += [named[f] for f in state.provisional if f in named]
+        return Membership(epoch, membership.secret, membership.by, members, membership.name, membership.action,
+                          membership.target)
 
     def _open_witness(
         self, state: GroupState, epoch: int, slot: int, value: str, candidates: list[tuple[int, kem.ReceiveKey]],
@@ -2019,9 +2148,9 @@ class GroupService:
         when no key of ours opens it; PageFormatError (or ValueError) when it is not a valid one."""
         sealed = SealedPage.from_string(value)
         cost = len(candidates) * len(sealed.slots)
-        if self._decaps + cost > MAX_DECAPSULATIONS:
+        if self._board_decaps + cost > MAX_BOARD_DECAPSULATIONS:
             raise _Budget
-        self._decaps += cost
+        self._board_decaps += cost
         opened_secret = find_page_secret(sealed, candidates)
         if opened_secret is None:
             return None
@@ -2050,7 +2179,8 @@ class GroupService:
         """Why a departure proposed for ``epoch`` cannot be taken yet ('' when it can, or is no departure)."""
         if change.get("a") != "leave":
             return ""
-        return check_change(state.membership(epoch - 1), change, by, state.departed.get(str(epoch - 1), []))
+        return check_change(self._checking(state, epoch - 1, change), change, by,
+                            state.departed.get(str(epoch - 1), []))
 
     def _close_lanes(self, state: GroupState, epoch: int, staying: list[str]) -> None:
         """Close, at what was read so far, the lanes of ``epoch`` of the members the next epoch takes out.
