@@ -116,6 +116,9 @@ _PARSED_KEPT = 64
 IntegrityProblem = Problem
 #: The type extension of a group invitation, a ``setting`` record of a pair's lane (see group.py).
 GROUP_INVITATION = "ginvite"
+#: The type extension of a member's request to an admin for a fresh start in a group whose local state it
+#: lost or holds only in an older copy (a ``setting`` record of a pair's lane, see group.py).
+GROUP_REJOIN = "grejoin"
 #: The type extension of a group's membership line (made by the group engine from verified records).
 GROUP_NOTICE = "group"
 
@@ -840,8 +843,9 @@ class ChatService:
     def _take_group_records(
         self, nickname: str, messages: list[ChatMessage], new_messages: list[ChatMessage]
     ) -> tuple[list[ChatMessage], list[ChatMessage]]:
-        """Hand the friend's group invitations to the group engine; they are no line of this chat."""
-        invitations = [m for m in messages if m.type == "setting" and m.type_ext == GROUP_INVITATION]
+        """Hand the friend's group invitations (and requests for a fresh start) to the group engine; they are
+        no line of this chat."""
+        invitations = [m for m in messages if m.type == "setting" and m.type_ext in (GROUP_INVITATION, GROUP_REJOIN)]
         if not invitations:
             return messages, new_messages
         self.group_invitations += [(nickname, m) for m in invitations if not m.outgoing]

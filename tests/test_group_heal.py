@@ -1,0 +1,198 @@
+"""Self-healing for a group member whose local group state was lost or is older than the ledger.
+
+A member whose copy of a group fell behind its own lane on the ledger (a group file restored from an older
+copy, the profile used on another machine) writes nothing more in that lane, asks the admins who are its
+friends for a fresh start, and an admin gives it one: the next epoch with the same membership, to which it
+is invited again. A member whose group file is gone is invited again by an admin's ``group add``.
+Everything runs in-process on a shared memory ledger, with the engine's real keys and pages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from Crypto.Random import get_random_bytes
+
+from reschat.chat import ConversationView
+from reschat.errors import MessageError
+from reschat.group import INVITE_EXT, REJOIN_EXT, GroupService, _json
+from reschat.ledger import MemoryLedger
+from reschat.page import PAGE_CAPACITY
+from tests.conftest import befriend, settle
+from tests.test_groups import Member, lane_values, member, team, texts, until
+
+#: Problems that would mean a page someone already read was written again, or a record was made up.
+REWRITES = {"rewritten", "forged", "rollback"}
+FRESH_START = "a fresh start after they lost their copy of the group"
+
+
+def restarted(who: Member) -> Member:
+    """The same profile opened again (the app restarted, or the profile copied to another machine)."""
+    return Member(who.person, GroupService(who.person.chat))
+
+
+def group_file(who: Member, group: str) -> Path:
+    return who.groups.store._path(who.state(group).id)
+
+
+def rewrites(views: list[ConversationView]) -> list[str]:
+    return [f"{p.lane}: {p.kind}: {p.detail}" for v in views for p in v.problems if p.kind in REWRITES]
+
+
+def lines(view: ConversationView, text: str) -> list[str]:
+    return [f"{m.sender} {m.text}" for m in view.messages if m.type_ext == "group" and text in m.text]
+
+
+def fall_behind(tmp_path: Path, ledger: MemoryLedger) -> tuple[Member, Member, Member, bytes, list[ConversationView]]:
+    """alice (admin), bob and carol; bob's group file is copied, bob writes more than a page after it (new
+    pages, new receive keys), alice and carol read it all, and alice writes a page keyed to bob's newest key."""
+    alice, bob, carol = team(tmp_path, ledger)
+    bob.groups.send_message("before the copy", "team")
+    views = [until(w, "team", lambda v: "before the copy" in texts(v)) for w in (alice, carol)]
+    backup = group_file(bob, "team").read_bytes()
+    last = f"after the copy {PAGE_CAPACITY + 2}"
+    for number in range(1, PAGE_CAPACITY + 3):
+        bob.groups.send_message(f"after the copy {number}", "team")
+    views += [until(w, "team", lambda v: last in texts(v)) for w in (alice, carol)]
+    bob.groups.get_update("team")  # bob's newest receive key is announced and used by alice's next page
+    alice.groups.send_message("for the newest bob", "team")
+    views.append(until(bob, "team", lambda v: "for the newest bob" in texts(v)))
+    return alice, bob, carol, backup, views
+
+
+def test_a_member_restored_from_an_older_copy_rewrites_nothing_and_gets_back_in(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol, backup, views = fall_behind(tmp_path, ledger)
+    written = lane_values(ledger, bob, "team", 1)
+    group_file(bob, "team").write_bytes(backup)
+    old = restarted(bob)
+    # The old copy's first write of the session compares its lane with the ledger and stops.
+    with pytest.raises(MessageError, match="older than the ledger"):
+        old.groups.send_message("from the old copy", "team")
+    view = old.groups.get_update("team")
+    assert [line for line in lines(view, "older than the ledger") if "asked alice" in line], view.messages
+    for _ in range(3):  # its updates re-send and put back nothing of its lane either
+        old.groups.get_update("team")
+    assert lane_values(ledger, bob, "team", 1) == written
+    with pytest.raises(MessageError, match="older than the ledger"):
+        old.groups.send_message("still the old copy", "team")
+    views += [w.groups.get_update("team") for w in (alice, carol)]
+    # alice reads bob's request (in their pairwise chat) and gives him a fresh start: epoch 2, same members.
+    settle(lambda: (alice.groups.accept_invitations(), alice.state("team").epoch)[1], lambda e: e == 2)
+    assert alice.state("team").current().action == "rejoin"
+    assert sorted(alice.state("team").current().fingerprints()) == sorted(w.fingerprint for w in (alice, bob, carol))
+    assert settle(lambda: old.groups.accept_invitations(), bool) == ["team"]
+    until(old, "team", lambda v: bool(old.state("team").current().members))
+    assert old.state("team").epoch == 2
+    # Both directions flow again, with carol (who is not bob's friend) too.
+    old.groups.send_message("back again", "team")
+    alice.groups.send_message("welcome back", "team")
+    carol.groups.send_message("hello again bob", "team")
+    views += [until(w, "team", lambda v: "back again" in texts(v)) for w in (alice, carol)]
+    mine = until(old, "team", lambda v: {"welcome back", "hello again bob"} <= set(texts(v)))
+    assert {"welcome back", "hello again bob"} <= set(texts(mine))
+    seen = until(carol, "team", lambda v: bool(lines(v, FRESH_START)))
+    assert len(lines(seen, FRESH_START)) == 1 and lines(seen, FRESH_START)[0].startswith("alice gave bob")
+    assert rewrites(views) == []
+    # Epoch 1 of bob's lane is as the other copy left it: nothing there was ever written twice.
+    assert lane_values(ledger, bob, "team", 1) == written
+
+
+def test_a_member_restored_from_a_copy_older_than_the_last_change_gets_back_in(tmp_path: Path) -> None:
+    """The copy knows epoch 1 only; the group moved to epoch 2 (a rename) after it was made, and bob cannot
+    open the key of epoch 2 (keyed to a receive key only the lost state held): the fresh start is epoch 3."""
+    ledger = MemoryLedger()
+    alice, bob, carol, backup, views = fall_behind(tmp_path, ledger)
+    alice.groups.rename("team", "crew")
+    until(bob, "team", lambda v: v.friend == "crew")
+    until(carol, "team", lambda v: v.friend == "crew")
+    assert bob.state("crew").epoch == 2
+    group_file(bob, "crew").write_bytes(backup)
+    old = restarted(bob)
+    old.groups.get_update("team")
+    assert old.state("team").behind == 1 and old.state("team").epoch == 1
+    settle(lambda: (alice.groups.accept_invitations(), alice.state("crew").epoch)[1], lambda e: e == 3)
+    assert settle(lambda: old.groups.accept_invitations(), bool) == ["crew"]
+    until(old, "crew", lambda v: bool(old.state("crew").current().members))
+    assert old.state("crew").epoch == 3
+    old.groups.send_message("back from epoch 1", "crew")
+    views.append(until(carol, "crew", lambda v: "back from epoch 1" in texts(v)))
+    carol.groups.send_message("carol in epoch 3", "crew")
+    assert "carol in epoch 3" in texts(until(old, "crew", lambda v: "carol in epoch 3" in texts(v)))
+    assert rewrites(views) == []
+
+
+def test_a_member_whose_group_file_is_gone_is_added_again_by_an_admin(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    bob.groups.send_message("before the loss", "team")
+    until(carol, "team", lambda v: "before the loss" in texts(v))
+    group_file(bob, "team").unlink()
+    fresh = restarted(bob)
+    assert not fresh.groups.is_group("team")
+    alice.groups.get_update("team")
+    assert alice.groups.add("team", "bob") is True  # a member already: invited again, not refused
+    assert settle(lambda: fresh.groups.accept_invitations(), bool) == ["team"]
+    until(fresh, "team", lambda v: bool(fresh.state("team").current().members))
+    assert fresh.state("team").epoch == 2
+    fresh.groups.send_message("bob is back", "team")
+    views = [until(w, "team", lambda v: "bob is back" in texts(v)) for w in (alice, carol)]
+    carol.groups.send_message("hi new bob", "team")
+    alice.groups.send_message("alice to new bob", "team")
+    back = until(fresh, "team", lambda v: {"hi new bob", "alice to new bob"} <= set(texts(v)))
+    assert {"hi new bob", "alice to new bob"} <= set(texts(back))
+    seen = until(carol, "team", lambda v: bool(lines(v, FRESH_START)))
+    assert len(lines(seen, FRESH_START)) == 1
+    assert rewrites([*views, back, seen]) == []
+
+
+def test_requests_for_a_fresh_start_that_are_not_the_members_own_are_not_acted_on(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    dave = member("dave", 3, tmp_path, ledger)
+    befriend(alice.person, dave.person)
+    befriend(bob.person, carol.person)
+    group_id = alice.state("team").id
+
+    def ask(sender: Member, to: str, by: str, epoch: int = 1) -> None:
+        body = _json({"g": group_id, "e": epoch, "by": by})
+        sender.person.chat.send_message(body, to, msg_type="setting", type_ext=REJOIN_EXT)
+
+    # carol (a member, not an admin) asks in bob's name; dave (no member) asks for himself; bob asks carol,
+    # who is no admin; a request naming an epoch that does not exist yet.
+    ask(carol, "alice", bob.fingerprint)
+    ask(dave, "alice", dave.fingerprint)
+    ask(bob, "carol", bob.fingerprint)
+    ask(bob, "alice", bob.fingerprint, epoch=7)
+    for who in (alice, carol):
+        for _ in range(3):
+            who.groups.accept_invitations()
+    assert alice.state("team").epoch == 1 and carol.state("team").epoch == 1
+    # bob's own request is acted on once, however often the pairwise chat shows it again (or a ledger
+    # writer replays its page): one fresh start, then none.
+    ask(bob, "alice", bob.fingerprint)
+    settle(lambda: (alice.groups.accept_invitations(), alice.state("team").epoch)[1], lambda e: e == 2)
+    for _ in range(3):
+        alice.groups.accept_invitations()
+    assert alice.state("team").epoch == 2
+
+
+def test_a_member_that_fell_behind_takes_a_fresh_start_only_from_an_admin_it_knows(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    alice, bob, carol, backup, _views = fall_behind(tmp_path, ledger)
+    befriend(bob.person, carol.person)
+    group_file(bob, "team").write_bytes(backup)
+    old = restarted(bob)
+    old.groups.get_update("team")
+    assert old.state("team").behind == 1
+    # carol is a member but no admin: her invitation to a later epoch is refused, however far it reaches.
+    invitation = _json({"g": old.state("team").id, "e": 5, "s": get_random_bytes(32).hex(), "n": "team",
+                        "by": carol.fingerprint})
+    carol.person.chat.send_message(invitation, "bob", msg_type="setting", type_ext=INVITE_EXT)
+    assert settle(lambda: old.groups.accept_invitations(), lambda joined: False, reads=3) == []
+    assert old.state("team").epoch == 1
+    settle(lambda: (alice.groups.accept_invitations(), alice.state("team").epoch)[1], lambda e: e == 2)
+    assert settle(lambda: old.groups.accept_invitations(), bool) == ["team"]
+    until(old, "team", lambda v: bool(old.state("team").current().members))
+    assert old.state("team").epoch == 2 and old.state("team").current().by == alice.fingerprint
