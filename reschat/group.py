@@ -870,7 +870,8 @@ class GroupService:
             asked.append(friend.nickname)
         older = "your copy of this group is older than the ledger"
         if asked:
-            text = f"{older}: asked {', '.join(asked)} (admin) to add you again"
+            text = f"{older}: asked {', '.join(asked)} (admin) to add you again; what was sent to the keys it " \
+                "lost stays unreadable"
         elif admins:
             text = f"{older}, and no admin of it is your friend: ask an admin to add you again (group add)"
         else:
@@ -1177,13 +1178,14 @@ class GroupService:
                 log.warning("an invitation from %s to a group already held was refused", nickname)
                 return ""
         state = existing or GroupState(id=group_id, name=self._free_name(str(data.get("n", "group"))))
-        if existing is not None and existing.behind >= existing.epoch:
+        fresh_start = existing is not None and existing.behind >= existing.epoch
+        if fresh_start:
             # A fresh start after epochs this copy missed (a rename among them): the name the admin gives now.
             state.name = self._adopt_name(state, str(data.get("n", state.name)))
         with self.store.lock(group_id):
             state.epochs[str(epoch)] = Membership(epoch, secret, friend.fingerprint, [], state.name).to_dict()
             state.epoch, state.status = epoch, ""
-            self._notice(state, friend.fingerprint, "added you", epoch)
+            self._notice(state, friend.fingerprint, "gave you a fresh start" if fresh_start else "added you", epoch)
             self.store.save(state)
         return state.name
 
@@ -1528,7 +1530,9 @@ class GroupService:
                 continue
             opened = self._open(state, epoch, writer, number, value)
             if isinstance(opened, Problem):
-                if opened.kind != "skipped":
+                # Pages keyed to receive keys a copy of ours made after this state are said once, by the line
+                # of ``_ask_for_fresh_start``: those keys are gone (forward secrecy), not the page.
+                if opened.kind != "skipped" and not (opened.kind == "undecryptable" and epoch <= state.behind):
                     problems.append(opened)
                 continue
             pages[number] = opened
