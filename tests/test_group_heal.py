@@ -9,6 +9,7 @@ Everything runs in-process on a shared memory ledger, with the engine's real key
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,14 @@ def lines(view: ConversationView, text: str) -> list[str]:
 
 def fall_behind(tmp_path: Path, ledger: MemoryLedger) -> tuple[Member, Member, Member, bytes, list[ConversationView]]:
     """alice (admin), bob and carol; bob's group file is copied, then bob writes more than a page (new pages,
-    with receive keys the copy does not hold), which alice and carol read; alice writes again after it."""
-    alice, bob, carol = team(tmp_path, ledger)
+    with receive keys the copy does not hold), which alice and carol read; alice writes again after it.
+
+    The copy is made while bob's newest page is not confirmed yet, and pages are re-sent as soon as a read
+    returns them different (``resend_after`` 0): the copy would re-send its older page at once if it could."""
+    alice, bob, carol = team(tmp_path, ledger, resend_after=timedelta(0))
     bob.groups.send_message("before the copy", "team")
     views = [until(w, "team", lambda v: "before the copy" in texts(v)) for w in (alice, carol)]
+    assert bob.state("team").own(1).unconfirmed()
     backup = group_file(bob, "team").read_bytes()
     last = f"after the copy {PAGE_CAPACITY + 2}"
     for number in range(1, PAGE_CAPACITY + 3):
