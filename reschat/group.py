@@ -36,6 +36,18 @@ start the same epoch, the one with the lower fingerprint wins for everyone who r
 adopting either; the other admin's change is applied again on top of it as the following epoch. What
 a member taken out writes in its old lane after we adopted the change is neither shown nor taken.
 
+Fresh starts
+------------
+A member whose state is behind its own lane on the ledger (a group file restored from an older copy, the
+profile used on another machine: our writer tag on a page past our state) writes nothing more in that
+epoch's lane (``GroupState.behind``): it would give pages others read a second version, and it cannot read
+its own lost pages to go on after them. It asks each admin who is its friend, with a signed ``REJOIN_EXT``
+record in their pairwise lane, for a fresh start; an admin starts the next epoch with the same membership
+(action ``rejoin``, checked by every member as any change) and invites it again, as ``add`` does for a
+member already in the group (one whose group file is gone). Everyone's lanes begin again in that epoch,
+so no (epoch, writer, page) is written twice, and the member's pages are keyed to its card until it
+announces a receive key there.
+
 Limits: see the README ("Groups").
 """
 
