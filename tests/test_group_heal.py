@@ -22,6 +22,7 @@ from reschat.ledger import MemoryLedger
 from reschat.page import PAGE_CAPACITY
 from tests.conftest import befriend, settle
 from tests.test_groups import Member, lane_values, member, team, texts, until
+from tests.test_protocol2 import stored
 
 #: Problems that would mean a page someone already read was written again, or a record was made up.
 REWRITES = {"rewritten", "forged", "rollback"}
@@ -170,6 +171,13 @@ def test_requests_for_a_fresh_start_that_are_not_the_members_own_are_not_acted_o
     ask(dave, "alice", dave.fingerprint)
     ask(bob, "carol", bob.fingerprint)
     ask(bob, "alice", bob.fingerprint, epoch=7)
+    # The ledger writer copies bob's signed request to carol over the next page of bob's lane with alice:
+    # it names bob, but was signed for another conversation.
+    sent_to_carol = stored(ledger)[bob.person.chat.lane_address("carol", mine=True, number=1)]
+    lane = [bob.person.chat.lane_address("alice", mine=True, number=n) for n in range(1, 9)]
+    ledger.set(next(key for key in lane if key not in stored(ledger)), sent_to_carol)
+    refused = alice.person.chat.get_update("bob").problems
+    assert {p.kind for p in refused} & {"undecryptable", "forged"}, refused
     for who in (alice, carol):
         for _ in range(3):
             who.groups.accept_invitations()
