@@ -516,6 +516,11 @@ class GroupService:
     def is_group(self, name: str) -> bool:
         return self._find(name) is not None
 
+    def waits_for_fresh_start(self, name: str) -> bool:
+        """Whether our copy of the group ``name`` fell behind the ledger (an admin's invitation is awaited)."""
+        found = self._find(name)
+        return found is not None and not found.status and found.behind >= found.epoch
+
     def _find(self, name: str) -> GroupState | None:
         wanted = name.strip().casefold()
         return next((g for g in self.store.all() if g.name.casefold() == wanted), None)

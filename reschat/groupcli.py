@@ -72,7 +72,7 @@ def open_groups(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
 def the_group(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> GroupService:
     """The group service, when ``args.nick`` names a group (after taking invitations not picked up yet)."""
     service = open_groups(args, settings, env)
-    if not service.is_group(args.nick):
+    if not service.is_group(args.nick) or service.waits_for_fresh_start(args.nick):
         service.accept_invitations()
     if not service.is_group(args.nick):
         raise _unknown(args.nick)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from Crypto.Random import get_random_bytes
 
+from reschat import crypto
 from reschat.chat import ConversationView
 from reschat.errors import MessageError
 from reschat.group import INVITE_EXT, REJOIN_EXT, GroupService, _json
@@ -22,6 +23,7 @@ from reschat.ledger import MemoryLedger
 from reschat.page import PAGE_CAPACITY
 from tests.conftest import befriend, settle
 from tests.test_groups import Member, lane_values, member, team, texts, until
+from tests.test_groups_cli import PASSWORD, card, run
 from tests.test_protocol2 import stored
 
 #: Problems that would mean a page someone already read was written again, or a record was made up.
@@ -209,3 +211,58 @@ def test_a_member_that_fell_behind_takes_a_fresh_start_only_from_an_admin_it_kno
     assert settle(lambda: old.groups.accept_invitations(), bool) == ["team"]
     until(old, "team", lambda v: bool(old.state("team").current().members))
     assert old.state("team").epoch == 2 and old.state("team").current().by == alice.fingerprint
+
+
+def test_group_add_gives_a_member_whose_group_file_is_gone_a_fresh_start_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same, end to end through ``reschat`` (the SQLite ledger, each command a new session)."""
+    state = cli_team(tmp_path)
+    state.unlink()
+    capsys.readouterr()
+    assert run(tmp_path, "alice", "group", "add", "team", "bob") == 0
+    assert "invited again, with a fresh start" in capsys.readouterr().out
+    assert run(tmp_path, "bob", "send", "team", "bob is back") == 0
+    assert run(tmp_path, "carol", "read", "team") == 0
+    out = " ".join(capsys.readouterr().out.replace("│", "").split())  # long lines wrap
+    assert "bob is back" in out and out.count(FRESH_START) == 1, out
+    assert run(tmp_path, "carol", "send", "team", "welcome back") == 0
+    assert run(tmp_path, "bob", "read", "team") == 0
+    out = capsys.readouterr().out
+    assert "welcome back" in out and "Traceback" not in out
+
+
+def test_a_member_whose_copy_fell_behind_is_told_in_one_line_and_healed_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    state = cli_team(tmp_path)
+    backup = state.read_bytes()
+    for number in range(3):
+        assert run(tmp_path, "bob", "send", "team", f"after the copy {number}") == 0
+    state.write_bytes(backup)
+    capsys.readouterr()
+    assert run(tmp_path, "bob", "send", "team", "from the old copy") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "older than the ledger" in err and "Traceback" not in err, err
+    assert run(tmp_path, "bob", "read", "team") == 0
+    out = " ".join(capsys.readouterr().out.replace("│", "").split())
+    assert out.count("your copy of this group is older than the ledger: asked alice (admin)") == 1, out
+    assert run(tmp_path, "alice", "groups") == 0  # alice's client reads the request and acts on it
+    assert run(tmp_path, "bob", "send", "team", "bob is back") == 0
+    assert run(tmp_path, "carol", "read", "team") == 0
+    out = " ".join(capsys.readouterr().out.replace("│", "").split())
+    assert "bob is back" in out and "after the copy 2" in out and "from the old copy" not in out
+    assert out.count(FRESH_START) == 1 and "rewritten" not in out and "forged" not in out, out
+
+
+def cli_team(root: Path) -> Path:
+    """alice (admin) with her friends bob and carol in 'team', through ``reschat``: bob's group file."""
+    for name in ("alice", "bob", "carol"):
+        crypto.create_keys(name, PASSWORD, root / name, scrypt_n=2**10)
+    for who, other in (("alice", "bob"), ("alice", "carol"), ("bob", "alice"), ("carol", "alice")):
+        assert run(root, who, "add", other, card(root, other)) == 0
+    assert run(root, "alice", "group", "create", "team", "bob", "carol") == 0
+    assert run(root, "bob", "send", "team", "before the copy") == 0
+    assert run(root, "carol", "read", "team") == 0
+    (state,) = (root / "bob").rglob("groups/*.state")
+    return state
