@@ -18,7 +18,8 @@ from Crypto.Random import get_random_bytes
 from reschat import crypto
 from reschat.chat import ConversationView
 from reschat.errors import MessageError
-from reschat.group import INVITE_EXT, REJOIN_EXT, GroupService, _json
+from reschat.group import INVITE_EXT, REJOIN_EXT, GroupService, Membership, _json, check_change
+from reschat.group import Member as GroupMember
 from reschat.ledger import MemoryLedger
 from reschat.page import PAGE_CAPACITY
 from tests.conftest import befriend, settle
@@ -211,6 +212,25 @@ def test_a_member_that_fell_behind_takes_a_fresh_start_only_from_an_admin_it_kno
     assert settle(lambda: old.groups.accept_invitations(), bool) == ["team"]
     until(old, "team", lambda v: bool(old.state("team").current().members))
     assert old.state("team").epoch == 2 and old.state("team").current().by == alice.fingerprint
+
+
+def test_a_fresh_start_keeps_the_membership_as_it_is_or_is_refused() -> None:
+    """The rule every member applies to a ``rejoin`` change read in an admin's lane."""
+    a, b, c, d = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+    old = Membership(1, "00" * 32, a, [GroupMember(a, 1, True), GroupMember(b, 1, False), GroupMember(c, 1, False)],
+                     "team")
+    rejoin_b = {"g": "x", "e": 2, "a": "rejoin", "t": b, "n": "team", "by": a, "m": [[a, 1, 1], [b, 1, 0], [c, 1, 0]]}
+    assert check_change(old, rejoin_b, a) == ""
+    assert "not an admin" in check_change(old, {**rejoin_b, "by": c}, c)
+    for bad in (
+        {**rejoin_b, "m": [[a, 1, 1], [b, 1, 0], [c, 1, 0], [d, 2, 0]]},  # someone added
+        {**rejoin_b, "m": [[a, 1, 1], [b, 1, 0]]},  # someone taken out
+        {**rejoin_b, "t": d},  # a target who is no member
+        {**rejoin_b, "t": a},  # the admin itself
+    ):
+        assert "fresh start that is not valid" in check_change(old, bad, a), bad
+    assert "admins" in check_change(old, {**rejoin_b, "m": [[a, 1, 1], [b, 1, 1], [c, 1, 0]]}, a)
+    assert "who joined when" in check_change(old, {**rejoin_b, "m": [[a, 1, 1], [b, 2, 0], [c, 1, 0]]}, a)
 
 
 def test_group_add_gives_a_member_whose_group_file_is_gone_a_fresh_start_from_the_command_line(
