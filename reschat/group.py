@@ -1352,7 +1352,7 @@ class GroupService:
                 values[wanted[address]] = value
         rotated = {place: found.get(a) for a, place in rotation_wanted.items()}
         # Before anything of ours is re-sent or put back: whether another copy of us wrote ahead of this state.
-        for epoch in epochs:
+        for epoch in [e for e, w in lanes if w == self.me]:
             if self._lane_ahead(state, epoch, {n: v for (e, w, n), v in values.items() if (e, w) == (epoch, self.me)}):
                 state.behind = max(state.behind, epoch)
             self._checked.add((state.id, epoch))
@@ -1880,9 +1880,15 @@ class GroupService:
         membership = state.current()
         if state.status or not membership.members:
             return  # nothing to write for a group we left, or whose member list has not arrived
+        if state.behind < state.epoch and (state.id, state.epoch) not in self._checked:
+            # Our lane was not read in this update (the member list came in it): compared before any write, as
+            # a profile that lost its group file and joined the epoch again may have pages there already.
+            self._check_own_lane(state)
         if state.behind >= state.epoch:
             self._ask_for_fresh_start(state)
             return  # our lane of this epoch is another copy's now: nothing is written in it
+        if (state.id, state.epoch) not in self._checked:
+            return  # the ledger could not be read: what we would write waits for the next update
         leavers = [f for f in state.leaving if membership.get(f) is not None]
         if leavers:
             remaining = [m for m in membership.members if m.fingerprint not in leavers]

@@ -156,6 +156,31 @@ def test_a_member_whose_group_file_is_gone_is_added_again_by_an_admin(tmp_path: 
     assert rewrites([*views, back, seen]) == []
 
 
+def test_a_member_whose_group_file_is_gone_and_takes_its_old_invitation_again_asks_for_a_fresh_start(
+    tmp_path: Path,
+) -> None:
+    """Its pairwise chat still shows the invitation to epoch 1: it joins epoch 1 again, with no state of its
+    lane there. Its first send finds its own pages on the ledger, writes nothing, and asks alice."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    bob.groups.send_message("before the loss", "team")
+    until(carol, "team", lambda v: "before the loss" in texts(v))
+    written = lane_values(ledger, bob, "team", 1)
+    group_file(bob, "team").unlink()
+    fresh = restarted(bob)
+    assert settle(lambda: fresh.groups.accept_invitations(), bool) == ["team"]
+    assert fresh.state("team").epoch == 1
+    with pytest.raises(MessageError, match="older than the ledger"):
+        fresh.groups.send_message("over my own page", "team")
+    assert lane_values(ledger, bob, "team", 1) == written
+    settle(lambda: (alice.groups.accept_invitations(), alice.state("team").epoch)[1], lambda e: e == 2)
+    assert settle(lambda: fresh.groups.accept_invitations(), bool) == ["team"]
+    until(fresh, "team", lambda v: bool(fresh.state("team").current().members))
+    fresh.groups.send_message("asked and back", "team")
+    view = until(carol, "team", lambda v: "asked and back" in texts(v))
+    assert rewrites([view]) == [] and lane_values(ledger, bob, "team", 1) == written
+
+
 def test_requests_for_a_fresh_start_that_are_not_the_members_own_are_not_acted_on(tmp_path: Path) -> None:
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
