@@ -1352,7 +1352,9 @@ class GroupService:
                 values[wanted[address]] = value
         rotated = {place: found.get(a) for a, place in rotation_wanted.items()}
         # Before anything of ours is re-sent or put back: whether another copy of us wrote ahead of this state.
-        for epoch in [e for e, w in lanes if w == self.me]:
+        # Only up to our current epoch: a later one we know is one we started and gave up for a concurrent
+        # change that won (``_resolve``), whose lane of ours is no longer in our state but is ours all the same.
+        for epoch in [e for e, w in lanes if w == self.me and e <= state.epoch]:
             if self._lane_ahead(state, epoch, {n: v for (e, w, n), v in values.items() if (e, w) == (epoch, self.me)}):
                 state.behind = max(state.behind, epoch)
             self._checked.add((state.id, epoch))

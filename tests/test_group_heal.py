@@ -311,3 +311,36 @@ def cli_team(root: Path) -> Path:
     assert run(root, "carol", "read", "team") == 0
     (state,) = (root / "bob").rglob("groups/*.state")
     return state
+
+
+def test_an_admin_whose_change_lost_a_race_is_not_taken_for_a_copy_that_fell_behind(tmp_path: Path) -> None:
+    """Two admins start epoch 3 at once; the loser gives its epoch 3 up before it can open the winner's key
+    (the ledger junked that page for a while). Its own pages in the epoch it gave up are its own writes, not
+    another copy's: it adopts the winner's epoch, applies its change again after it, and writes on."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.make_admin("team", "bob")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    alice.groups.rename("team", "alpha")
+    bob.groups.rename("team", "beta")
+    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    won, lost = ("alpha", "beta") if winner is alice else ("beta", "alpha")
+    key_page = winner.groups.lane_address(won, "me", 2, winner.state(won).own(2).page)
+    kept = stored(ledger)[key_page]
+    ledger.set(key_page, "reschat2:" + "A" * 400)
+    loser.groups.get_update(lost)  # it gives its epoch 3 up, and cannot open the winner's yet
+    assert loser.state(lost).behind == 0
+    ledger.set(key_page, kept)
+
+    def agreed() -> bool:
+        for who in (alice, bob, carol):
+            for group in who.groups.names():
+                who.groups.get_update(group)
+        return all(who.groups.store.all()[0].epoch == 4 for who in (alice, bob, carol))
+
+    settle(agreed, bool)
+    (state,) = loser.groups.store.all()
+    assert state.epoch == 4 and state.behind == 0
+    loser.groups.send_message("the loser writes on", state.name)
+    assert "the loser writes on" in texts(until(carol, state.name, lambda v: "the loser writes on" in texts(v)))
