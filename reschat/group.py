@@ -132,7 +132,7 @@ KEY_EXT = "gkey"
 ROSTER_EXT = "groster"
 LEAVE_EXT = "gleave"
 INVITE_EXT = GROUP_INVITATION
-#: A member's signed request, in its pairwise lane with an admin, for a fresh start (see ``GroupService._heal``).
+#: A member's signed request, in its pairwise lane with an admin, for a fresh start (``_ask_for_fresh_start``).
 REJOIN_EXT = GROUP_REJOIN
 #: The type extension of the membership lines the engine makes for display (never on the ledger).
 NOTICE_EXT = GROUP_NOTICE
@@ -952,7 +952,7 @@ class GroupService:
         with a fresh start (``rejoin``): the way back for a member whose copy of the group was lost."""
         friend = self.friends.get_friend(nickname)
         friend.receive_public  # noqa: B018 - an old card fails here, before anything is written
-        if friend.fingerprint != self.me and self._state(name).current().get(friend.fingerprint) is not None:
+        if self._state(name).current().get(friend.fingerprint) is not None:
             self._rejoin(name, friend.fingerprint)
             return True
 
