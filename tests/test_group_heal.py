@@ -4,7 +4,8 @@ A member whose copy of a group fell behind its own lane on the ledger (a group f
 copy, the profile used on another machine) writes nothing more in that lane, asks the admins who are its
 friends for a fresh start, and an admin gives it one: the next epoch with the same membership, to which it
 is invited again. A member whose group file is gone is invited again by an admin's ``group add``.
-Everything runs in-process on a shared memory ledger, with the engine's real keys and pages.
+Everything runs in-process with the engine's real keys and pages: on a shared memory ledger, and, for the
+two command-line tests, through ``reschat`` itself on its SQLite ledger.
 """
 
 from __future__ import annotations
