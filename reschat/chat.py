@@ -116,6 +116,9 @@ _PARSED_KEPT = 64
 IntegrityProblem = Problem
 #: The type extension of a group invitation, a ``setting`` record of a pair's lane (see group.py).
 GROUP_INVITATION = "ginvite"
+#: The type extension of a member's request to an admin for a fresh start in a group whose local state it
+#: lost or holds only in an older copy (a ``setting`` record of a pair's lane, see group.py).
+GROUP_REJOIN = "grejoin"
 #: The type extension of a group's membership line (made by the group engine from verified records).
 GROUP_NOTICE = "group"
 #: A friend pinned before cards were kept has no signed card line that a group's roster could pass on: the
@@ -855,13 +858,14 @@ class ChatService:
     def _take_group_records(
         self, nickname: str, messages: list[ChatMessage], new_messages: list[ChatMessage]
     ) -> tuple[list[ChatMessage], list[ChatMessage]]:
-        """Hand the friend's group invitations to the group engine, answer a request for our card and pin the
-        card a friend sent: none of them is a line of this chat."""
-        taken = (GROUP_INVITATION, CARD_REQUEST, CARD_REPLY)
+        """Hand the friend's group invitations and requests for a fresh start to the group engine, answer a
+        request for our card and pin the card a friend sent: none of them is a line of this chat."""
+        taken = (GROUP_INVITATION, GROUP_REJOIN, CARD_REQUEST, CARD_REPLY)
         records = [m for m in messages if m.type == "setting" and m.type_ext in taken]
         if not records:
             return messages, new_messages
-        self.group_invitations += [(nickname, m) for m in records if not m.outgoing and m.type_ext == GROUP_INVITATION]
+        self.group_invitations += [(nickname, m) for m in records
+                                   if not m.outgoing and m.type_ext in (GROUP_INVITATION, GROUP_REJOIN)]
         answered = max((m.time for m in records if m.outgoing and m.type_ext == CARD_REPLY), default=None)
         if any(not m.outgoing and m.type_ext == CARD_REQUEST and (answered is None or m.time > answered)
                for m in records):

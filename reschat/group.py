@@ -62,12 +62,25 @@ read (or whose time is no longer among the MAX_LANE_TIMES kept per lane, for the
 and the MAX_MARK_EPOCHS before it) is not checked, and nothing else moves for it: the mark is its writer's
 word, checked only against what we read ourselves.
 
+Fresh starts
+------------
+A member whose state is behind its own lane on the ledger (a group file restored from an older copy, the
+profile used on another machine: our writer tag on a page past our state) writes nothing more in that
+epoch's lane (``GroupState.behind``): it would give pages others read a second version, and it cannot read
+its own lost pages to go on after them. It asks each admin who is its friend, with a signed ``REJOIN_EXT``
+record in their pairwise lane, for a fresh start; an admin starts the next epoch with the same membership
+(action ``rejoin``, checked by every member as any change) and invites it again, as ``add`` does for a
+member already in the group (one whose group file is gone). Everyone's lanes begin again in that epoch,
+so no (epoch, writer, page) is written twice, and the member's pages are keyed to its card until it
+announces a receive key there.
+
 Limits: see the README ("Groups").
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Iterable
@@ -84,6 +97,7 @@ from reschat.chat import (
     CLOCK_AHEAD,
     GROUP_INVITATION,
     GROUP_NOTICE,
+    GROUP_REJOIN,
     MAX_PAYLOAD_BYTES,
     MAX_TEXT_BYTES,
     ME,
@@ -149,9 +163,11 @@ ROSTER_EXT = "groster"
 LEAVE_EXT = "gleave"
 WITNESS_EXT = "gwitness"
 INVITE_EXT = GROUP_INVITATION
+#: A member's signed request, in its pairwise lane with an admin, for a fresh start (``_ask_for_fresh_start``).
+REJOIN_EXT = GROUP_REJOIN
 #: The type extension of the membership lines the engine makes for display (never on the ledger).
 NOTICE_EXT = GROUP_NOTICE
-ACTIONS = ("create", "add", "remove", "leave", "rename", "admin")
+ACTIONS = ("create", "add", "remove", "leave", "rename", "admin", "rejoin")
 #: Cards per roster record: about 2.8 KB each, so that one record stays within the largest bucket.
 CARDS_PER_RECORD = 10
 #: Epoch changes one update follows; what is left waits for the next update.
@@ -325,6 +341,11 @@ def check_change(
         return "an addition that is not valid"
     if action == "remove" and (added or gone != {target} or target == writer):
         return "a removal that is not valid"
+    # A fresh start keeps the membership as it is and names a member other than the admin: its lanes begin
+    # again in the new epoch, so that a member whose local state fell behind the ledger never writes twice
+    # at one address of its old lane.
+    if action == "rejoin" and (added or gone or target not in after or target == writer):
+        return "a fresh start that is not valid"
     if action in ("rename", "admin") and (added or gone):
         return "a change that is not valid"
     demoted = [f for f in after if f in before and before[f].admin and not after[f].admin]
@@ -371,6 +392,10 @@ class GroupState:
     announced: dict[str, str] = field(default_factory=dict)  # fingerprint -> newest announced receive key
     announced_at: dict[str, list[int]] = field(default_factory=dict)  # fingerprint -> [epoch, page]
     status: str = ""  # "" | "removed" | "left"
+    #: The newest epoch in which our own lane on the ledger went past this state (a copy restored from an older
+    #: backup, or the profile used on another machine): nothing more is written in it, nor in any before it.
+    behind: int = 0
+    asked: int = 0  # the epoch ``behind`` for which the admins were asked for a fresh start
     leaving: list[str] = field(default_factory=list)  # members whose leave record awaits a new epoch
     #: epoch -> members whose own signed leave record of that epoch was read (what a 'leave' change may take out).
     departed: dict[str, list[str]] = field(default_factory=dict)
@@ -555,6 +580,8 @@ class GroupService:
         self._remote_own: dict[int, dict[int, str | None]] = {}
         self._session = _Session()  # the group being updated
         self._used_keys: dict[tuple[int, str, int], int] = {}  # receive key that opened a page, this update
+        #: (group id, epoch) whose own lane this session compared with the ledger (``_check_own_lane``).
+        self._checked: set[tuple[str, int]] = set()
 
     # -- names -----------------------------------------------------------------------------------
 
@@ -563,6 +590,11 @@ class GroupService:
 
     def is_group(self, name: str) -> bool:
         return self._find(name) is not None
+
+    def waits_for_fresh_start(self, name: str) -> bool:
+        """Whether our copy of the group ``name`` fell behind the ledger (an admin's invitation is awaited)."""
+        found = self._find(name)
+        return found is not None and not found.status and found.behind >= found.epoch
 
     def _find(self, name: str) -> GroupState | None:
         wanted = name.strip().casefold()
@@ -721,6 +753,10 @@ class GroupService:
 
     def _receive_public(self, state: GroupState, fingerprint: str) -> kem.ReceivePublic:
         announced = state.announced.get(fingerprint)
+        # A member given a fresh start lost the receive keys it announced before: until it announces one in
+        # the new epoch, its card's static keys (which it keeps with its identity) are the ones it can open.
+        if announced and state.announced_at.get(fingerprint, [0, 0])[0] < _fresh_start(state, fingerprint):
+            announced = ""
         if announced:
             try:
                 return kem.ReceivePublic.from_bytes(bytes.fromhex(announced))
@@ -861,12 +897,97 @@ class GroupService:
         return error
 
     def _writable(self, state: GroupState) -> None:
+        """Raise unless we may write in our lane of the current epoch (the caller holds the group's lock).
+
+        The first write of a session to an epoch reads our own lane there once (an update does it too), so
+        that a state restored from an older copy never writes over pages that another copy of us wrote."""
         if state.status == "removed":
             raise MessageError(f"you were removed from {state.name}")
         if state.status == "left":
             raise MessageError(f"you left {state.name}")
         if not state.current().members:
             raise MessageError(f"the member list of {state.name} is still arriving: update the group first")
+        if state.behind < state.epoch and (state.id, state.epoch) not in self._checked:
+            self._check_own_lane(state)
+            if state.behind >= state.epoch:
+                self._ask_for_fresh_start(state)
+                self.store.save(state)
+        if state.behind >= state.epoch:
+            raise MessageError(f"your copy of {state.name} is older than the ledger: nothing more can be written "
+                               "in it until an admin adds you again (group add)")
+
+    def _check_own_lane(self, state: GroupState) -> None:
+        """Compare our lane of the current epoch with the ledger (our current page and the next): one read."""
+        epoch = state.epoch
+        own = state.own(epoch)
+        keys = {self._address(state, epoch, self.me, n): n for n in (own.page, own.page + 1) if n >= 1}
+        try:
+            found = self.ledger.get_many(list(keys))
+        except LedgerError as exc:
+            # Not checked: the write fails too, and the next update compares before it re-sends anything.
+            log.warning("our lane of the group could not be checked: %s", exc)
+            return
+        self._checked.add((state.id, epoch))
+        if self._lane_ahead(state, epoch, {n: found.get(a) for a, n in keys.items()}):
+            state.behind = max(state.behind, epoch)
+
+    def _lane_ahead(self, state: GroupState, epoch: int, values: dict[int, str | None]) -> bool:
+        """True when our lane of ``epoch`` on the ledger went past this state: our writer tag on the page after
+        our current one, or on a longer or different copy of our current page (as pairs' ``_behind``). Only
+        we can make that tag: junk, other members' writes and stale (older) reads never count."""
+        own = state.own(epoch)
+        _address_key, conversation = self._keys(state, epoch)
+
+        def ours(number: int) -> SealedPage | None:
+            value = values.get(number)
+            if value is None:
+                return None
+            try:
+                sealed = SealedPage.from_string(value)
+            except PageFormatError:
+                return None
+            tag = writer_tag(self.chat._tag_key, conversation, epoch, number, sealed)
+            return sealed if hmac.compare_digest(sealed.tag, tag) else None
+
+        if ours(own.page + 1) is not None:
+            return True
+        local = own.pages.get(str(own.page)) if own.page else None
+        remote = ours(own.page) if local is not None else None
+        if local is None or remote is None:
+            return False
+        mine = SealedPage.from_string(local).records
+        return len(remote.records) > len(mine) or remote.records != mine[: len(remote.records)]
+
+    def _ask_for_fresh_start(self, state: GroupState) -> None:
+        """We fell behind the ledger in our lane of the current epoch: ask each admin who is our friend, in our
+        pairwise lane with them (which restarts on its own), for a fresh start, once, with one line."""
+        if state.asked >= state.behind:
+            return
+        state.asked = state.behind
+        admins = [m.fingerprint for m in state.current().members if m.admin and m.fingerprint != self.me]
+        asked = []
+        for fingerprint in admins:
+            friend = self._friend_by_fingerprint(fingerprint)
+            if friend is None:
+                continue
+            request = _json({"g": state.id, "e": state.behind, "by": self.me})
+            try:
+                result = self.chat.send_message(request, friend.nickname, msg_type="setting", type_ext=REJOIN_EXT)
+            except (MessageError, KeyFormatError, ProfileError, UnknownFriendError) as exc:
+                log.warning("a request for a fresh start could not be sent to %s: %s", friend.nickname, exc)
+                continue
+            if result.error is not None:
+                log.warning("a request for a fresh start waits in the outbox: %s", result.error)
+            asked.append(friend.nickname)
+        older = "your copy of this group is older than the ledger"
+        if asked:
+            text = f"{older}: asked {', '.join(asked)} (admin) to add you again; what was sent to the keys it " \
+                "lost stays unreadable"
+        elif admins:
+            text = f"{older}, and no admin of it is your friend: ask an admin to add you again (group add)"
+        else:
+            text = f"{older}, and you are its only admin: nobody can give you a fresh start; create the group again"
+        self._notice(state, self.me, text, state.epoch)
 
     def send_message(
         self, message: str | bytes, name: str, *, msg_type: str = "text", type_ext: str = ""
@@ -927,9 +1048,14 @@ class GroupService:
             self._start_epoch(state, "create", members, "", name, [f.fingerprint for f in members[1:]])
         return next(g for g in self.groups() if g.name == name)
 
-    def add(self, name: str, nickname: str) -> None:
+    def add(self, name: str, nickname: str) -> bool:
+        """Add the friend ``nickname``; True when they were a member already and were invited again instead,
+        with a fresh start (``rejoin``): the way back for a member whose copy of the group was lost."""
         friend = self.friends.get_friend(nickname)
         friend.receive_public  # noqa: B018 - an old card fails here, before anything is written
+        if self._state(name).current().get(friend.fingerprint) is not None:
+            self._rejoin(name, friend.fingerprint)
+            return True
 
         def change(state: GroupState, old: Membership) -> tuple[list[Member], str, list[str]]:
             if old.get(friend.fingerprint) is not None:
@@ -940,6 +1066,21 @@ class GroupService:
                 [friend.fingerprint]
 
         self._admin_change(name, "add", change)
+        return False
+
+    def _rejoin(self, name: str, target: str) -> None:
+        """Start the next epoch with the same membership and invite ``target`` to it: every member's lanes
+        begin again, and the target, which lost its state or holds an older copy, writes nothing twice."""
+        friend = self._friend_by_fingerprint(target)
+        if friend is None:
+            raise MessageError("only a friend can be invited again (the invitation goes through your chat)")
+
+        def change(state: GroupState, old: Membership) -> tuple[list[Member], str, list[str]]:
+            if old.get(target) is None:
+                raise MessageError(f"{friend.nickname} is not in {state.name}: add them")
+            return list(old.members), target, [target]
+
+        self._admin_change(name, "rejoin", change)
 
     def remove(self, name: str, who: str) -> None:
         def change(state: GroupState, old: Membership) -> tuple[list[Member], str, list[str]]:
@@ -1077,6 +1218,7 @@ class GroupService:
             "leave": "started a new epoch without the members who left",
             "rename": f"renamed the group to {change.get('n', '')}",
             "admin": f"made {WHO} an admin",
+            "rejoin": f"gave {WHO} a fresh start after they lost their copy of the group",
         }.get(action, "changed the group")
         self._notice(state, by, text, epoch, target)
 
@@ -1092,10 +1234,25 @@ class GroupService:
                     log.warning("cannot update %s: %s", friend.nickname, exc)
         joined = []
         invitations, self.chat.group_invitations = self.chat.group_invitations, []
+        # A friend's invitation to a group is superseded by its newer one (the pairwise chat shows them all):
+        # a member whose group file is gone takes the fresh start, not the epoch it was first invited to.
+        newest: dict[tuple[str, str], int] = {}
         for nickname, message in invitations:
+            data = _parse(message.body) if message.type_ext == INVITE_EXT else None
+            if data is not None and isinstance(data.get("e"), int):
+                key = (nickname, str(data.get("g")))
+                newest[key] = max(newest.get(key, 0), data["e"])
+        for nickname, message in invitations:
+            data = _parse(message.body) if message.type_ext == INVITE_EXT else None
+            if data is not None and isinstance(data.get("e"), int) \
+                    and data["e"] < newest.get((nickname, str(data.get("g"))), 0):
+                continue
             try:
+                if message.type_ext == REJOIN_EXT:
+                    self._fresh_start_asked(nickname, message)
+                    continue
                 name = self._accept(nickname, message)
-            except (ValueError, OverflowError, ProfileError, KeyFormatError) as exc:
+            except (ValueError, OverflowError, ProfileError, KeyFormatError, MessageError) as exc:
                 # One friend's bad invitation is logged and dropped: it never stops the others.
                 log.warning("an invitation from %s was refused: %s", nickname, exc)
                 continue
@@ -1135,7 +1292,10 @@ class GroupService:
             # epoch, from an admin of ours (whose first record of that epoch must then pass check_change).
             current = existing.membership(existing.epoch)
             inviter = current.get(friend.fingerprint) if current is not None else None
-            if epoch != existing.epoch + 1 or inviter is None or not inviter.admin:
+            # A member whose state fell behind the ledger (``behind``) cannot follow the epochs it missed: it
+            # takes a fresh start for a later one too, still only from an admin of the membership it knows.
+            stale = existing.behind >= existing.epoch
+            if (epoch != existing.epoch + 1 and not stale) or inviter is None or not inviter.admin:
                 with self.store.lock(group_id):
                     state = self.store.load(group_id)
                     self._notice(state, friend.fingerprint, f"sent an invitation to epoch {epoch} of this group, "
@@ -1144,12 +1304,44 @@ class GroupService:
                 log.warning("an invitation from %s to a group already held was refused", nickname)
                 return ""
         state = existing or GroupState(id=group_id, name=self._free_name(str(data.get("n", "group"))))
+        fresh_start = existing is not None and existing.behind >= existing.epoch
+        if fresh_start:
+            # A fresh start after epochs this copy missed (a rename among them): the name the admin gives now.
+            state.name = self._adopt_name(state, str(data.get("n", state.name)))
         with self.store.lock(group_id):
             state.epochs[str(epoch)] = Membership(epoch, secret, friend.fingerprint, [], state.name).to_dict()
             state.epoch, state.status = epoch, ""
-            self._notice(state, friend.fingerprint, "added you", epoch)
+            self._notice(state, friend.fingerprint, "gave you a fresh start" if fresh_start else "added you", epoch)
             self.store.save(state)
         return state.name
+
+    def _fresh_start_asked(self, nickname: str, message: ChatMessage) -> None:
+        """A friend's request for a fresh start in a group (``REJOIN_EXT``): taken from a member of the group
+        we are an admin of, for an epoch it was a member in, when no fresh start of it came after that epoch
+        (the pairwise view shows a request at every update: it is acted on once)."""
+        data = _parse(message.body)
+        try:
+            friend = self.friends.get_friend(nickname)
+        except UnknownFriendError:
+            return
+        if data is None or data.get("by") != friend.fingerprint:
+            return
+        known = data.get("e")
+        if not isinstance(known, int) or isinstance(known, bool):
+            return
+        found = next((g for g in self.store.all() if g.id == data.get("g")), None)
+        if found is None or found.status:
+            return
+        with self.store.lock(found.id):
+            state = self.store.load(found.id)
+            current = state.current()
+            mine, theirs = current.get(self.me), current.get(friend.fingerprint)
+            if mine is None or not mine.admin or theirs is None:
+                log.warning("a request for a fresh start from %s that this profile cannot act on", nickname)
+                return
+            if not theirs.since <= known <= state.epoch or _fresh_start(state, friend.fingerprint) > known:
+                return  # replayed, made up, or already answered
+        self._rejoin(state.name, friend.fingerprint)
 
     def _free_name(self, wanted: str) -> str:
         try:
@@ -1281,6 +1473,13 @@ class GroupService:
             if address in wanted:
                 values[wanted[address]] = value
         rotated = {place: found.get(a) for a, place in rotation_wanted.items()}
+        # Before anything of ours is re-sent or put back: whether another copy of us wrote ahead of this state.
+        # Only up to our current epoch: a later one we know is one we started and gave up for a concurrent
+        # change that won (``_resolve``), whose lane of ours is no longer in our state but is ours all the same.
+        for epoch in [e for e, w in lanes if w == self.me and e <= state.epoch]:
+            if self._lane_ahead(state, epoch, {n: v for (e, w, n), v in values.items() if (e, w) == (epoch, self.me)}):
+                state.behind = max(state.behind, epoch)
+            self._checked.add((state.id, epoch))
         self._check_rotation(state, rotated, problems)
         self._repair(state, {**values, **rotated}, problems)
         # Lanes that grew by more than two pages are followed, a few rounds at most.
@@ -1342,6 +1541,8 @@ class GroupService:
         suspects: set[tuple[int, str, int]] = set()
         repairs: list[tuple[str, str]] = []
         for (epoch, writer, number), value in sorted(values.items(), key=lambda item: -item[0][2]):
+            if writer == self.me and epoch <= state.behind:
+                continue  # another copy of us wrote there after this state: what we hold is older
             # Our own page still being written (confirmed, so never re-sent) is ours to put back as well.
             copy = state.own(epoch).pages.get(str(number)) if writer == self.me else None
             if copy is None and not copies.has(writer[:16], epoch, number):
@@ -1476,7 +1677,9 @@ class GroupService:
                 continue
             opened = self._open(state, epoch, writer, number, value)
             if isinstance(opened, Problem):
-                if opened.kind != "skipped":
+                # Pages keyed to receive keys a copy of ours made after this state are said once, by the line
+                # of ``_ask_for_fresh_start``: those keys are gone (forward secrecy), not the page.
+                if opened.kind != "skipped" and not (opened.kind == "undecryptable" and epoch <= state.behind):
                     problems.append(opened)
                 continue
             pages[number] = opened
@@ -1590,7 +1793,7 @@ class GroupService:
                     own.unseen = [n for n in own.unseen if n != str(number)]
                     if all(int(n) >= number or own.last_seq.get(n, 0) <= own.confirmed for n in own.pages):
                         own.confirmed = max(own.confirmed, own.last_seq.get(str(number), 0))
-                elif number in remote:
+                elif number in remote and epoch > state.behind:  # never over another copy's pages
                     written = own.written_at.get(str(number))
                     if written is None or now - parse_timestamp(written) >= self.chat.resend_after:
                         own.written_at[str(number)] = format_timestamp(now)
@@ -1863,8 +2066,8 @@ class GroupService:
                 str(change["n"]), str(change["a"]), str(change.get("t", "")),
             ).to_dict()
             before = state.membership(epoch - 1)
-            if before is not None and any(before.get(f) is None for f in fprs):
-                state.witness_due = epoch  # members were added: we vouch to them for what we took
+            if before is not None and (any(before.get(f) is None for f in fprs) or change["a"] == "rejoin"):
+                state.witness_due = epoch  # members joined (anew): we vouch to them for what we took
             self._close_lanes(state, epoch - 1, fprs)
             state.epoch = epoch
             state.name = self._adopt_name(state, str(change["n"]))
@@ -1943,7 +2146,7 @@ class GroupService:
         """Vouch, on the board of the epoch we moved to, for the membership we took from the change in the
         epoch before: one page at the slot of our place in it, keyed to the members it added only."""
         membership, before = state.current(), state.membership(state.epoch - 1)
-        added = [f for f in membership.fingerprints() if before is None or before.get(f) is None]
+        added = _joined(membership, before)
         if membership.get(self.me) is None or not added or before is None:
             state.witness_due = 0
             return
@@ -2012,7 +2215,7 @@ class GroupService:
         if not kept or kept.get("epoch") != state.epoch or int(kept.get("checks", 0)) >= MAX_WITNESS_CHECKS:
             return ""
         membership, before = state.current(), state.membership(state.epoch - 1)
-        added = [f for f in membership.fingerprints() if before is not None and before.get(f) is None]
+        added = _joined(membership, before) if before is not None else []
         if all(state.lane(state.epoch, f).top for f in added):
             return ""
         kept["checks"] = int(kept.get("checks", 0)) + 1
@@ -2212,6 +2415,15 @@ class GroupService:
         membership = state.current()
         if state.status or not membership.members:
             return  # nothing to write for a group we left, or whose member list has not arrived
+        if state.behind < state.epoch and (state.id, state.epoch) not in self._checked:
+            # Our lane was not read in this update (the member list came in it): compared before any write, as
+            # a profile that lost its group file and joined the epoch again may have pages there already.
+            self._check_own_lane(state)
+        if state.behind >= state.epoch:
+            self._ask_for_fresh_start(state)
+            return  # our lane of this epoch is another copy's now: nothing is written in it
+        if (state.id, state.epoch) not in self._checked:
+            return  # the ledger could not be read: what we would write waits for the next update
         leavers = [f for f in state.leaving if membership.get(f) is not None]
         if leavers:
             remaining = [m for m in membership.members if m.fingerprint not in leavers]
@@ -2262,6 +2474,8 @@ class GroupService:
                 self.make_admin(name, target)
             elif action == "rename":
                 self.rename(name, str(change.get("n")))
+            elif action == "rejoin":
+                self._rejoin(name, target)
             problems.append(Problem(ME, "restart", f"your change ({action}) was made at the same time as "
                                     "another admin's, and was applied again after it"))
         except (MessageError, UnknownFriendError, DuplicateFriendError, KeyFormatError) as exc:
@@ -2432,6 +2646,16 @@ class GroupService:
 EXPIRED = "expired"
 
 
+def _joined(membership: Membership, before: Membership | None) -> list[str]:
+    """Who joined ``membership``'s epoch by invitation, and so took it from the inviting admin alone: the
+    members the epoch before lacked, and the target of a fresh start (``rejoin``)."""
+    joined = [f for f in membership.fingerprints() if before is None or before.get(f) is None]
+    if membership.action == "rejoin" and membership.target and membership.target not in joined \
+            and membership.get(membership.target) is not None:
+        joined.append(membership.target)
+    return joined
+
+
 def _same_change(adopted: Membership, change: dict[str, Any]) -> bool:
     """Whether ``change`` names what ``adopted`` holds (the epoch one admin started): members, name, action."""
     return [m.to_list() for m in adopted.members] == change.get("m") and adopted.name == change.get("n") \
@@ -2457,6 +2681,12 @@ def decode_mark(epoch: int, causal: tuple[int, int]) -> tuple[int, int, int, int
     if seq <= 0 or index == 0 or delta >= epoch:
         return None
     return epoch - delta, index - 1, check, seq
+
+
+def _fresh_start(state: GroupState, fingerprint: str) -> int:
+    """The newest epoch an admin started to give ``fingerprint`` a fresh start (0: none)."""
+    return max((int(e) for e, m in state.epochs.items() if m.get("action") == "rejoin"
+                and m.get("target") == fingerprint), default=0)
 
 
 def _timer(state: GroupState) -> int:

@@ -72,7 +72,7 @@ def open_groups(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
 def the_group(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> GroupService:
     """The group service, when ``args.nick`` names a group (after taking invitations not picked up yet)."""
     service = open_groups(args, settings, env)
-    if not service.is_group(args.nick):
+    if not service.is_group(args.nick) or service.waits_for_fresh_start(args.nick):
         service.accept_invitations()
     if not service.is_group(args.nick):
         raise _unknown(args.nick)
@@ -112,8 +112,11 @@ def cmd_group(args: argparse.Namespace, settings: Settings, env: Mapping[str, st
         raise UnknownFriendError(f"no group is called {name!r}")
     service.get_update(name)  # act on the newest membership
     if action == "add":
-        service.add(name, rest[0])
-        print(f"Added {neutralize(rest[0])} to {neutralize(name)}: invited, and every member sees it.")
+        if service.add(name, rest[0]):
+            print(f"{neutralize(rest[0])} was a member of {neutralize(name)} already: invited again, with a fresh "
+                  "start in a new epoch (for a member who lost their copy of the group); every member sees it.")
+        else:
+            print(f"Added {neutralize(rest[0])} to {neutralize(name)}: invited, and every member sees it.")
     elif action == "remove":
         service.remove(name, rest[0])
         print(f"Removed {neutralize(rest[0])} from {neutralize(name)}: a new epoch they cannot read.")

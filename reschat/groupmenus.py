@@ -114,8 +114,10 @@ def group_settings(menus: Menus, screen: _Screen) -> None:
             if nickname:
                 with menus._chat_lock:
                     groups.get_update(screen.nickname)
-                    groups.add(screen.nickname, nickname)
-                menus.show(f"Added {neutralize(nickname)}: they are invited, and every member sees it.")
+                    again = groups.add(screen.nickname, nickname)
+                menus.show(f"{neutralize(nickname)} was a member already: invited again with a fresh start "
+                           "(for a member who lost their copy of the group)." if again
+                           else f"Added {neutralize(nickname)}: they are invited, and every member sees it.")
         elif number in (3, 4):
             who = ask("Member (nickname, name on their card, or fingerprint): ").strip()
             if who:
