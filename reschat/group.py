@@ -369,8 +369,12 @@ class GroupState:
     notices: list[list[Any]] = field(default_factory=list)  # [micros, by, text, epoch] membership lines
     rebase: list[dict[str, Any]] = field(default_factory=list)  # our changes that lost a race, to re-apply
     #: Our messages written in an epoch that lost a race, to be written again in the winner's epoch:
-    #: [{"type", "ext", "body" (hex), "at" (their original time)}].
+    #: [{"type", "ext", "body" (hex), "at" (their original time), "to" (the members of the epoch it was
+    #: first written in: nobody else is ever keyed to it)}].
     resend: list[dict[str, Any]] = field(default_factory=list)
+    #: "epoch:seq" -> the members a message we sent again was keyed to, when fewer than its epoch's (so that
+    #: losing that epoch too keys it to no one more).
+    resent_to: dict[str, list[str]] = field(default_factory=dict)
     #: Valid changes read for a coming epoch: epoch -> admin -> {"change", "secret"} (``_resolve`` decides).
     proposals: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: Our pages keyed to fewer members than their epoch (a new epoch's secret): nothing is appended to them.
@@ -1850,18 +1854,22 @@ class GroupService:
         own = state.own(epoch)
         records = self._own_records(state, epoch, own)
         again = [r for r in records if not (r.type == "setting" and r.type_ext != "")]
-        state.resend += [{"type": r.type, "ext": r.type_ext, "body": r.body.hex(), "at": format_timestamp(r.timestamp)}
+        membership = state.membership(epoch)
+        members = set(membership.fingerprints() if membership is not None else [])
+        # Who may read a message is fixed where it was first written: the winner's epoch may have members the
+        # losing one did not (a removal the loser's stale change undid, an addition): they are never keyed to it.
+        state.resend += [{"type": r.type, "ext": r.type_ext, "body": r.body.hex(), "at": format_timestamp(r.timestamp),
+                          "to": sorted(members.intersection(state.resent_to.get(f"{epoch}:{r.seq}", members)))}
                          for r in again]
         if len(records) < own.seq:
             problems.append(Problem(ME, "damaged", f"{own.seq - len(records)} of your records written in epoch {epoch} "
                                     "(which lost to another admin's change) could not be found to send again"))
-        membership = state.membership(epoch)
         copies = self._copies(state)
         for fingerprint in membership.fingerprints() if membership is not None else []:
             for number in copies.numbers(fingerprint[:16], epoch):
                 copies.drop(fingerprint[:16], epoch, number)
         prefix = f"{epoch}:"
-        for kept in (state.lanes, state.page_keys, state.their_times, state.own_times):
+        for kept in (state.lanes, state.page_keys, state.their_times, state.own_times, state.resent_to):
             for key in [k for k in kept if k.startswith(prefix)]:
                 del kept[key]
         state.restricted = [p for p in state.restricted if not p.startswith(prefix)]
@@ -1889,11 +1897,25 @@ class GroupService:
         """Write again, in the winner's epoch and with their first time, our messages of a lost epoch."""
         writes: dict[str, str] = {}
         sent = 0
+        narrowed = self._narrowed(state)
+        everyone = self._readers(state, state.epoch, self.me)
         try:
             for entry in state.resend:
-                address, value, _message = self._write(
+                # Keyed only to members both of the epoch it was first written in and of this one (an entry
+                # kept before "to" existed is keyed as it always was).
+                to = entry.get("to")
+                readers = narrowed if narrowed is not None else everyone
+                if isinstance(to, list):
+                    readers = [f for f in readers if f in to]
+                address, value, message = self._write(
                     state, str(entry["type"]), str(entry["ext"]), bytes.fromhex(str(entry["body"])),
-                    readers=self._narrowed(state), at=parse_timestamp(str(entry["at"])))
+                    readers=None if readers == everyone else readers, at=parse_timestamp(str(entry["at"])))
+                if readers != everyone:
+                    state.resent_to[f"{state.epoch}:{message.seq}"] = [*readers, self.me]
+                    # Kept for the few epochs a race may still be lost in (as ``departed``).
+                    oldest = state.epoch - MAX_EPOCHS_PER_UPDATE
+                    for key in [k for k in state.resent_to if int(k.split(":")[0]) < oldest]:
+                        del state.resent_to[key]
                 writes[address] = value
                 sent += 1
         except MessageError as exc:
