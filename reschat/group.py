@@ -490,7 +490,9 @@ class GroupStore:
 
 @dataclass
 class _Session:
-    returned: set[tuple[int, str, int]] = field(default_factory=set)
+    #: (writer, date, digest of the content) of every message of others returned as new: not its place, since
+    #: a message sent again after a lost race has a new place, and keeps its date and content.
+    returned: set[tuple[str, int, str]] = field(default_factory=set)
     suspected: set[tuple[str, str, str]] = field(default_factory=set)  # gaps and rollbacks seen once
     repair_suspects: set[tuple[int, str, int]] = field(default_factory=set)  # kept pages found lost once
 
@@ -2280,8 +2282,11 @@ class GroupService:
                         status=status, epoch=epoch,
                     )
                     messages.append(message)
-                    if own is None and key not in session.returned:
-                        session.returned.add(key)
+                    content = hashlib.sha256(_json({"t": record.type, "x": record.type_ext,
+                                                    "b": record.body.hex()})).hexdigest()
+                    once = (writer, to_micros(record.timestamp), content)
+                    if own is None and once not in session.returned:
+                        session.returned.add(once)
                         new_messages.append(message)
         for micros, by, template, epoch, *rest in state.notices:
             moment = _from_micros(int(micros))
