@@ -1279,6 +1279,8 @@ class GroupService:
                 break
             for address, value in self.ledger.get_many(list(more)).items():
                 values[more[address]] = value
+        # Before the lanes are taken in: a newcomer loses the epoch it was added in while reading the next one.
+        secrets = {e: m.get("secret") for e, m in state.epochs.items()}
         for epoch, writer in lanes:
             if state.membership(epoch) is None:
                 continue
@@ -1287,7 +1289,6 @@ class GroupService:
                 self._read_own(state, epoch, lane_values, problems, shown)
             else:
                 self._read_lane(state, epoch, writer, lane_values, problems, shown)
-        secrets = {e: m.get("secret") for e, m in state.epochs.items()}
         self._resolve(state, problems)
         for lost in [e for e, secret in secrets.items() if state.epochs.get(e, {}).get("secret") != secret]:
             for key in [k for k in shown if k[0] == int(lost)]:
@@ -1713,6 +1714,8 @@ class GroupService:
                     members = parse_members(data)
                     inviter = next((m for m in members or [] if m.fingerprint == writer), None)
                     before = state.membership(epoch - 1)
+                    if self._newcomer_lost(state, epoch, members, data, problems):
+                        before = None  # lost, with what we wrote there (sent again in this epoch)
                     # When we know the epoch before (we were a member), the change must pass the same rule
                     # as a change read in the lanes: an invitation is no way around it.
                     reason = check_change(before, data, writer) if before is not None and before.members else ""
@@ -1789,6 +1792,27 @@ class GroupService:
             if epoch == state.epoch and writer not in state.leaving:
                 state.leaving.append(writer)
                 self._notice(state, writer, "left the group", epoch)
+
+    def _newcomer_lost(self, state: GroupState, epoch: int, members: list[Member] | None, data: dict[str, Any],
+                       problems: list[Problem]) -> bool:
+        """Whether the epoch before ``epoch``, which we joined by invitation, lost a race: an admin's change for
+        ``epoch`` adds us again, joining now (honestly, only the losing admin re-applying its addition does).
+
+        Having joined it, we could read no epoch before it, so we never read the change that won: we lose
+        the epoch here instead (``_lose_epoch``: what we wrote there is sent again in ``epoch``, keyed only to
+        members of both) and forget its membership, which no member of ``epoch`` shares with us."""
+        before = state.membership(epoch - 1)
+        was = before.get(self.me) if before is not None else None
+        now = next((m for m in members or [] if m.fingerprint == self.me), None)
+        if before is None or was is None or now is None or was.since != epoch - 1 or now.since != epoch \
+                or data.get("a") != "add" or data.get("t") != self.me:
+            return False
+        self._lose_epoch(state, epoch - 1, problems)
+        state.epochs.pop(str(epoch - 1), None)
+        state.proposals.pop(str(epoch), None)
+        problems.append(Problem(ME, "restart", f"the epoch you were first added in ({epoch - 1}) lost to another "
+                                "admin's change made at the same time; you were added again after it"))
+        return True
 
     def _resolve(self, state: GroupState, problems: list[Problem]) -> None:
         """Move to the next epoch when a valid change for it was read: the lower admin fingerprint wins."""

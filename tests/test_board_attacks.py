@@ -455,11 +455,11 @@ def test_a_member_who_read_the_losing_epoch_is_not_shown_its_messages_as_new_twi
     assert sorted(shown_as_new) == ["loser 0", "loser 1", "loser 2"]
 
 
-@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: a member added by the admin whose change loses the race "
-                   "cannot read the epoch before, so it never reads the winner's change and never 'loses' the "
-                   "epoch: what it wrote there is not sent again, and the members that had read it drop it with "
-                   "the lost epoch: after the race nobody but its writer shows it")
 def test_what_a_member_added_in_the_losing_epoch_wrote_there_is_not_lost(tmp_path: Path) -> None:
+    """A member added by the admin whose change loses the race cannot read the epoch before, so it never reads
+    the winner's change; the members that had read what it wrote drop it with the lost epoch. When the losing
+    admin adds it again (joining the next epoch), it loses the epoch it was first added in and sends again what
+    it wrote there. Fails when ``_newcomer_lost`` never loses the epoch (returns False)."""
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
     alice.groups.make_admin("team", "bob")
