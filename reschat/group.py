@@ -187,6 +187,8 @@ MAX_MARK_DELTA = 2 ** (31 - _MARK_DELTA_SHIFT) - 1
 #: lanes of the current epoch and of the MAX_MARK_EPOCHS before it (a mark naming an older one is not checked).
 MAX_LANE_TIMES = 64
 MAX_MARK_EPOCHS = 4
+#: How many epochs back a change competing with one we adopted is still looked for (``_unsettled``).
+MAX_RACE_EPOCHS = 4
 
 
 # --- membership -----------------------------------------------------------------------------------
@@ -1220,7 +1222,8 @@ class GroupService:
             rebase, state.rebase = state.rebase, []
             self.store.save(state)
         for change in rebase:
-            self._reapply(state.name, change, problems)
+            # By the name the group has now: a change applied again before this one may have renamed it.
+            self._reapply(self.store.load(found.id).name, change, problems)
         state = self.store.load(found.id)
         return self._view(state, session, shown, problems, shown_at)
 
@@ -1236,6 +1239,8 @@ class GroupService:
             assert membership is not None
             writers = membership.fingerprints() or [membership.by]  # a new member reads the admin first
             lanes += [(epoch, w) for w in writers]
+        if not everything:
+            lanes += [place for place in self._unsettled(state) if place not in lanes]
         values: dict[tuple[int, str, int], str | None] = {}
         wanted: dict[str, tuple[int, str, int]] = {}
         for epoch, writer in lanes:
@@ -1293,6 +1298,31 @@ class GroupService:
         for lost in [e for e, secret in secrets.items() if state.epochs.get(e, {}).get("secret") != secret]:
             for key in [k for k in shown if k[0] == int(lost)]:
                 del shown[key]  # pages of an epoch that lost a race: what they held is sent again (``_lose_epoch``)
+
+    def _unsettled(self, state: GroupState) -> list[tuple[int, str]]:
+        """Lanes of epochs before the one before ours that may still hold a change competing with one we adopted.
+
+        An admin of epoch e who stays in the e + 1 we adopted, and has been seen writing in none of the epochs
+        since (ours), may have started its own e + 1 and not read ours yet: if its fingerprint is the lower,
+        the e + 1 we took loses, with every epoch built on it (``_resolve``), however many we adopted since
+        (an admin may make two changes in a row before it reads the other's). Its lane of e is read until it
+        is seen writing in a later epoch, MAX_RACE_EPOCHS back at most.
+        """
+        if state.status:
+            return []
+        seen = self._lanes_with_pages(state)
+        places = []
+        for epoch in range(max(1, state.epoch - MAX_RACE_EPOCHS), state.epoch - 1):
+            membership, following = state.membership(epoch), state.membership(epoch + 1)
+            if membership is None or not membership.secret or following is None:
+                continue
+            for admin in (m.fingerprint for m in membership.members if m.admin):
+                if admin == self.me or admin == following.by or following.get(admin) is None \
+                        or state.lane(epoch, admin).closed_at is not None:
+                    continue  # it started (or could not compete with) the e + 1 we adopted
+                if not any((later, admin) in seen for later in range(epoch + 1, state.epoch + 1)):
+                    places.append((epoch, admin))
+        return places
 
     def _rotation_places(self, state: GroupState) -> list[tuple[int, str, int]]:
         """Older pages this update re-reads, ROTATION_PAGES of them in turn over every lane we read, so that a
@@ -1819,7 +1849,7 @@ class GroupService:
         pending = state.proposals
         for epoch_text in sorted(pending, key=int):
             epoch = int(epoch_text)
-            proposals = pending[epoch_text]
+            proposals = pending.get(epoch_text, {})  # a lost race drops the proposals read in lost epochs
             if epoch > state.epoch + 1 or not proposals:
                 continue
             # A departure is taken only once the leave record of everyone it takes out was read (from their
@@ -1842,10 +1872,21 @@ class GroupService:
             if epoch <= state.epoch:
                 if current is None or current.by == winner or winner > current.by:
                     continue
-                # We had moved to an epoch another admin started at the same time; the lower fingerprint wins.
-                if current.by == self.me:
-                    state.rebase.append({"a": current.action, "t": current.target, "n": current.name})
-                self._lose_epoch(state, epoch, problems)
+                # We had moved to an epoch another admin started at the same time; the lower fingerprint wins,
+                # and every epoch we adopted on top of the losing one goes with it: our changes are applied
+                # again in order, our messages of all of them are sent again (in order: ``resend`` is a list).
+                for lost in range(epoch, state.epoch + 1):
+                    gone = state.membership(lost)
+                    if gone is not None and gone.by == self.me:
+                        state.rebase.append({"a": gone.action, "t": gone.target, "n": gone.name})
+                    self._lose_epoch(state, lost, problems)
+                    # Gone until the winner's is taken (its key page may come later): read again, the losing
+                    # membership would lose again, and our change would be applied again twice.
+                    state.epochs.pop(str(lost), None)
+                if state.witness_due >= epoch:
+                    state.witness_due = 0  # we vouch for no membership of a lost epoch
+                for later in [e for e in pending if int(e) > epoch]:
+                    pending.pop(later, None)  # read in the lanes of epochs that lost
                 state.epoch = epoch - 1
             if self.me not in fprs:
                 if state.status != "removed":

@@ -560,12 +560,12 @@ def test_a_witness_can_neither_take_a_member_out_nor_make_anyone_an_admin(tmp_pa
     assert any(p.kind == "forged" and "differs" in p.detail for v in views for p in v.problems)
 
 
-@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: a member reads only the lanes of its epoch and the one "
-                   "before (_readable_epochs); the admin whose change loses makes a second change before it reads "
-                   "the winner's, so it stops reading the epoch where the winner's change is and never loses its "
-                   "own: it stays on its own line of epochs (its 3 is not the others' 3) and the winner never "
-                   "reads what it writes; the members do not converge and nothing says so")
 def test_an_admin_that_makes_two_changes_in_a_row_during_a_race_does_not_split_the_group(tmp_path: Path) -> None:
+    """The admin whose change loses makes a second change before it reads the winner's, so it no longer reads
+    the epoch where the winner's change is as the epoch before its own. It keeps reading the other admin's lane
+    of that epoch (``_unsettled``) until it sees it write in a later one, takes the winner's change there, and
+    loses the whole chain it built (both its changes applied again in order): the members converge. Fails
+    without the ``_unsettled`` lanes in ``_read_epochs`` (the chain's loss: ``tests/test_groups.py``)."""
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
     alice.groups.make_admin("team", "bob")
