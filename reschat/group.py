@@ -37,9 +37,17 @@ no admin remains, the longest-standing member, who thereby becomes admin) starts
 (taking out only members whose leave record was read). Changes by non-admins, changes naming an epoch
 other than the next one, a second different change of one admin for the same epoch, and anything that
 does not verify are reported and ignored. When two admins start the same epoch, the one with the lower
-fingerprint wins for everyone who read both before adopting either; the other admin's change is applied
-again on top of it as the following epoch, and a member that had moved to the losing epoch writes its
-messages of that epoch again in the winner's. What a member taken out writes in its old lane after we
+fingerprint wins; the other admin's change is applied again on top of it as the following epoch. A member
+that had moved to the losing epoch loses it together with every epoch it adopted on top of it: it keeps
+reading, MAX_RACE_EPOCHS back at most, the lane of each other admin of an older epoch whom it has not seen
+writing in a later one (``_unsettled``), so that an admin that made several changes before it read the
+winner's loses them all and applies them again in order. Each member writes its messages of the lost epochs
+again in the winner's, with their first time, keyed only to the members both of the epoch each was first
+written in and of the winner's (``_send_again``); a member left out passes over such a page
+(``_passed_over``), as over any page keyed to fewer members than its epoch and not to it. A member added
+in the losing epoch, who cannot read the epoch before it, loses that epoch when the losing admin adds it
+again (``_newcomer_lost``). A message is new to a reader once per writer, date and content, so a copy sent
+again is not new to whoever was shown the first. What a member taken out writes in its old lane after we
 adopted the change is neither shown nor taken.
 
 Order
@@ -1480,13 +1488,16 @@ class GroupService:
         label = self._label(state, writer)
         lane = state.lane(epoch, writer)
         pages: dict[int, OpenPage] = {}
+        others: set[int] = set()  # pages keyed only to other members (see _passed_over)
         for number in sorted(values):
             value = values[number]
             if value is None:
                 continue
             opened = self._open(state, epoch, writer, number, value)
             if isinstance(opened, Problem):
-                if opened.kind != "skipped":
+                if opened.kind == "undecryptable" and self._keyed_to_others(state, epoch, writer, value):
+                    others.add(number)
+                elif opened.kind != "skipped":
                     problems.append(opened)
                 continue
             pages[number] = opened
@@ -1494,7 +1505,7 @@ class GroupService:
         if not top:
             return
         low = min(pages)
-        window: dict[int, OpenPage | None] = {n: pages.get(n) for n in range(low, top + 1)}
+        window: dict[int, OpenPage | None] = {n: pages.get(n) for n in range(low, top + 1) if n not in others}
         kept = {int(k): bytes.fromhex(v) for k, v in lane.digests.items()}
         checkpoint = LaneCheckpoint(seq=lane.seq, digest=bytes.fromhex(lane.digest) if lane.digest else b"", kept=kept)
         result = check_lane(label, window, checkpoint, complete_to=top)
@@ -1514,11 +1525,16 @@ class GroupService:
             # ones (a page rolled back or junked by the ledger) is waited for and read again from its page,
             # so that a change it holds is still taken when the page is put back.
             reach, reach_digest = lane.seq, lane.digest
+            passed_over = self._passed_over(pages, others)
             for record, digest in sorted(result.records, key=lambda item: item[0].seq):
                 if record.seq <= reach:
                     continue
                 if record.seq != reach + 1:
-                    break
+                    if passed_over.get(record.seq) != reach:
+                        break
+                    problems.append(Problem(label, "restart", f"{record.seq - 1 - reach} message(s) of epoch {epoch} "
+                                            "were keyed only to other members (members of the epoch they were first "
+                                            "written in, or those a removal keeps): not shown to you"))
                 reach, reach_digest = record.seq, digest.hex()
             below = [n for n, p in pages.items() if p.header.first_seq <= reach + 1]
             held = max(below) if below else max(1, low - 1)
@@ -1563,6 +1579,34 @@ class GroupService:
                 self._membership_record(state, epoch, writer, record, problems)
             elif not state.status:
                 state.unread += 1
+
+    def _keyed_to_others(self, state: GroupState, epoch: int, writer: str, value: str) -> bool:
+        """Whether a page no key of ours opened has fewer slots than its epoch has readers: keyed on purpose to
+        fewer members (a removal's key page, a page written while a removal waited, a message sent again after
+        a lost race to the members of the epoch it was first written in), and not to us."""
+        try:
+            return len(SealedPage.from_string(value).slots) < len(self._readers(state, epoch, writer))
+        except (PageFormatError, ValueError):
+            return False
+
+    @staticmethod
+    def _passed_over(pages: dict[int, OpenPage], others: set[int]) -> dict[int, int]:
+        """first_seq of each page read after a run of pages keyed only to others -> the sequence number the
+        lane must have reached for the run to be passed over: the last of the page read before the run (0 when
+        the run starts the lane). Such a run is not waited for as a gap: nothing we wait for will ever open it.
+        What it held is neither shown nor verified here (its writer could as well not have written it)."""
+        passed: dict[int, int] = {}
+        for number, page in pages.items():
+            start = number - 1
+            if start not in others:
+                continue
+            while start in others:
+                start -= 1
+            if start == 0:
+                passed[page.header.first_seq] = 0
+            elif start in pages:
+                passed[page.header.first_seq] = pages[start].last_seq
+        return passed
 
     def _read_own(
         self, state: GroupState, epoch: int, values: dict[int, str | None], problems: list[Problem],

@@ -620,6 +620,36 @@ def test_an_admin_that_lost_a_race_with_two_changes_applies_both_again_and_sends
         assert lines == ["in the loser's 3", "in the loser's 4"], who.name
 
 
+def test_a_member_the_winner_added_is_keyed_to_nothing_sent_again_and_follows_the_group(tmp_path: Path) -> None:
+    """The winner adds erin while the losing admin renames and writes in its epoch 3. What the loser sends again
+    in the winner's epoch is keyed only to members of both epochs: never to erin, who was in neither when it was
+    written. Her copy of the loser's lane passes over that page (fewer slots than readers, none hers) instead of
+    waiting for it as a gap, so she still takes the loser's change that follows it and moves with everyone to
+    epoch 4. Fails without ``_passed_over`` (erin stays in epoch 3)."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.make_admin("team", "bob")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    erin = member("erin", 4, tmp_path, ledger)
+    befriend(winner.person, erin.person)
+    loser.groups.rename("team", "second")
+    loser.groups.send_message("the loser, before erin", "second")
+    winner.groups.add("team", "erin")
+    join(erin)
+    for _ in range(8):
+        for who in (winner, loser, carol, erin):
+            who.groups.get_update(who.groups.names()[0])
+    states = [who.groups.store.all()[0] for who in (alice, bob, carol, erin)]
+    assert {(s.epoch, s.epochs["4"]["secret"]) for s in states} == {(4, states[0].epochs["4"]["secret"])}
+    for who in (alice, bob, carol):
+        assert texts(who.groups.load_all("second")).count("the loser, before erin") == 1, who.name
+    view = erin.groups.load_all("second")
+    assert "the loser, before erin" not in texts(view)
+    assert not [p for p in view.problems if p.kind in ("gap", "undecryptable")]
+
+
 def test_the_membership_rule_is_deterministic_and_strict() -> None:
     from reschat.group import Member as Entry
     from reschat.group import Membership
