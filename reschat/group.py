@@ -43,8 +43,9 @@ reading, MAX_RACE_EPOCHS back at most, the lane of each other admin of an older 
 writing in a later one (``_unsettled``), so that an admin that made several changes before it read the
 winner's loses them all and applies them again in order. Each member writes its messages of the lost epochs
 again in the winner's, with their first time, keyed only to the members both of the epoch each was first
-written in and of the winner's (``_send_again``); a member left out passes over such a page
-(``_passed_over``), as over any page keyed to fewer members than its epoch and not to it. A member added
+written in and of the winner's (``_send_again``), followed by the writer's signed word naming those
+records and their readers (``PASSED_EXT``), on which a member left out passes over them instead of waiting
+for them as a gap (``_passed_over``). A member added
 in the losing epoch, who cannot read the epoch before it, loses that epoch when the losing admin adds it
 again (``_newcomer_lost``). A message is new to a reader once per writer, date and content, so a copy sent
 again is not new to whoever was shown the first. What a member taken out writes in its old lane after we
@@ -154,6 +155,9 @@ KEY_EXT = "gkey"
 ROSTER_EXT = "groster"
 LEAVE_EXT = "gleave"
 WITNESS_EXT = "gwitness"
+#: The writer's word, after pages keyed to fewer members than its epoch, that they hold records only the
+#: members it names may read (``_send_again``): a member not named passes over them (``_passed_over``).
+PASSED_EXT = "gpassed"
 INVITE_EXT = GROUP_INVITATION
 #: The type extension of the membership lines the engine makes for display (never on the ledger).
 NOTICE_EXT = GROUP_NOTICE
@@ -1488,24 +1492,25 @@ class GroupService:
         label = self._label(state, writer)
         lane = state.lane(epoch, writer)
         pages: dict[int, OpenPage] = {}
-        others: set[int] = set()  # pages keyed only to other members (see _passed_over)
+        unopened: dict[int, Problem] = {}
         for number in sorted(values):
             value = values[number]
             if value is None:
                 continue
             opened = self._open(state, epoch, writer, number, value)
             if isinstance(opened, Problem):
-                if opened.kind == "undecryptable" and self._keyed_to_others(state, epoch, writer, value):
-                    others.add(number)
-                elif opened.kind != "skipped":
-                    problems.append(opened)
+                if opened.kind != "skipped":
+                    unopened[number] = opened
                 continue
             pages[number] = opened
+        # Pages the writer says (signed, on the page after them) are not for us are neither waited for nor reported.
+        passed_over, not_ours = self._passed_over(state, epoch, writer, pages, set(values))
+        problems += [problem for number, problem in unopened.items() if number not in not_ours]
         top = max(pages, default=0)
         if not top:
             return
         low = min(pages)
-        window: dict[int, OpenPage | None] = {n: pages.get(n) for n in range(low, top + 1) if n not in others}
+        window: dict[int, OpenPage | None] = {n: pages.get(n) for n in range(low, top + 1) if n not in not_ours}
         kept = {int(k): bytes.fromhex(v) for k, v in lane.digests.items()}
         checkpoint = LaneCheckpoint(seq=lane.seq, digest=bytes.fromhex(lane.digest) if lane.digest else b"", kept=kept)
         result = check_lane(label, window, checkpoint, complete_to=top)
@@ -1525,7 +1530,6 @@ class GroupService:
             # ones (a page rolled back or junked by the ledger) is waited for and read again from its page,
             # so that a change it holds is still taken when the page is put back.
             reach, reach_digest = lane.seq, lane.digest
-            passed_over = self._passed_over(pages, others)
             for record, digest in sorted(result.records, key=lambda item: item[0].seq):
                 if record.seq <= reach:
                     continue
@@ -1533,8 +1537,8 @@ class GroupService:
                     if passed_over.get(record.seq) != reach:
                         break
                     problems.append(Problem(label, "restart", f"{record.seq - 1 - reach} message(s) of epoch {epoch} "
-                                            "were keyed only to other members (members of the epoch they were first "
-                                            "written in, or those a removal keeps): not shown to you"))
+                                            "were keyed only to other members (sent again after a lost race, to "
+                                            "the members of the epoch they were first written in): not for you"))
                 reach, reach_digest = record.seq, digest.hex()
             below = [n for n, p in pages.items() if p.header.first_seq <= reach + 1]
             held = max(below) if below else max(1, low - 1)
@@ -1580,33 +1584,37 @@ class GroupService:
             elif not state.status:
                 state.unread += 1
 
-    def _keyed_to_others(self, state: GroupState, epoch: int, writer: str, value: str) -> bool:
-        """Whether a page no key of ours opened has fewer slots than its epoch has readers: keyed on purpose to
-        fewer members (a removal's key page, a page written while a removal waited, a message sent again after
-        a lost race to the members of the epoch it was first written in), and not to us."""
-        try:
-            return len(SealedPage.from_string(value).slots) < len(self._readers(state, epoch, writer))
-        except (PageFormatError, ValueError):
-            return False
+    def _passed_over(
+        self, state: GroupState, epoch: int, writer: str, pages: dict[int, OpenPage], read: set[int],
+    ) -> tuple[dict[int, int], set[int]]:
+        """Runs of records the writer keyed only to members it names, and we are not one of them.
 
-    @staticmethod
-    def _passed_over(pages: dict[int, OpenPage], others: set[int]) -> dict[int, int]:
-        """first_seq of each page read after a run of pages keyed only to others -> the sequence number the
-        lane must have reached for the run to be passed over: the last of the page read before the run (0 when
-        the run starts the lane). Such a run is not waited for as a gap: nothing we wait for will ever open it.
-        What it held is neither shown nor verified here (its writer could as well not have written it)."""
+        Returns, for each page read that starts with the writer's signed ``PASSED_EXT`` record naming the
+        records just before it, its first sequence number -> the one the lane must have reached for the run
+        to be passed over; and the numbers of the pages read just below it that we could not open (the run's,
+        by its writer's word). Only the writer's signed word counts: a page that merely has fewer slots (a
+        ledger's junk, or a removal's key page) is still waited for as a gap. What the run held is neither
+        shown nor verified here; its writer could as well not have written it."""
         passed: dict[int, int] = {}
+        not_ours: set[int] = set()
         for number, page in pages.items():
-            start = number - 1
-            if start not in others:
+            first = page.records[0] if page.records else None
+            if first is None or first.type != "setting" or first.type_ext != PASSED_EXT \
+                    or first.seq != page.header.first_seq:
                 continue
-            while start in others:
-                start -= 1
-            if start == 0:
-                passed[page.header.first_seq] = 0
-            elif start in pages:
-                passed[page.header.first_seq] = pages[start].last_seq
-        return passed
+            data = _parse(first.body) or {}
+            run, readers = data.get("s"), data.get("r")
+            if data.get("g") != state.id or data.get("e") != epoch or not isinstance(readers, list) \
+                    or self.me in readers or not isinstance(run, list) or len(run) != 2 \
+                    or not all(isinstance(n, int) and not isinstance(n, bool) for n in run) \
+                    or not 1 <= run[0] <= run[1] == first.seq - 1:
+                continue
+            passed[first.seq] = run[0] - 1
+            below = number - 1
+            while below in read and below not in pages:
+                not_ours.add(below)
+                below -= 1
+        return passed, not_ours
 
     def _read_own(
         self, state: GroupState, epoch: int, values: dict[int, str | None], problems: list[Problem],
@@ -2010,28 +2018,42 @@ class GroupService:
         sent = 0
         narrowed = self._narrowed(state)
         everyone = self._readers(state, state.epoch, self.me)
+        run: list[int] = []  # sequence numbers written keyed to ``run_readers`` (fewer than ``everyone``)
+        run_readers: list[str] = []
         try:
-            for entry in state.resend:
+            for index, entry in enumerate(state.resend):
                 # Keyed only to members both of the epoch it was first written in and of this one (an entry
                 # kept before "to" existed is keyed as it always was).
                 to = entry.get("to")
                 readers = narrowed if narrowed is not None else everyone
                 if isinstance(to, list):
                     readers = [f for f in readers if f in to]
+                at = parse_timestamp(str(entry["at"]))
                 address, value, message = self._write(
                     state, str(entry["type"]), str(entry["ext"]), bytes.fromhex(str(entry["body"])),
-                    readers=None if readers == everyone else readers, at=parse_timestamp(str(entry["at"])))
-                if readers != everyone:
-                    state.resent_to[f"{state.epoch}:{message.seq}"] = [*readers, self.me]
-                    # Kept for the few epochs a race may still be lost in (as ``departed``).
-                    oldest = state.epoch - MAX_EPOCHS_PER_UPDATE
-                    for key in [k for k in state.resent_to if int(k.split(":")[0]) < oldest]:
-                        del state.resent_to[key]
+                    readers=None if readers == everyone else readers, at=at)
                 writes[address] = value
                 sent += 1
+                if readers != everyone:
+                    state.resent_to[f"{state.epoch}:{message.seq}"] = [*readers, self.me]
+                    run, run_readers = [*run, message.seq], readers
+                following = state.resend[index + 1] if index + 1 < len(state.resend) else None
+                if run and (following is None or [f for f in (narrowed if narrowed is not None else everyone)
+                                                  if f in following.get("to", everyone)] != run_readers):
+                    # Members left out of the run pass over it on our word (``_passed_over``): signed, first on
+                    # the page after it, dated just after its last record.
+                    passed = _json({"g": state.id, "e": state.epoch, "s": [run[0], run[-1]],
+                                    "r": sorted([*run_readers, self.me])})
+                    address, value, _message = self._write(state, "setting", PASSED_EXT, passed, readers=narrowed,
+                                                           fresh_page=True, at=at)
+                    writes[address] = value
+                    run = []
         except MessageError as exc:
             problems.append(Problem(ME, "skipped", f"sending again what the lost epoch held waits: {exc}"))
         state.resend = state.resend[sent:]
+        oldest = state.epoch - MAX_EPOCHS_PER_UPDATE  # kept for the few epochs a race may still be lost in
+        for key in [k for k in state.resent_to if int(k.split(":")[0]) < oldest]:
+            del state.resent_to[key]
         if sent:
             self._notice(state, self.me, f"sent again {sent} message(s) written in the epoch that lost to another "
                          "admin's change made at the same time", state.epoch)

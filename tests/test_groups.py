@@ -623,9 +623,10 @@ def test_an_admin_that_lost_a_race_with_two_changes_applies_both_again_and_sends
 def test_a_member_the_winner_added_is_keyed_to_nothing_sent_again_and_follows_the_group(tmp_path: Path) -> None:
     """The winner adds erin while the losing admin renames and writes in its epoch 3. What the loser sends again
     in the winner's epoch is keyed only to members of both epochs: never to erin, who was in neither when it was
-    written. Her copy of the loser's lane passes over that page (fewer slots than readers, none hers) instead of
-    waiting for it as a gap, so she still takes the loser's change that follows it and moves with everyone to
-    epoch 4. Fails without ``_passed_over`` (erin stays in epoch 3)."""
+    written. She passes over that page on the loser's signed word that follows it (``PASSED_EXT``, naming the
+    records and their readers) instead of waiting for it as a gap, so she still takes the loser's change that
+    follows and moves with everyone to epoch 4. Fails when ``_passed_over`` passes over nothing (erin stays in
+    epoch 3)."""
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
     alice.groups.make_admin("team", "bob")
