@@ -39,9 +39,18 @@ no admin remains, the longest-standing member, who thereby becomes admin) starts
 (taking out only members whose leave record was read). Changes by non-admins, changes naming an epoch
 other than the next one, a second different change of one admin for the same epoch, and anything that
 does not verify are reported and ignored. When two admins start the same epoch, the one with the lower
-fingerprint wins for everyone who read both before adopting either; the other admin's change is applied
-again on top of it as the following epoch, and a member that had moved to the losing epoch writes its
-messages of that epoch again in the winner's. What a member taken out writes in its old lane after we
+fingerprint wins; the other admin's change is applied again on top of it as the following epoch. A member
+that had moved to the losing epoch loses it together with every epoch it adopted on top of it: it keeps
+reading, MAX_RACE_EPOCHS back at most, the lane of each other admin of an older epoch whom it has not seen
+writing in a later one (``_unsettled``), so that an admin that made several changes before it read the
+winner's loses them all and applies them again in order. Each member writes its messages of the lost epochs
+again in the winner's, with their first time, keyed only to the members both of the epoch each was first
+written in and of the winner's (``_send_again``), followed by the writer's signed word naming those
+records and their readers (``PASSED_EXT``), on which a member left out passes over them instead of waiting
+for them as a gap (``_passed_over``). A member added
+in the losing epoch, who cannot read the epoch before it, loses that epoch when the losing admin adds it
+again (``_newcomer_lost``). A message is new to a reader once per writer, date and content, so a copy sent
+again is not new to whoever was shown the first. What a member taken out writes in its old lane after we
 adopted the change is neither shown nor taken.
 
 Order
@@ -162,6 +171,9 @@ KEY_EXT = "gkey"
 ROSTER_EXT = "groster"
 LEAVE_EXT = "gleave"
 WITNESS_EXT = "gwitness"
+#: The writer's word, after pages keyed to fewer members than its epoch, that they hold records only the
+#: members it names may read (``_send_again``): a member not named passes over them (``_passed_over``).
+PASSED_EXT = "gpassed"
 INVITE_EXT = GROUP_INVITATION
 #: A member's signed request, in its pairwise lane with an admin, for a fresh start (``_ask_for_fresh_start``).
 REJOIN_EXT = GROUP_REJOIN
@@ -211,6 +223,8 @@ MAX_MARK_DELTA = 2 ** (31 - _MARK_DELTA_SHIFT) - 1
 #: lanes of the current epoch and of the MAX_MARK_EPOCHS before it (a mark naming an older one is not checked).
 MAX_LANE_TIMES = 64
 MAX_MARK_EPOCHS = 4
+#: How many epochs back a change competing with one we adopted is still looked for (``_unsettled``).
+MAX_RACE_EPOCHS = 4
 
 
 # --- membership -----------------------------------------------------------------------------------
@@ -402,8 +416,12 @@ class GroupState:
     notices: list[list[Any]] = field(default_factory=list)  # [micros, by, text, epoch] membership lines
     rebase: list[dict[str, Any]] = field(default_factory=list)  # our changes that lost a race, to re-apply
     #: Our messages written in an epoch that lost a race, to be written again in the winner's epoch:
-    #: [{"type", "ext", "body" (hex), "at" (their original time)}].
+    #: [{"type", "ext", "body" (hex), "at" (their original time), "to" (the members of the epoch it was
+    #: first written in: nobody else is ever keyed to it)}].
     resend: list[dict[str, Any]] = field(default_factory=list)
+    #: "epoch:seq" -> the members a message we sent again was keyed to, when fewer than its epoch's (so that
+    #: losing that epoch too keys it to no one more).
+    resent_to: dict[str, list[str]] = field(default_factory=dict)
     #: Valid changes read for a coming epoch: epoch -> admin -> {"change", "secret"} (``_resolve`` decides).
     proposals: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: Our pages keyed to fewer members than their epoch (a new epoch's secret): nothing is appended to them.
@@ -525,7 +543,9 @@ class GroupStore:
 
 @dataclass
 class _Session:
-    returned: set[tuple[int, str, int]] = field(default_factory=set)
+    #: (writer, date, digest of the content) of every message of others returned as new: not its place, since
+    #: a message sent again after a lost race has a new place, and keeps its date and content.
+    returned: set[tuple[str, int, str]] = field(default_factory=set)
     suspected: set[tuple[str, str, str]] = field(default_factory=set)  # gaps and rollbacks seen once
     repair_suspects: set[tuple[int, str, int]] = field(default_factory=set)  # kept pages found lost once
 
@@ -1424,7 +1444,8 @@ class GroupService:
             rebase, state.rebase = state.rebase, []
             self.store.save(state)
         for change in rebase:
-            self._reapply(state.name, change, problems)
+            # By the name the group has now: a change applied again before this one may have renamed it.
+            self._reapply(self.store.load(found.id).name, change, problems)
         state = self.store.load(found.id)
         return self._view(state, session, shown, problems, shown_at)
 
@@ -1440,6 +1461,8 @@ class GroupService:
             assert membership is not None
             writers = membership.fingerprints() or [membership.by]  # a new member reads the admin first
             lanes += [(epoch, w) for w in writers]
+        if not everything:
+            lanes += [place for place in self._unsettled(state) if place not in lanes]
         values: dict[tuple[int, str, int], str | None] = {}
         wanted: dict[str, tuple[int, str, int]] = {}
         for epoch, writer in lanes:
@@ -1497,6 +1520,8 @@ class GroupService:
                 break
             for address, value in self.ledger.get_many(list(more)).items():
                 values[more[address]] = value
+        # Before the lanes are taken in: a newcomer loses the epoch it was added in while reading the next one.
+        secrets = {e: m.get("secret") for e, m in state.epochs.items()}
         for epoch, writer in lanes:
             if state.membership(epoch) is None:
                 continue
@@ -1505,11 +1530,35 @@ class GroupService:
                 self._read_own(state, epoch, lane_values, problems, shown)
             else:
                 self._read_lane(state, epoch, writer, lane_values, problems, shown)
-        secrets = {e: m.get("secret") for e, m in state.epochs.items()}
         self._resolve(state, problems)
         for lost in [e for e, secret in secrets.items() if state.epochs.get(e, {}).get("secret") != secret]:
             for key in [k for k in shown if k[0] == int(lost)]:
                 del shown[key]  # pages of an epoch that lost a race: what they held is sent again (``_lose_epoch``)
+
+    def _unsettled(self, state: GroupState) -> list[tuple[int, str]]:
+        """Lanes of epochs before the one before ours that may still hold a change competing with one we adopted.
+
+        An admin of epoch e who stays in the e + 1 we adopted, and has been seen writing in none of the epochs
+        since (ours), may have started its own e + 1 and not read ours yet: if its fingerprint is the lower,
+        the e + 1 we took loses, with every epoch built on it (``_resolve``), however many we adopted since
+        (an admin may make two changes in a row before it reads the other's). Its lane of e is read until it
+        is seen writing in a later epoch, MAX_RACE_EPOCHS back at most.
+        """
+        if state.status:
+            return []
+        seen = self._lanes_with_pages(state)
+        places = []
+        for epoch in range(max(1, state.epoch - MAX_RACE_EPOCHS), state.epoch - 1):
+            membership, following = state.membership(epoch), state.membership(epoch + 1)
+            if membership is None or not membership.secret or following is None:
+                continue
+            for admin in (m.fingerprint for m in membership.members if m.admin):
+                if admin == self.me or admin == following.by or following.get(admin) is None \
+                        or state.lane(epoch, admin).closed_at is not None:
+                    continue  # it started (or could not compete with) the e + 1 we adopted
+                if not any((later, admin) in seen for later in range(epoch + 1, state.epoch + 1)):
+                    places.append((epoch, admin))
+        return places
 
     def _rotation_places(self, state: GroupState) -> list[tuple[int, str, int]]:
         """Older pages this update re-reads, ROTATION_PAGES of them in turn over every lane we read, so that a
@@ -1671,6 +1720,7 @@ class GroupService:
         label = self._label(state, writer)
         lane = state.lane(epoch, writer)
         pages: dict[int, OpenPage] = {}
+        unopened: dict[int, Problem] = {}
         for number in sorted(values):
             value = values[number]
             if value is None:
@@ -1680,14 +1730,17 @@ class GroupService:
                 # Pages keyed to receive keys a copy of ours made after this state are said once, by the line
                 # of ``_ask_for_fresh_start``: those keys are gone (forward secrecy), not the page.
                 if opened.kind != "skipped" and not (opened.kind == "undecryptable" and epoch <= state.behind):
-                    problems.append(opened)
+                    unopened[number] = opened
                 continue
             pages[number] = opened
+        # Pages the writer says (signed, on the page after them) are not for us are neither waited for nor reported.
+        passed_over, not_ours = self._passed_over(state, epoch, writer, pages, set(values))
+        problems += [problem for number, problem in unopened.items() if number not in not_ours]
         top = max(pages, default=0)
         if not top:
             return
         low = min(pages)
-        window: dict[int, OpenPage | None] = {n: pages.get(n) for n in range(low, top + 1)}
+        window: dict[int, OpenPage | None] = {n: pages.get(n) for n in range(low, top + 1) if n not in not_ours}
         kept = {int(k): bytes.fromhex(v) for k, v in lane.digests.items()}
         checkpoint = LaneCheckpoint(seq=lane.seq, digest=bytes.fromhex(lane.digest) if lane.digest else b"", kept=kept)
         result = check_lane(label, window, checkpoint, complete_to=top)
@@ -1711,7 +1764,11 @@ class GroupService:
                 if record.seq <= reach:
                     continue
                 if record.seq != reach + 1:
-                    break
+                    if passed_over.get(record.seq) != reach:
+                        break
+                    problems.append(Problem(label, "restart", f"{record.seq - 1 - reach} message(s) of epoch {epoch} "
+                                            "were keyed only to other members (sent again after a lost race, to "
+                                            "the members of the epoch they were first written in): not for you"))
                 reach, reach_digest = record.seq, digest.hex()
             below = [n for n, p in pages.items() if p.header.first_seq <= reach + 1]
             held = max(below) if below else max(1, low - 1)
@@ -1756,6 +1813,38 @@ class GroupService:
                 self._membership_record(state, epoch, writer, record, problems)
             elif not state.status:
                 state.unread += 1
+
+    def _passed_over(
+        self, state: GroupState, epoch: int, writer: str, pages: dict[int, OpenPage], read: set[int],
+    ) -> tuple[dict[int, int], set[int]]:
+        """Runs of records the writer keyed only to members it names, and we are not one of them.
+
+        Returns, for each page read that starts with the writer's signed ``PASSED_EXT`` record naming the
+        records just before it, its first sequence number -> the one the lane must have reached for the run
+        to be passed over; and the numbers of the pages read just below it that we could not open (the run's,
+        by its writer's word). Only the writer's signed word counts: a page that merely has fewer slots (a
+        ledger's junk, or a removal's key page) is still waited for as a gap. What the run held is neither
+        shown nor verified here; its writer could as well not have written it."""
+        passed: dict[int, int] = {}
+        not_ours: set[int] = set()
+        for number, page in pages.items():
+            first = page.records[0] if page.records else None
+            if first is None or first.type != "setting" or first.type_ext != PASSED_EXT \
+                    or first.seq != page.header.first_seq:
+                continue
+            data = _parse(first.body) or {}
+            run, readers = data.get("s"), data.get("r")
+            if data.get("g") != state.id or data.get("e") != epoch or not isinstance(readers, list) \
+                    or self.me in readers or not isinstance(run, list) or len(run) != 2 \
+                    or not all(isinstance(n, int) and not isinstance(n, bool) for n in run) \
+                    or not 1 <= run[0] <= run[1] == first.seq - 1:
+                continue
+            passed[first.seq] = run[0] - 1
+            below = number - 1
+            while below in read and below not in pages:
+                not_ours.add(below)
+                below -= 1
+        return passed, not_ours
 
     def _read_own(
         self, state: GroupState, epoch: int, values: dict[int, str | None], problems: list[Problem],
@@ -1940,6 +2029,8 @@ class GroupService:
                     members = parse_members(data)
                     inviter = next((m for m in members or [] if m.fingerprint == writer), None)
                     before = state.membership(epoch - 1)
+                    if self._newcomer_lost(state, epoch, members, data, problems):
+                        before = None  # lost, with what we wrote there (sent again in this epoch)
                     # When we know the epoch before (we were a member), the change must pass the same rule
                     # as a change read in the lanes: an invitation is no way around it.
                     reason = check_change(before, data, writer) if before is not None and before.members else ""
@@ -2020,12 +2111,33 @@ class GroupService:
                 state.leaving.append(writer)
                 self._notice(state, writer, "left the group", epoch)
 
+    def _newcomer_lost(self, state: GroupState, epoch: int, members: list[Member] | None, data: dict[str, Any],
+                       problems: list[Problem]) -> bool:
+        """Whether the epoch before ``epoch``, which we joined by invitation, lost a race: an admin's change for
+        ``epoch`` adds us again, joining now (honestly, only the losing admin re-applying its addition does).
+
+        Having joined it, we could read no epoch before it, so we never read the change that won: we lose
+        the epoch here instead (``_lose_epoch``: what we wrote there is sent again in ``epoch``, keyed only to
+        members of both) and forget its membership, which no member of ``epoch`` shares with us."""
+        before = state.membership(epoch - 1)
+        was = before.get(self.me) if before is not None else None
+        now = next((m for m in members or [] if m.fingerprint == self.me), None)
+        if before is None or was is None or now is None or was.since != epoch - 1 or now.since != epoch \
+                or data.get("a") != "add" or data.get("t") != self.me:
+            return False
+        self._lose_epoch(state, epoch - 1, problems)
+        state.epochs.pop(str(epoch - 1), None)
+        state.proposals.pop(str(epoch), None)
+        problems.append(Problem(ME, "restart", f"the epoch you were first added in ({epoch - 1}) lost to another "
+                                "admin's change made at the same time; you were added again after it"))
+        return True
+
     def _resolve(self, state: GroupState, problems: list[Problem]) -> None:
         """Move to the next epoch when a valid change for it was read: the lower admin fingerprint wins."""
         pending = state.proposals
         for epoch_text in sorted(pending, key=int):
             epoch = int(epoch_text)
-            proposals = pending[epoch_text]
+            proposals = pending.get(epoch_text, {})  # a lost race drops the proposals read in lost epochs
             if epoch > state.epoch + 1 or not proposals:
                 continue
             # A departure is taken only once the leave record of everyone it takes out was read (from their
@@ -2048,10 +2160,21 @@ class GroupService:
             if epoch <= state.epoch:
                 if current is None or current.by == winner or winner > current.by:
                     continue
-                # We had moved to an epoch another admin started at the same time; the lower fingerprint wins.
-                if current.by == self.me:
-                    state.rebase.append({"a": current.action, "t": current.target, "n": current.name})
-                self._lose_epoch(state, epoch, problems)
+                # We had moved to an epoch another admin started at the same time; the lower fingerprint wins,
+                # and every epoch we adopted on top of the losing one goes with it: our changes are applied
+                # again in order, our messages of all of them are sent again (in order: ``resend`` is a list).
+                for lost in range(epoch, state.epoch + 1):
+                    gone = state.membership(lost)
+                    if gone is not None and gone.by == self.me:
+                        state.rebase.append({"a": gone.action, "t": gone.target, "n": gone.name})
+                    self._lose_epoch(state, lost, problems)
+                    # Gone until the winner's is taken (its key page may come later): read again, the losing
+                    # membership would lose again, and our change would be applied again twice.
+                    state.epochs.pop(str(lost), None)
+                if state.witness_due >= epoch:
+                    state.witness_due = 0  # we vouch for no membership of a lost epoch
+                for later in [e for e in pending if int(e) > epoch]:
+                    pending.pop(later, None)  # read in the lanes of epochs that lost
                 state.epoch = epoch - 1
             if self.me not in fprs:
                 if state.status != "removed":
@@ -2086,18 +2209,22 @@ class GroupService:
         own = state.own(epoch)
         records = self._own_records(state, epoch, own)
         again = [r for r in records if not (r.type == "setting" and r.type_ext != "")]
-        state.resend += [{"type": r.type, "ext": r.type_ext, "body": r.body.hex(), "at": format_timestamp(r.timestamp)}
+        membership = state.membership(epoch)
+        members = set(membership.fingerprints() if membership is not None else [])
+        # Who may read a message is fixed where it was first written: the winner's epoch may have members the
+        # losing one did not (a removal the loser's stale change undid, an addition): they are never keyed to it.
+        state.resend += [{"type": r.type, "ext": r.type_ext, "body": r.body.hex(), "at": format_timestamp(r.timestamp),
+                          "to": sorted(members.intersection(state.resent_to.get(f"{epoch}:{r.seq}", members)))}
                          for r in again]
         if len(records) < own.seq:
             problems.append(Problem(ME, "damaged", f"{own.seq - len(records)} of your records written in epoch {epoch} "
                                     "(which lost to another admin's change) could not be found to send again"))
-        membership = state.membership(epoch)
         copies = self._copies(state)
         for fingerprint in membership.fingerprints() if membership is not None else []:
             for number in copies.numbers(fingerprint[:16], epoch):
                 copies.drop(fingerprint[:16], epoch, number)
         prefix = f"{epoch}:"
-        for kept in (state.lanes, state.page_keys, state.their_times, state.own_times):
+        for kept in (state.lanes, state.page_keys, state.their_times, state.own_times, state.resent_to):
             for key in [k for k in kept if k.startswith(prefix)]:
                 del kept[key]
         state.restricted = [p for p in state.restricted if not p.startswith(prefix)]
@@ -2125,16 +2252,44 @@ class GroupService:
         """Write again, in the winner's epoch and with their first time, our messages of a lost epoch."""
         writes: dict[str, str] = {}
         sent = 0
+        narrowed = self._narrowed(state)
+        everyone = self._readers(state, state.epoch, self.me)
+        run: list[int] = []  # sequence numbers written keyed to ``run_readers`` (fewer than ``everyone``)
+        run_readers: list[str] = []
         try:
-            for entry in state.resend:
-                address, value, _message = self._write(
+            for index, entry in enumerate(state.resend):
+                # Keyed only to members both of the epoch it was first written in and of this one (an entry
+                # kept before "to" existed is keyed as it always was).
+                to = entry.get("to")
+                readers = narrowed if narrowed is not None else everyone
+                if isinstance(to, list):
+                    readers = [f for f in readers if f in to]
+                at = parse_timestamp(str(entry["at"]))
+                address, value, message = self._write(
                     state, str(entry["type"]), str(entry["ext"]), bytes.fromhex(str(entry["body"])),
-                    readers=self._narrowed(state), at=parse_timestamp(str(entry["at"])))
+                    readers=None if readers == everyone else readers, at=at)
                 writes[address] = value
                 sent += 1
+                if readers != everyone:
+                    state.resent_to[f"{state.epoch}:{message.seq}"] = [*readers, self.me]
+                    run, run_readers = [*run, message.seq], readers
+                following = state.resend[index + 1] if index + 1 < len(state.resend) else None
+                if run and (following is None or [f for f in (narrowed if narrowed is not None else everyone)
+                                                  if f in following.get("to", everyone)] != run_readers):
+                    # Members left out of the run pass over it on our word (``_passed_over``): signed, first on
+                    # the page after it, dated just after its last record.
+                    passed = _json({"g": state.id, "e": state.epoch, "s": [run[0], run[-1]],
+                                    "r": sorted([*run_readers, self.me])})
+                    address, value, _message = self._write(state, "setting", PASSED_EXT, passed, readers=narrowed,
+                                                           fresh_page=True, at=at)
+                    writes[address] = value
+                    run = []
         except MessageError as exc:
             problems.append(Problem(ME, "skipped", f"sending again what the lost epoch held waits: {exc}"))
         state.resend = state.resend[sent:]
+        oldest = state.epoch - MAX_EPOCHS_PER_UPDATE  # kept for the few epochs a race may still be lost in
+        for key in [k for k in state.resent_to if int(k.split(":")[0]) < oldest]:
+            del state.resent_to[key]
         if sent:
             self._notice(state, self.me, f"sent again {sent} message(s) written in the epoch that lost to another "
                          "admin's change made at the same time", state.epoch)
@@ -2602,8 +2757,11 @@ class GroupService:
                         status=status, epoch=epoch,
                     )
                     messages.append(message)
-                    if own is None and key not in session.returned:
-                        session.returned.add(key)
+                    content = hashlib.sha256(_json({"t": record.type, "x": record.type_ext,
+                                                    "b": record.body.hex()})).hexdigest()
+                    once = (writer, to_micros(record.timestamp), content)
+                    if own is None and once not in session.returned:
+                        session.returned.add(once)
                         new_messages.append(message)
         for micros, by, template, epoch, *rest in state.notices:
             moment = _from_micros(int(micros))

@@ -589,6 +589,68 @@ def test_messages_written_in_the_epoch_that_lost_a_race_are_sent_again_in_the_wi
     assert any("sent again 1 message" in n for n in notices)
 
 
+def test_an_admin_that_lost_a_race_with_two_changes_applies_both_again_and_sends_again_what_both_held(
+        tmp_path: Path) -> None:
+    """The losing admin renames twice (its epochs 3 and 4) and writes in each before it reads the winner's
+    change for epoch 3. It loses both epochs: its two changes are applied again in order (epochs 4 and 5) and
+    its messages of both are sent again, once each, in the order written; every member ends in the same epochs.
+    Fails when ``_resolve`` loses only the first epoch of the chain (``range(epoch, state.epoch + 1)``)."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.make_admin("team", "bob")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    loser.groups.rename("team", "second")
+    loser.groups.send_message("in the loser's 3", "second")
+    loser.groups.rename("second", "third")
+    loser.groups.send_message("in the loser's 4", "third")
+    winner.groups.rename("team", "first")
+    for _ in range(8):
+        for who in (winner, loser, carol):
+            who.groups.get_update(who.groups.names()[0])
+    states = [who.groups.store.all()[0] for who in (alice, bob, carol)]
+    for epoch in ("3", "4", "5"):
+        starts = {(s.epochs[epoch]["by"], s.epochs[epoch]["secret"]) for s in states}
+        assert len(starts) == 1, f"members disagree about epoch {epoch}"
+    assert states[0].epochs["3"]["by"] == winner.fingerprint and states[0].epochs["5"]["by"] == loser.fingerprint
+    assert {s.name for s in states} == {"third"}
+    for who in (alice, bob, carol):
+        lines = [line for line in texts(who.groups.load_all("third")) if line.startswith("in the loser's")]
+        assert lines == ["in the loser's 3", "in the loser's 4"], who.name
+
+
+def test_a_member_the_winner_added_is_keyed_to_nothing_sent_again_and_follows_the_group(tmp_path: Path) -> None:
+    """The winner adds erin while the losing admin renames and writes in its epoch 3. What the loser sends again
+    in the winner's epoch is keyed only to members of both epochs: never to erin, who was in neither when it was
+    written. She passes over that page on the loser's signed word that follows it (``PASSED_EXT``, naming the
+    records and their readers) instead of waiting for it as a gap, so she still takes the loser's change that
+    follows and moves with everyone to epoch 4. Fails when ``_passed_over`` passes over nothing (erin stays in
+    epoch 3)."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.make_admin("team", "bob")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    erin = member("erin", 4, tmp_path, ledger)
+    befriend(winner.person, erin.person)
+    loser.groups.rename("team", "second")
+    loser.groups.send_message("the loser, before erin", "second")
+    winner.groups.add("team", "erin")
+    join(erin)
+    for _ in range(8):
+        for who in (winner, loser, carol, erin):
+            who.groups.get_update(who.groups.names()[0])
+    states = [who.groups.store.all()[0] for who in (alice, bob, carol, erin)]
+    assert {(s.epoch, s.epochs["4"]["secret"]) for s in states} == {(4, states[0].epochs["4"]["secret"])}
+    for who in (alice, bob, carol):
+        assert texts(who.groups.load_all("second")).count("the loser, before erin") == 1, who.name
+    view = erin.groups.load_all("second")
+    assert "the loser, before erin" not in texts(view)
+    assert not [p for p in view.problems if p.kind in ("gap", "undecryptable")]
+
+
 def test_the_membership_rule_is_deterministic_and_strict() -> None:
     from reschat.group import Member as Entry
     from reschat.group import Membership
