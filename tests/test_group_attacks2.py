@@ -1,0 +1,101 @@
+"""Groups attacked, second round: pass-over records, fresh starts, lost races across epochs, card requests and
+the causal mark (the features of protocol 2's groups that landed last).
+
+As in ``tests/test_group_attacks.py``: one test per attack, against the real engine on a shared memory ledger;
+a malicious member's "modified client" is the engine's own code driven with a state it edits. An attack the
+code resists is a plain test asserting the resistance (its docstring names the line whose removal makes it
+fail); an attack that works is written as the secure behaviour and marked
+``xfail(strict=True, reason="ATTACK WORKS: ...")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from reschat.errors import MessageError
+from reschat.ledger import MemoryLedger
+from reschat.page import SealedPage
+from tests.test_group_attacks import edit
+from tests.test_groups import Member, team, texts, until
+from tests.test_protocol2 import stored
+
+
+def name_of(who: Member) -> str:
+    return who.groups.names()[0]
+
+
+def two_admins(tmp_path: Path, ledger: MemoryLedger) -> tuple[Member, Member, Member]:
+    """alice makes bob admin (epoch 2); returns (the admin with the lower fingerprint, the higher, carol)."""
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.make_admin("team", "bob")
+    for who in (bob, carol):
+        until(who, "team", lambda v, w=who: w.state("team").epoch == 2)
+    low, high = sorted((alice, bob), key=lambda m: m.fingerprint)
+    return low, high, carol
+
+
+# --- 3. lost races across several epochs ---------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: _unsettled keeps reading a stale admin's lane of an older "
+                   "epoch when it stayed in the epoch after it, whether or not a later epoch removed it; its late "
+                   "change for that epoch wins on its lower fingerprint and undoes its own removal")
+def test_a_removed_admin_cannot_undo_its_removal_by_a_change_in_an_older_epochs_lane(tmp_path: Path) -> None:
+    """The admin with the lower fingerprint goes silent in epoch 2. The other admin renames (epoch 3, which
+    keeps it) and then removes it (epoch 4). Its modified client, still at epoch 2, now removes the remover
+    for epoch 3, in its lane of epoch 2: a lane every member keeps reading (``_unsettled``: an admin of epoch 2
+    who stayed in the epoch 3 we adopted and was never seen writing since). Its change wins the "race" for
+    epoch 3, every member loses epochs 3 and 4 (its own removal among them), and the remover is out."""
+    ledger = MemoryLedger()
+    low, high, carol = two_admins(tmp_path, ledger)
+    # ``low`` reads nothing from here on (a modified client, or simply one that is not running).
+    high.groups.rename("team", "renamed")
+    until(carol, "team", lambda v: carol.state("renamed").epoch == 3)
+    high.groups.remove("renamed", low.fingerprint)
+    until(carol, "renamed", lambda v: carol.state("renamed").epoch == 4)
+    assert low.fingerprint not in carol.state("renamed").current().fingerprints()
+    # Its client still holds epoch 2, where it is an admin: the engine's own code writes the change for epoch 3.
+    low.groups.remove("team", high.fingerprint)
+    for _ in range(4):
+        for who in (carol, high):
+            if who.groups.names():
+                who.groups.get_update(name_of(who))
+    state = carol.groups.store.all()[0]
+    assert low.fingerprint not in state.current().fingerprints(), "the removed admin is back in the group"
+    assert high.fingerprint in state.current().fingerprints() and high.groups.store.all()[0].status == ""
+
+
+# --- 2. fresh starts -----------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: _lane_ahead takes any copy of our current page with our "
+                   "writer tag and different record bytes as another copy of us writing ahead; the tag covers only "
+                   "the slots and header, so a ledger writer with no key flips a byte in a record of a page it saw "
+                   "written and the member stops writing to the group for good (its only admin: forever)")
+def test_a_ledger_writer_cannot_make_a_member_believe_its_copy_is_behind(tmp_path: Path) -> None:
+    """The writer with no key takes alice's current page (at an address it saw written), changes one byte of
+    its last sealed record and writes it back: the writer tag (slots and header) still verifies. alice's next
+    update compares her lane with the ledger: a "different copy of our current page" means, to her, another
+    copy of her profile wrote ahead; she stops writing in the epoch and asks for a fresh start. She is the
+    group's only admin, so nobody can give her one."""
+    ledger = MemoryLedger()
+    alice, bob, _carol = team(tmp_path, ledger)
+    alice.groups.send_message("alice, before", "team")
+    until(bob, "team", lambda v: "alice, before" in texts(v))
+    alice.groups.get_update("team")
+    address = alice.groups.lane_address("team", "me", 1, alice.state("team").own(1).page)
+    sealed = SealedPage.from_string(stored(ledger)[address])
+    last = bytearray(sealed.records[-1])
+    last[-1] ^= 1
+    ledger.set(address, dataclasses.replace(sealed, records=[*sealed.records[:-1], bytes(last)]).to_string())
+    for _ in range(2):
+        alice.groups.get_update("team")
+    assert alice.state("team").behind < alice.state("team").epoch, "alice believes her copy is behind"
+    alice.groups.send_message("alice, after", "team")
+    assert "alice, after" in texts(until(bob, "team", lambda v: "alice, after" in texts(v)))
+
+
+__all__ = ["MessageError", "edit"]
