@@ -11,14 +11,15 @@ fail); an attack that works is written as the secure behaviour and marked
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from reschat.errors import MessageError
+from reschat.chat import CARD_REPLY
 from reschat.ledger import MemoryLedger
 from reschat.page import SealedPage
-from tests.test_group_attacks import edit
+from tests.conftest import befriend, make_person
 from tests.test_groups import Member, team, texts, until
 from tests.test_protocol2 import stored
 
@@ -98,4 +99,31 @@ def test_a_ledger_writer_cannot_make_a_member_believe_its_copy_is_behind(tmp_pat
     assert "alice, after" in texts(until(bob, "team", lambda v: "alice, after" in texts(v)))
 
 
-__all__ = ["MessageError", "edit"]
+# --- 4. card requests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: _take_group_records answers a card request dated after our "
+                   "newest reply; a friend who dates its request years ahead gets a new reply (our whole card, one "
+                   "more record and write) at every one of our updates of the chat, without end")
+def test_a_friend_cannot_make_us_answer_one_card_request_at_every_update(tmp_path: Path) -> None:
+    """bob's client sends one card request dated a year ahead (its clock, or its modified client). alice's
+    client compares it with the time of her newest reply: each reply is dated now, before the request, so the
+    request stays unanswered to her and every update of the chat writes her card again."""
+    ledger = MemoryLedger()
+    alice = make_person("alice", 0, tmp_path / "alice", ledger)
+    ahead = datetime.now(timezone.utc) + timedelta(days=365)
+    bob = make_person("bob", 1, tmp_path / "bob", ledger, clock=lambda: ahead)
+    befriend(alice, bob)
+    bob.chat.ask_for_card("alice")
+    replies = []
+    send = alice.chat.send_message
+
+    def counting(message: str | bytes, nickname: str, **options: str) -> object:
+        if options.get("type_ext") == CARD_REPLY:
+            replies.append(nickname)
+        return send(message, nickname, **options)  # type: ignore[arg-type]
+
+    alice.chat.send_message = counting  # type: ignore[method-assign]
+    for _ in range(6):
+        alice.chat.get_update("bob")
+    assert len(replies) <= 1, f"alice answered one request {len(replies)} times"
