@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from reschat.chat import CARD_REPLY
+from reschat.group import Member as GroupMember
 from reschat.ledger import MemoryLedger
 from reschat.page import SealedPage, format_timestamp
-from tests.conftest import befriend, make_person
-from tests.test_group_attacks import JUNK, edit
+from tests.conftest import befriend, make_person, settle
+from tests.test_group_attacks import JUNK, edit, forge_epoch
 from tests.test_groups import Member, team, texts, until
 from tests.test_protocol2 import stored
 
@@ -141,6 +142,28 @@ def test_a_ledger_writer_cannot_make_a_member_believe_its_copy_is_behind(tmp_pat
     assert alice.state("team").behind < alice.state("team").epoch, "alice believes her copy is behind"
     alice.groups.send_message("alice, after", "team")
     assert "alice, after" in texts(until(bob, "team", lambda v: "alice, after" in texts(v)))
+
+
+@pytest.mark.xfail(strict=True, reason="ATTACK WORKS: _accept checks who invites only for a group we are in "
+                   "(status ''); once removed, an invitation to the same group id from any friend, for any epoch, "
+                   "is taken, and the roster it comes with is checked against nothing (no epoch before it known)")
+def test_a_member_who_is_not_an_admin_cannot_pull_a_removed_member_into_a_made_up_epoch(tmp_path: Path) -> None:
+    """carol is removed by alice. bob, a member who is no admin but carol's friend, makes up epoch 7 of the
+    same group (his modified client: the engine's own ``_start_epoch``, himself its admin) and invites her.
+    Her client takes it: the group is no longer "removed" for her and shows "bob added you" under its history
+    (README: an invitation to a group already held is taken only from an admin of the current epoch for the
+    next one). In this run the made-up epoch then falls apart in her state (she is left in epoch 1 with no
+    member list, unable to send), but nothing checked who sent it."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    befriend(bob.person, carol.person)
+    alice.groups.remove("team", "carol")
+    until(carol, "team", lambda v: carol.state("team").status == "removed")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    forge_epoch(bob, "team", 7, [GroupMember(carol.fingerprint, 7, False)], [carol.fingerprint])
+    settle(lambda: carol.groups.accept_invitations(), bool, reads=4)
+    carol.groups.get_update(name_of(carol))
+    assert carol.groups.store.all()[0].status == "removed", "carol takes bob's made-up epoch as the group"
 
 
 # --- 4. card requests ----------------------------------------------------------------------------------
