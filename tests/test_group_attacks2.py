@@ -166,6 +166,33 @@ def test_a_member_who_is_not_an_admin_cannot_pull_a_removed_member_into_a_made_u
     assert carol.groups.store.all()[0].status == "removed", "carol takes bob's made-up epoch as the group"
 
 
+# --- 5. the causal mark --------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="ATTACK WORKS (a stated limit, README 'The causal mark is the writer's "
+                   "word'): a member dating its messages up to CLOCK_AHEAD ahead gets every honest reply named to "
+                   "them reported backdated to everyone and shown after them")
+def test_a_member_dating_its_messages_ahead_cannot_get_an_honest_member_reported_backdated(tmp_path: Path) -> None:
+    """bob's modified client dates his message 9 minutes ahead (within the 10 minutes a mark still names).
+    alice reads it and answers at once, honestly: her record names bob's as the newest she read, and is
+    dated before it. carol reads both: alice's message is reported ``backdated`` and moved below bob's."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    bob.person.chat.clock = lambda: datetime.now(timezone.utc) + timedelta(minutes=9)
+    bob.groups.send_message("bob, from nine minutes ahead", "team")
+    until(alice, "team", lambda v: "bob, from nine minutes ahead" in texts(v))
+    alice.groups.send_message("alice, an honest reply", "team")
+    problems = []
+
+    def read() -> list[str]:
+        view = carol.groups.get_update("team")
+        problems.extend(view.problems)
+        return texts(carol.groups.load_all("team"))
+
+    settle(read, lambda t: {"bob, from nine minutes ahead", "alice, an honest reply"} <= set(t))
+    assert not [p for p in problems if p.kind == "backdated" and p.lane.startswith("alice")], problems
+
+
 # --- 4. card requests ----------------------------------------------------------------------------------
 
 
