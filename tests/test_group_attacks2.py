@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from reschat.chat import CARD_REPLY
+from reschat.group import PASSED_EXT, _json
 from reschat.group import Member as GroupMember
 from reschat.ledger import MemoryLedger
 from reschat.page import SealedPage, format_timestamp
@@ -112,6 +113,32 @@ def test_a_ledger_writer_cannot_hide_a_junked_page_behind_a_pass_over_record(tmp
     view = until(bob, "team", lambda v: "carol, later" in texts(v))
     assert {"carol, for bob too", "carol, later"} <= set(texts(bob.groups.load_all("team")))
     assert "carol, sent again to alice" not in texts(view)
+
+
+def test_a_members_pass_over_record_cannot_hide_what_it_keyed_to_you(tmp_path: Path) -> None:
+    """carol's modified client writes a message keyed to everyone, then her signed pass-over record naming it
+    and readers without bob (the engine's own ``_write``, on a page of its own as ``_send_again`` does). bob
+    opened the page that holds it: a pass-over only skips pages he could not open, so his lane takes the
+    message (it counts as unread, and a membership record there would be taken) rather than stepping over
+    it. Fails when ``and below not in pages`` is dropped from ``_passed_over``'s walk down (the message is
+    still displayed, from its opened page, but no longer taken in: one unread fewer)."""
+    ledger = MemoryLedger()
+    alice, bob, carol = team(tmp_path, ledger)
+    carol.groups.send_message("carol, keyed to everyone", "team")
+    found = carol.state("team")
+    with carol.groups.store.lock(found.id):
+        state = carol.groups.store.load(found.id)
+        seq = state.own(1).seq
+        body = _json({"g": state.id, "e": 1, "s": [seq, seq], "r": sorted([alice.fingerprint, carol.fingerprint])})
+        address, value, _message = carol.groups._write(state, "setting", PASSED_EXT, body, fresh_page=True)
+        carol.groups.store.save(state)
+    ledger.set(address, value)
+    carol.groups.send_message("carol, after the pass-over", "team")
+    bob.groups.mark_read("team")
+    until(bob, "team", lambda v: "carol, after the pass-over" in texts(v))
+    assert bob.groups.unread_counts()["team"] == 2
+    shown = texts(bob.groups.load_all("team"))
+    assert "carol, keyed to everyone" in shown and "carol, after the pass-over" in shown
 
 
 # --- 2. fresh starts -----------------------------------------------------------------------------------
