@@ -125,6 +125,8 @@ GROUP_NOTICE = "group"
 #: group engine asks for it in the pair's lane (a ``setting`` record), and the friend's client answers with it.
 CARD_REQUEST = "gcardask"
 CARD_REPLY = "gcard"
+#: How far ahead of our clock a request for our card may be dated and still be answered.
+CARD_REQUEST_AHEAD = timedelta(minutes=10)
 
 
 def utc_now() -> datetime:
@@ -262,6 +264,7 @@ class ChatService:
         #: engine (group.py) takes them from here.
         self.group_invitations: list[tuple[str, ChatMessage]] = []
         self._card_asked: set[str] = set()  # friends whose request for our card waits for its answer
+        self._card_answered: set[tuple[str, int | None, int | None]] = set()  # requests answered this session
         #: Pages written before this moment were written by an earlier session: one that no read has
         #: returned is re-sent at this session's first update, without waiting for ``resend_after``.
         self._session_start = clock()
@@ -456,8 +459,23 @@ class ChatService:
         if not own.page or local is None or not self._is_mine(pair, *current, remote):
             return False
         assert remote is not None
-        theirs, ours = self._sealed(remote).records, self._sealed(local).records
-        return len(theirs) > len(ours) or theirs != ours[: len(theirs)]
+        theirs, ours = self._sealed(remote), self._sealed(local)
+        if (theirs.header, theirs.slots) != (ours.header, ours.slots):
+            return True  # another page begun at our place: the tag, which covers these, is ours alone
+        if len(theirs.records) <= len(ours.records) and theirs.records == ours.records[: len(theirs.records)]:
+            return False
+        # The same page with other records: the tag does not cover records, and a ledger writer can change
+        # their bytes. They are another copy's only if they open and verify under our own signature.
+        stored = own.secrets.get(page_id(own.epoch, own.page))
+        if not stored or stored == _EXPIRED:
+            return False
+        try:
+            open_page(remote, theirs, PageKeys.from_text(stored), conversation=pair.conversation,
+                      writer=self.my_fingerprint, writer_key=self.identity.public_key, epoch=own.epoch,
+                      number=own.page, verified=self._verified)
+        except (PageFormatError, ValueError):
+            return False
+        return True
 
     def _check_own_lane(self, pair: _Pair, own: OwnLane) -> None:
         """Once per session before the first send: make sure no other copy of us wrote ahead."""
@@ -866,10 +884,16 @@ class ChatService:
             return messages, new_messages
         self.group_invitations += [(nickname, m) for m in records
                                    if not m.outgoing and m.type_ext in (GROUP_INVITATION, GROUP_REJOIN)]
+        # A request is answered once: not when our reply is newer, nor twice in a session, nor when it is dated
+        # ahead of our clock (a request dated a year ahead would otherwise stay newer than every reply).
         answered = max((m.time for m in records if m.outgoing and m.type_ext == CARD_REPLY), default=None)
-        if any(not m.outgoing and m.type_ext == CARD_REQUEST and (answered is None or m.time > answered)
-               for m in records):
-            self._card_asked.add(nickname)
+        latest = self.clock() + CARD_REQUEST_AHEAD
+        for request in (m for m in records if not m.outgoing and m.type_ext == CARD_REQUEST):
+            place = (nickname, request.epoch, request.seq)
+            if (answered is None or request.time > answered) and request.time <= latest \
+                    and place not in self._card_answered:
+                self._card_answered.add(place)
+                self._card_asked.add(nickname)
         for reply in (m for m in records if not m.outgoing and m.type_ext == CARD_REPLY):
             self._take_card(nickname, reply.body)
         return [m for m in messages if m not in records], [m for m in new_messages if m not in records]

@@ -975,8 +975,15 @@ class GroupService:
         remote = ours(own.page) if local is not None else None
         if local is None or remote is None:
             return False
-        mine = SealedPage.from_string(local).records
-        return len(remote.records) > len(mine) or remote.records != mine[: len(remote.records)]
+        mine = SealedPage.from_string(local)
+        if (remote.header, remote.slots) != (mine.header, mine.slots):
+            return True  # another page begun at our place: the tag, which covers these, is ours alone
+        if len(remote.records) <= len(mine.records) and remote.records == mine.records[: len(remote.records)]:
+            return False
+        # The same page with other records: the tag does not cover records, and a ledger writer can change
+        # their bytes. They are another copy's only if they open and verify under our own signature.
+        opened = self._open(state, epoch, self.me, own.page, str(values.get(own.page)))
+        return isinstance(opened, OpenPage)
 
     def _ask_for_fresh_start(self, state: GroupState) -> None:
         """We fell behind the ledger in our lane of the current epoch: ask each admin who is our friend, in our
@@ -1304,8 +1311,17 @@ class GroupService:
         except (KeyError, ValueError, TypeError):
             return ""
         existing = next((g for g in self.store.all() if g.id == group_id), None)
-        if existing is not None and existing.epoch >= epoch and existing.status != "removed":
-            return ""
+        if existing is not None and existing.epoch >= epoch:
+            return ""  # never an epoch at or below one we hold (the invitation we joined with, shown again)
+        if existing is not None and existing.status:
+            # Removed, or left: back only for a later epoch and from an admin of a membership we know; a member
+            # who is no admin cannot make up an epoch of this group and pull us into it.
+            admins = {m.fingerprint for e in existing.epochs for m in (existing.membership(int(e)) or
+                                                                       Membership(0, "", "", [], "")).members
+                      if m.admin}
+            if friend.fingerprint not in admins:
+                log.warning("an invitation from %s to a group we were in was refused: not an admin of it", nickname)
+                return ""
         if existing is not None and not existing.status:
             # A group we are in changes membership only through an admin's change in the lanes, which every
             # member checks alike. An invitation to it is taken only as such a change would be: for the next
@@ -1552,9 +1568,12 @@ class GroupService:
             membership, following = state.membership(epoch), state.membership(epoch + 1)
             if membership is None or not membership.secret or following is None:
                 continue
+            current = state.current()
             for admin in (m.fingerprint for m in membership.members if m.admin):
+                # Only an admin still a member now: one a later change took out may write a "competing" change
+                # in its old lane at any time, and must never take the group back.
                 if admin == self.me or admin == following.by or following.get(admin) is None \
-                        or state.lane(epoch, admin).closed_at is not None:
+                        or current.get(admin) is None or state.lane(epoch, admin).closed_at is not None:
                     continue  # it started (or could not compete with) the e + 1 we adopted
                 if not any((later, admin) in seen for later in range(epoch + 1, state.epoch + 1)):
                     places.append((epoch, admin))

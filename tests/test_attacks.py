@@ -21,7 +21,7 @@ from reschat.keystore import read_sealed, write_sealed
 from reschat.lane import add_record, find_page_secret, new_page
 from reschat.ledger import MemoryLedger
 from reschat.page import GENESIS_HASH, PAGE_CAPACITY, PREFIX, Record, SealedPage, to_micros
-from tests.conftest import Person, befriend, make_person
+from tests.conftest import Person, befriend, make_person, settle
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -229,6 +229,30 @@ def test_a_friend_cannot_force_endless_restarts_of_my_lane(pair: tuple[Person, P
         bob.chat.send_message(f"b{i + 1}", "alice")
         assert "restart" not in kinds(view.problems)
     assert bob.chat.own_lane("alice").epoch == 1
+
+
+def test_a_ledger_writer_changing_a_record_of_my_current_page_does_not_restart_my_lane(
+    pair: tuple[Person, Person], ledger: MemoryLedger
+) -> None:
+    """The writer tag covers a page's slots and header, not its records: a ledger writer flips one byte of
+    the last record of bob's current page (an address it saw written). That is no other copy of bob
+    writing (its records do not verify under his signature): no restart, and his next message is read.
+    Fails when chat._behind takes any different record bytes under a valid tag for another copy's."""
+    alice, bob = pair
+    bob.chat.send_message("b0", "alice")
+    alice.chat.get_update("bob")
+    own = bob.chat.own_lane("alice")
+    address = alice.chat.lane_address("bob", mine=False, number=own.page, epoch=own.epoch)
+    sealed = SealedPage.from_string(ledger.get(address) or "")
+    last = bytearray(sealed.records[-1])
+    last[-1] ^= 1
+    ledger.set(address, SealedPage(slots=sealed.slots, header=sealed.header,
+                                   records=[*sealed.records[:-1], bytes(last)], tag=sealed.tag).to_string())
+    bob.chat.get_update("alice")
+    bob.chat.send_message("b1", "alice")
+    assert bob.chat.own_lane("alice").epoch == own.epoch
+    view = settle(lambda: alice.chat.get_update("bob"), lambda v: "b1" in [m.text for m in v.messages])
+    assert "restart" not in kinds(view.problems)
 
 
 def test_junk_at_my_epoch_probes_does_not_inflate_my_restart(
