@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import sys
 import threading
@@ -144,9 +145,15 @@ class Terminal:
         assert self._input is not None
         self._input.send_text(keys)
 
+    @property
+    def unwrapped(self) -> str:
+        """The output with long lines joined again: a line the chat wraps goes on after a ``│`` margin, and
+        where it breaks depends on the width of what it holds (a temporary folder's name, say)."""
+        return re.sub(r"[ \t]*\n[ \t]*│ ", " ", self.output)
+
     def wait_for(self, text: str, timeout: float = HANG_TIMEOUT, *, count: int = 1) -> None:
-        """Wait until ``text`` was printed ``count`` times; fail at once if the menu thread died."""
-        self.wait_until(lambda: self.output.count(text) >= count, f"{text!r} (x{count})", timeout)
+        """Wait until ``text`` was printed ``count`` times, wrapped or not; fail at once if the menu thread died."""
+        self.wait_until(lambda: self.unwrapped.count(text) >= count, f"{text!r} (x{count})", timeout)
 
     def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = HANG_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
