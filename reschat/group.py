@@ -1859,10 +1859,12 @@ class GroupService:
                     or not 1 <= run[0] <= run[1] == first.seq - 1:
                 continue
             passed[first.seq] = run[0] - 1
-            below = number - 1
-            while below in read and below not in pages:
+            # A message sent again to fewer members takes a page of its own (``_send_again``): the run has at
+            # most one page per record, and no page further down is the writer's word to pass over.
+            below, left = number - 1, run[1] - run[0] + 1
+            while left and below in read and below not in pages:
                 not_ours.add(below)
-                below -= 1
+                below, left = below - 1, left - 1
         return passed, not_ours
 
     def _read_own(
