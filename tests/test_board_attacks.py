@@ -29,7 +29,7 @@ from reschat.page import GENESIS_HASH, Record, SealedPage, to_micros
 from tests.conftest import befriend, settle
 from tests.test_group_attacks import JUNK, accept, board_slot, edit, two_memberships
 from tests.test_groups import Member as Person
-from tests.test_groups import member, team, texts, until
+from tests.test_groups import member, team, texts, two_admins, until
 
 
 def added(tmp_path: Path, ledger: MemoryLedger) -> tuple[Person, Person, Person, Person]:
@@ -403,11 +403,7 @@ def test_the_resend_never_carries_a_record_that_is_not_ours(tmp_path: Path) -> N
     with her own page keys: the test fails if the outbox/copies were skipped and the ledger's value opened
     without them (it does not reach the ledger path, which only a profile that lost its copies takes)."""
     ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    until(bob, "team", lambda v: bob.state("team").epoch == 2)
-    until(carol, "team", lambda v: carol.state("team").epoch == 2)
-    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    _alice, _bob, carol, winner, loser = two_admins(tmp_path, ledger)
     loser.groups.rename("team", "second")
     settle(lambda: carol.groups.get_update(current(carol).name), lambda v: current(carol).epoch == 3)
     carol.groups.send_message("carol's own line", "second")
@@ -430,11 +426,7 @@ def test_a_member_who_read_the_losing_epoch_is_not_shown_its_messages_as_new_twi
     messages are told apart by (writer, date, content), which a copy sent again keeps. Fails with ``_view``'s
     ``once`` keyed by the record's place (epoch, writer, seq) again."""
     ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    until(bob, "team", lambda v: bob.state("team").epoch == 2)
-    until(carol, "team", lambda v: carol.state("team").epoch == 2)
-    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    _alice, _bob, carol, winner, loser = two_admins(tmp_path, ledger)
     loser.groups.rename("team", "second")
     settle(lambda: carol.groups.get_update(current(carol).name), lambda v: current(carol).epoch == 3)
     for i in range(3):
@@ -456,11 +448,7 @@ def test_what_a_member_added_in_the_losing_epoch_wrote_there_is_not_lost(tmp_pat
     admin adds it again (joining the next epoch), it loses the epoch it was first added in and sends again what
     it wrote there. Fails when ``_newcomer_lost`` never loses the epoch (returns False)."""
     ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    until(bob, "team", lambda v: bob.state("team").epoch == 2)
-    until(carol, "team", lambda v: carol.state("team").epoch == 2)
-    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    _alice, _bob, carol, winner, loser = two_admins(tmp_path, ledger)
     dave = member("dave", 3, tmp_path, ledger)
     befriend(loser.person, dave.person)
     loser.groups.add("team", "dave")
@@ -509,11 +497,7 @@ def test_a_member_the_winner_removed_sends_nothing_again(tmp_path: Path) -> None
     is back after losing), and the ``closed_at`` filters of ``_read_lane`` and ``_view`` hide what she writes in
     her closed lane of epoch 2; the test fails with both removed (checked), not with one."""
     ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    until(bob, "team", lambda v: bob.state("team").epoch == 2)
-    until(carol, "team", lambda v: carol.state("team").epoch == 2)
-    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    _alice, _bob, carol, winner, loser = two_admins(tmp_path, ledger)
     loser.groups.rename("team", "second")
     settle(lambda: carol.groups.get_update(current(carol).name), lambda v: current(carol).epoch == 3)
     carol.groups.send_message("carol, in the losing epoch", "second")
@@ -560,11 +544,7 @@ def test_an_admin_that_makes_two_changes_in_a_row_during_a_race_does_not_split_t
     loses the whole chain it built (both its changes applied again in order): the members converge. Fails
     without the ``_unsettled`` lanes in ``_read_epochs`` (the chain's loss: ``tests/test_groups.py``)."""
     ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    until(bob, "team", lambda v: bob.state("team").epoch == 2)
-    until(carol, "team", lambda v: carol.state("team").epoch == 2)
-    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    _alice, _bob, carol, winner, loser = two_admins(tmp_path, ledger)
     loser.groups.rename("team", "second")
     loser.groups.rename("second", "third")  # two changes in a row, before its next update
     winner.groups.rename("team", "first")  # the race for epoch 3, which the winner wins

@@ -516,6 +516,17 @@ def test_a_ledger_writer_cannot_plant_or_move_a_page_and_hides_nothing(tmp_path:
     assert "genuine 2" in texts(view)
 
 
+def two_admins(tmp_path: Path, ledger: Ledger) -> tuple[Member, Member, Member, Member, Member]:
+    """alice makes bob an admin (epoch 2, read by all): alice, bob, carol, and of the two admins the one whose
+    change wins a race for the same epoch (the lower fingerprint) and the one whose change loses."""
+    alice, bob, carol = team(tmp_path, ledger)
+    alice.groups.make_admin("team", "bob")
+    until(bob, "team", lambda v: bob.state("team").epoch == 2)
+    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    return alice, bob, carol, winner, loser
+
+
 def test_two_admins_changing_at_once_end_in_one_membership_per_epoch(tmp_path: Path) -> None:
     ledger = MemoryLedger()
     alice, bob, carol = team(tmp_path, ledger)
@@ -550,11 +561,7 @@ def test_messages_written_in_the_epoch_that_lost_a_race_are_sent_again_in_the_wi
     admin. Nobody who went straight to the winner's epoch could read those pages: each writer sends them again
     in the winner's epoch, with their first time, and every member ends with each message exactly once."""
     ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    until(bob, "team", lambda v: bob.state("team").epoch == 2)
-    until(carol, "team", lambda v: carol.state("team").epoch == 2)
-    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    alice, bob, carol, winner, loser = two_admins(tmp_path, ledger)
     loser.groups.rename("team", "second")
     settle(lambda: carol.groups.get_update(carol.groups.names()[0]),
            lambda v: carol.groups.store.all()[0].epoch == 3)
@@ -596,11 +603,7 @@ def test_an_admin_that_lost_a_race_with_two_changes_applies_both_again_and_sends
     its messages of both are sent again, once each, in the order written; every member ends in the same epochs.
     Fails when ``_resolve`` loses only the first epoch of the chain (``range(epoch, state.epoch + 1)``)."""
     ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    until(bob, "team", lambda v: bob.state("team").epoch == 2)
-    until(carol, "team", lambda v: carol.state("team").epoch == 2)
-    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    alice, bob, carol, winner, loser = two_admins(tmp_path, ledger)
     loser.groups.rename("team", "second")
     loser.groups.send_message("in the loser's 3", "second")
     loser.groups.rename("second", "third")
@@ -628,11 +631,7 @@ def test_a_member_the_winner_added_is_keyed_to_nothing_sent_again_and_follows_th
     follows and moves with everyone to epoch 4. Fails when ``_passed_over`` passes over nothing (erin stays in
     epoch 3)."""
     ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    until(bob, "team", lambda v: bob.state("team").epoch == 2)
-    until(carol, "team", lambda v: carol.state("team").epoch == 2)
-    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
+    alice, bob, carol, winner, loser = two_admins(tmp_path, ledger)
     erin = member("erin", 4, tmp_path, ledger)
     befriend(winner.person, erin.person)
     loser.groups.rename("team", "second")
