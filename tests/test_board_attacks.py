@@ -22,7 +22,8 @@ import pytest
 from Crypto.Random import get_random_bytes
 
 from reschat import kem
-from reschat.group import GROUP_KIND, MAX_DECAPSULATIONS, WITNESS_EXT, GroupState, _json
+from reschat.group import MAX_DECAPSULATIONS, _json
+from reschat.groupstate import GROUP_KIND, WITNESS_EXT, GroupState
 from reschat.lane import add_record, new_page
 from reschat.ledger import MemoryLedger
 from reschat.page import GENESIS_HASH, Record, SealedPage, to_micros

@@ -26,17 +26,8 @@ from Crypto.Random import get_random_bytes
 
 from reschat import crypto, schedule
 from reschat.errors import MessageError
-from reschat.group import (
-    CHANGE_EXT,
-    INVITE_EXT,
-    KEY_EXT,
-    MAX_DECAPSULATIONS,
-    ROSTER_EXT,
-    GroupState,
-    Member,
-    Membership,
-    _json,
-)
+from reschat.group import MAX_DECAPSULATIONS, _json
+from reschat.groupstate import CHANGE_EXT, INVITE_EXT, KEY_EXT, ROSTER_EXT, GroupState, Member, Membership
 from reschat.ledger import MemoryLedger
 from reschat.page import PAGE_CAPACITY, SealedPage
 from tests.conftest import befriend, settle

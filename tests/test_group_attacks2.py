@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from reschat.chat import CARD_REPLY
-from reschat.group import PASSED_EXT, REJOIN_EXT, _json
-from reschat.group import Member as GroupMember
+from reschat.group import _json
+from reschat.groupstate import PASSED_EXT, REJOIN_EXT
+from reschat.groupstate import Member as GroupMember
 from reschat.ledger import MemoryLedger
 from reschat.page import SealedPage, format_timestamp
 from tests.conftest import befriend, make_person, settle

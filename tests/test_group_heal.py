@@ -19,8 +19,9 @@ from Crypto.Random import get_random_bytes
 from reschat import crypto
 from reschat.chat import ConversationView
 from reschat.errors import MessageError
-from reschat.group import INVITE_EXT, REJOIN_EXT, GroupService, Membership, _json, check_change
-from reschat.group import Member as GroupMember
+from reschat.group import GroupService, _json
+from reschat.groupstate import INVITE_EXT, REJOIN_EXT, Membership, check_change
+from reschat.groupstate import Member as GroupMember
 from reschat.ledger import MemoryLedger
 from reschat.page import PAGE_CAPACITY
 from tests.conftest import befriend, settle

@@ -14,7 +14,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from reschat.chat import ConversationView
-from reschat.group import MAX_LANE_TIMES, MAX_MARK_EPOCHS, GroupState, encode_mark
+from reschat.group import MAX_LANE_TIMES, MAX_MARK_EPOCHS
+from reschat.groupstate import GroupState, encode_mark
 from reschat.lane import Problem
 from reschat.ledger import MemoryLedger
 from reschat.page import MAX_SEQ

@@ -19,7 +19,8 @@ import pytest
 from reschat import crypto, kem
 from reschat.chat import ConversationView
 from reschat.errors import MessageError
-from reschat.group import CHANGE_EXT, ROTATION_PAGES, GroupService, GroupState, GroupStore, check_change, rekeyer
+from reschat.group import ROTATION_PAGES, GroupService
+from reschat.groupstate import CHANGE_EXT, GroupState, GroupStore, check_change, rekeyer
 from reschat.lane import PageKeys, add_record, find_page_secret, open_header, open_page
 from reschat.ledger import Ledger, MemoryLedger
 from reschat.page import PAGE_CAPACITY, SealedPage
@@ -651,8 +652,8 @@ def test_a_member_the_winner_added_is_keyed_to_nothing_sent_again_and_follows_th
 
 
 def test_the_membership_rule_is_deterministic_and_strict() -> None:
-    from reschat.group import Member as Entry
-    from reschat.group import Membership
+    from reschat.groupstate import Member as Entry
+    from reschat.groupstate import Membership
 
     a, b, c = "a" * 64, "b" * 64, "c" * 64
     old = Membership(1, "00" * 32, a, [Entry(a, 1, True), Entry(b, 1, False), Entry(c, 1, False)], "team")
