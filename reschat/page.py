@@ -221,7 +221,8 @@ class Record:
     prev: bytes  # digest of the lane's previous record (GENESIS_HASH before the first of an epoch)
     timestamp: datetime
     #: Pairs: (epoch, seq) of the newest record of the friend's lane its writer had seen. Groups: one record of
-    #: another member its writer had read, as ``group.encode_mark`` packs it ((epoch, 0): none). Checked, never trusted.
+    #: another member its writer had read, as ``groupstate.encode_mark`` packs it ((epoch, 0): none).
+    #: Checked, never trusted.
     causal: tuple[int, int]
     type_ext: str
     body: bytes
