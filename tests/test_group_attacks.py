@@ -32,7 +32,7 @@ from reschat.ledger import MemoryLedger
 from reschat.page import PAGE_CAPACITY, SealedPage
 from tests.conftest import befriend, settle
 from tests.test_groups import Member as Person
-from tests.test_groups import keys_of, lane_values, member, opens_any, team, texts, until
+from tests.test_groups import keys_of, lane_values, member, opens_any, team, texts, two_admins, until
 from tests.test_protocol2 import card_derived, encodings, stored
 
 JUNK = "reschat2:" + base64.b64encode(b"junk" * 60).decode()
@@ -318,11 +318,7 @@ def test_a_friends_invitation_with_an_absurd_epoch_does_not_crash_the_client(tmp
 
 def test_a_removed_admin_cannot_undo_its_removal_by_a_late_concurrent_change(tmp_path: Path) -> None:
     ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    for who in (bob, carol):
-        until(who, "team", lambda v, w=who: w.state("team").epoch == 2)
-    low, high = sorted((alice, bob), key=lambda m: m.fingerprint)
+    _alice, _bob, carol, low, high = two_admins(tmp_path, ledger)
     high.groups.remove("team", low.fingerprint)
     until(low, "team", lambda v: low.state("team").status == "removed")
     until(carol, "team", lambda v: carol.state("team").epoch == 3)

@@ -24,22 +24,12 @@ from reschat.ledger import MemoryLedger
 from reschat.page import SealedPage, format_timestamp
 from tests.conftest import befriend, make_person, settle
 from tests.test_group_attacks import JUNK, edit, forge_epoch
-from tests.test_groups import Member, team, texts, until
+from tests.test_groups import Member, team, texts, two_admins, until
 from tests.test_protocol2 import stored
 
 
 def name_of(who: Member) -> str:
     return who.groups.names()[0]
-
-
-def two_admins(tmp_path: Path, ledger: MemoryLedger) -> tuple[Member, Member, Member]:
-    """alice makes bob admin (epoch 2); returns (the admin with the lower fingerprint, the higher, carol)."""
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    for who in (bob, carol):
-        until(who, "team", lambda v, w=who: w.state("team").epoch == 2)
-    low, high = sorted((alice, bob), key=lambda m: m.fingerprint)
-    return low, high, carol
 
 
 # --- 3. lost races across several epochs ---------------------------------------------------------------
@@ -54,7 +44,7 @@ def test_a_removed_admin_cannot_undo_its_removal_by_a_change_in_an_older_epochs_
     who stayed in the epoch 3 we adopted and was never seen writing since). Its change wins the "race" for
     epoch 3, every member loses epochs 3 and 4 (its own removal among them), and the remover is out."""
     ledger = MemoryLedger()
-    low, high, carol = two_admins(tmp_path, ledger)
+    _alice, _bob, carol, low, high = two_admins(tmp_path, ledger)
     # ``low`` reads nothing from here on (a modified client, or simply one that is not running).
     high.groups.rename("team", "renamed")
     until(carol, "team", lambda v: carol.state("renamed").epoch == 3)

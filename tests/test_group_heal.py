@@ -25,7 +25,7 @@ from reschat.groupstate import Member as GroupMember
 from reschat.ledger import MemoryLedger
 from reschat.page import PAGE_CAPACITY
 from tests.conftest import befriend, settle
-from tests.test_groups import Member, lane_values, member, team, texts, until
+from tests.test_groups import Member, lane_values, member, team, texts, two_admins, until
 from tests.test_groups_cli import PASSWORD, card, run
 from tests.test_protocol2 import stored
 
@@ -323,13 +323,9 @@ def test_an_admin_whose_change_lost_a_race_is_not_taken_for_a_copy_that_fell_beh
     (the ledger junked that page for a while). Its own pages in the epoch it gave up are its own writes, not
     another copy's: it adopts the winner's epoch, applies its change again after it, and writes on."""
     ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    until(bob, "team", lambda v: bob.state("team").epoch == 2)
-    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    alice, bob, carol, winner, loser = two_admins(tmp_path, ledger)
     alice.groups.rename("team", "alpha")
     bob.groups.rename("team", "beta")
-    winner, loser = sorted((alice, bob), key=lambda m: m.fingerprint)
     won, lost = ("alpha", "beta") if winner is alice else ("beta", "alpha")
     key_page = winner.groups.lane_address(won, "me", 2, winner.state(won).own(2).page)
     kept = stored(ledger)[key_page]

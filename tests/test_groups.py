@@ -530,14 +530,10 @@ def two_admins(tmp_path: Path, ledger: Ledger) -> tuple[Member, Member, Member, 
 
 def test_two_admins_changing_at_once_end_in_one_membership_per_epoch(tmp_path: Path) -> None:
     ledger = MemoryLedger()
-    alice, bob, carol = team(tmp_path, ledger)
-    alice.groups.make_admin("team", "bob")
-    until(bob, "team", lambda v: bob.state("team").epoch == 2)
-    until(carol, "team", lambda v: carol.state("team").epoch == 2)
+    alice, bob, carol, _winner, loser = two_admins(tmp_path, ledger)
     # Both admins start epoch 3 without having seen each other's change.
     alice.groups.rename("team", "alpha")
     bob.groups.rename("team", "beta")
-    loser = max((alice, bob), key=lambda m: m.fingerprint)
     final = "alpha" if loser is alice else "beta"
 
     def agreed() -> bool:
