@@ -1768,7 +1768,7 @@ class GroupService:
                     if data.get("a") != "create":
                         # The members of the epoch before took theirs from the change they read there; ours
                         # has one source, the inviting admin, until they vouch for it on the board.
-                        state.newcomer, state.witnesses, state.named = epoch, [], []
+                        state.newcomer = epoch
                         state.given, state.board, state.provisional = [m.to_list() for m in members], {}, []
                 elif membership is None or membership.by != writer:
                     problems.append(Problem(label, "forged", "a membership change for a started epoch "
@@ -2070,16 +2070,8 @@ class GroupService:
             return
         names = sorted(m.fingerprint for m in members)
         if epoch == state.newcomer == state.epoch and writer != membership.by:
-            if state.board.get(writer, names) != names:
-                problems.append(Problem(label, "forged", "a second, different witness: the first one read stays",
-                                        record.timestamp))
-                return
-            if writer not in state.board and sorted(m.to_list() for m in members) != sorted(state.given):
-                problems.append(Problem(label, "forged", f"the membership of epoch {epoch} this member vouches "
-                                        "for differs from the one the admin who added you gave you (two "
-                                        "memberships of one epoch)", record.timestamp))
-            state.board[writer] = names
-            self._recount(state, problems)
+            if self._take_witness(state, writer, members, problems, record.timestamp):
+                self._recount(state, problems)
         elif epoch != state.newcomer and names != sorted(membership.fingerprints()):
             problems.append(Problem(label, "forged", f"the membership of epoch {epoch} this member vouches for "
                                     "differs from ours (an admin showed two memberships of one epoch)",
@@ -2153,23 +2145,33 @@ class GroupService:
                 continue
             if writer in (self.me, membership.by):
                 continue  # the inviting admin's word is what needs a second source
-            if sorted(fprs) != sorted(state.board.get(writer, fprs)):
-                problems.append(Problem(self._label(state, writer), "forged", "a second, different witness on "
-                                        "the board: the first one read stays"))
+            if not self._take_witness(state, writer, members, problems):
                 continue
-            if writer in state.board:
-                continue
-            state.board[writer] = fprs
             state.cards.setdefault(writer, card)
-            if sorted(m.to_list() for m in members) != sorted(state.given):
-                problems.append(Problem(self._label(state, writer), "forged", f"the membership of epoch {epoch} "
-                                        "this member vouches for differs from the one the admin who added you gave "
-                                        "you (two memberships of one epoch)"))
             at = state.announced_at.get(writer, [0, 0])
             if (epoch, 0) > (at[0], at[1]) or writer not in state.announced:
                 state.announced[writer] = announced.hex()
                 state.announced_at[writer] = [epoch, 0]
         self._recount(state, problems)
+
+    def _take_witness(self, state: GroupState, writer: str, members: list[Member], problems: list[Problem],
+                      timestamp: datetime | None = None) -> bool:
+        """Keep a member's witness of the epoch we joined, read on the board or in its lane alike: True when
+        it is new. The first one read stays; one naming another membership than ours is reported."""
+        label = self._label(state, writer)
+        names = sorted(m.fingerprint for m in members)
+        if state.board.get(writer, names) != names:
+            problems.append(Problem(label, "forged", "a second, different witness: the first one read stays",
+                                    timestamp))
+            return False
+        if writer in state.board:
+            return False
+        state.board[writer] = names
+        if sorted(m.to_list() for m in members) != sorted(state.given):
+            problems.append(Problem(label, "forged", f"the membership of epoch {state.epoch} this member vouches "
+                                    "for differs from the one the admin who added you gave you (two memberships "
+                                    "of one epoch)", timestamp))
+        return True
 
     def _recount(self, state: GroupState, problems: list[Problem]) -> None:
         """Our membership of the epoch we joined: what the inviting admin gave us, plus every member who
@@ -2182,12 +2184,8 @@ class GroupService:
         given = [Member(str(f), int(s), bool(a)) for f, s, a in state.given]
         given_fprs = {m.fingerprint for m in given}
         vouchers = [names for writer, names in state.board.items() if writer in given_fprs]
-        state.witnesses = sorted(state.board)
         counted = sorted(w for w in state.board if w not in given_fprs and w != membership.by
                          and all(w in names for names in vouchers))[: MAX_MEMBERS - len(given)]
-        # Those every member we were given names (one at least) are waited for: their own witness counts them in.
-        state.named = sorted({f for names in vouchers for f in names if f not in given_fprs
-                              and all(f in other for other in vouchers)}) if vouchers else []
         if counted == sorted(state.provisional):
             return
         for writer in sorted(set(counted) - set(state.provisional)):

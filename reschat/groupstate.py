@@ -262,10 +262,8 @@ class GroupState:
     their_times: dict[str, list[list[int]]] = field(default_factory=dict)
     page_keys: dict[str, int] = field(default_factory=dict)  # "epoch:writer:page" -> our receive key that opened it
     #: The epoch we joined by invitation, whose membership came from the inviting admin alone (0: none), and
-    #: the members whose witness of it we read on its board (``_read_board``).
+    #: the witnesses of it we read, on its board or in a member's lane (``_take_witness``).
     newcomer: int = 0
-    witnesses: list[str] = field(default_factory=list)
-    named: list[str] = field(default_factory=list)  # members every member we were given names, and we lack
     given: list[list[Any]] = field(default_factory=list)  # the membership the inviting admin gave us
     board: dict[str, list[str]] = field(default_factory=dict)  # witness writer -> the members it names
     provisional: list[str] = field(default_factory=list)  # counted in from the board (``_recount``)
@@ -277,6 +275,19 @@ class GroupState:
     #: [micros, epoch, writer, seq, the admin who started that epoch] of the newest message of another member
     #: read (by its date in its lane, at most CLOCK_AHEAD past our clock when read): what our next mark names.
     newest_seen: list[Any] = field(default_factory=list)
+
+    @property
+    def witnesses(self) -> list[str]:
+        """The members whose witness of the epoch we joined we read."""
+        return sorted(self.board)
+
+    @property
+    def named(self) -> list[str]:
+        """Members we were not given whom every member we were given that vouched names (one at least)."""
+        given = {str(entry[0]) for entry in self.given}
+        vouchers = [names for writer, names in self.board.items() if writer in given]
+        return sorted({f for names in vouchers for f in names if f not in given
+                       and all(f in other for other in vouchers)}) if vouchers else []
 
     def membership(self, epoch: int) -> Membership | None:
         data = self.epochs.get(str(epoch))
