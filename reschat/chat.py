@@ -51,6 +51,7 @@ from reschat.lane import (
     open_page,
     seal_hint,
     writer_tag,
+    written_by_another_copy,
 )
 from reschat.ledger.base import Ledger
 from reschat.outbox import OwnLane, page_id
@@ -459,23 +460,12 @@ class ChatService:
         if not own.page or local is None or not self._is_mine(pair, *current, remote):
             return False
         assert remote is not None
-        theirs, ours = self._sealed(remote), self._sealed(local)
-        if (theirs.header, theirs.slots) != (ours.header, ours.slots):
-            return True  # another page begun at our place: the tag, which covers these, is ours alone
-        if len(theirs.records) <= len(ours.records) and theirs.records == ours.records[: len(theirs.records)]:
-            return False
-        # The same page with other records: the tag does not cover records, and a ledger writer can change
-        # their bytes. They are another copy's only if they open and verify under our own signature.
         stored = own.secrets.get(page_id(own.epoch, own.page))
-        if not stored or stored == _EXPIRED:
-            return False
-        try:
-            open_page(remote, theirs, PageKeys.from_text(stored), conversation=pair.conversation,
-                      writer=self.my_fingerprint, writer_key=self.identity.public_key, epoch=own.epoch,
-                      number=own.page, verified=self._verified)
-        except (PageFormatError, ValueError):
-            return False
-        return True
+        keys = PageKeys.from_text(stored) if stored and stored != _EXPIRED else None
+        return written_by_another_copy(
+            self._sealed(local), self._sealed(remote), remote, keys, conversation=pair.conversation,
+            writer=self.my_fingerprint, writer_key=self.identity.public_key, epoch=own.epoch, number=own.page,
+            verified=self._verified)
 
     def _check_own_lane(self, pair: _Pair, own: OwnLane) -> None:
         """Once per session before the first send: make sure no other copy of us wrote ahead."""

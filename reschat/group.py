@@ -160,6 +160,7 @@ from reschat.lane import (
     open_header,
     open_page,
     writer_tag,
+    written_by_another_copy,
 )
 from reschat.outbox import OwnLane, page_id
 from reschat.page import (
@@ -676,15 +677,12 @@ class GroupService:
         remote = ours(own.page) if local is not None else None
         if local is None or remote is None:
             return False
-        mine = SealedPage.from_string(local)
-        if (remote.header, remote.slots) != (mine.header, mine.slots):
-            return True  # another page begun at our place: the tag, which covers these, is ours alone
-        if len(remote.records) <= len(mine.records) and remote.records == mine.records[: len(remote.records)]:
-            return False
-        # The same page with other records: the tag does not cover records, and a ledger writer can change
-        # their bytes. They are another copy's only if they open and verify under our own signature.
-        opened = self._open(state, epoch, self.me, own.page, str(values.get(own.page)))
-        return isinstance(opened, OpenPage)
+        stored = own.secrets.get(page_id(epoch, own.page))
+        keys = PageKeys.from_text(stored) if stored and stored != EXPIRED else None
+        return written_by_another_copy(
+            SealedPage.from_string(local), remote, str(values.get(own.page)), keys, conversation=conversation,
+            writer=bytes.fromhex(self.me), writer_key=self.identity.public_key, epoch=epoch, number=own.page,
+            verified=self._verified)
 
     def _ask_for_fresh_start(self, state: GroupState) -> None:
         """We fell behind the ledger in our lane of the current epoch: ask each admin who is our friend, in our

@@ -155,6 +155,28 @@ def writer_tag(tag_key: bytes, conversation: bytes, epoch: int, number: int, sea
     return mac.digest()[:TAG_BYTES]
 
 
+def written_by_another_copy(
+    local: SealedPage, remote: SealedPage, remote_value: str, keys: PageKeys | None, *, conversation: bytes,
+    writer: bytes, writer_key: RSA.RsaKey, epoch: int, number: int, verified: set[bytes],
+) -> bool:
+    """Whether ``remote``, the ledger's copy of our current page ``local`` (its writer tag already checked to
+    be ours), was written by another copy of us: a page begun anew at our place (the tag covers the slots and
+    the header, and only we can make it), or more or other records that verify under our own signature. The
+    tag does not cover records: a ledger writer who changes their bytes makes no other copy of us."""
+    if (remote.header, remote.slots) != (local.header, local.slots):
+        return True
+    if len(remote.records) <= len(local.records) and remote.records == local.records[: len(remote.records)]:
+        return False
+    if keys is None:
+        return False
+    try:
+        open_page(remote_value, remote, keys, conversation=conversation, writer=writer, writer_key=writer_key,
+                  epoch=epoch, number=number, verified=verified)
+    except (PageFormatError, ValueError):
+        return False
+    return True
+
+
 # --- the page hint ---------------------------------------------------------------------------------
 
 #: A writer rewrites its page hint when it starts a page whose number is a multiple of this.
